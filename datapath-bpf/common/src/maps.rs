@@ -1,0 +1,263 @@
+//! Map names, sizes and key/value layouts. Every struct is `#[repr(C)]` with explicit padding so
+//! that the BPF side and user space agree byte for byte; sizes are asserted at compile time.
+//!
+//! Addresses are stored as 16 bytes: IPv6 as is, IPv4 as an IPv4-mapped IPv6 address
+//! (`::ffff:a.b.c.d`), with the family beside it. Ports are in network byte order, exactly as on
+//! the wire, so the datapath never swaps them.
+
+/// Address family tag for IPv4 entries.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag for IPv6 entries.
+pub const FAMILY_V6: u8 = 6;
+
+/// Size of every service's Maglev lookup table (a prime, as the Maglev paper requires; large
+/// enough for an even spread over a few dozen backends while keeping each table at 4 KiB).
+pub const MAGLEV_SIZE: usize = 1021;
+
+/// Maximum number of (VIP, port, protocol) frontends.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Maximum number of backends over all services.
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Maximum number of Maglev tables (one per frontend).
+pub const MAX_MAGLEV: u32 = 65_536;
+/// Maximum number of known mesh nodes (VXLAN peers).
+pub const MAX_NODES: u32 = 16_384;
+/// Connection-tracking entries (forward and reverse entries both count); LRU-evicted when full.
+pub const CT_MAX: u32 = 524_288;
+
+/// Map names as they appear in the object file and as file names under the bpffs pin directory.
+pub mod names {
+    /// [`super::GatewayConfig`] at index 0.
+    pub const CONFIG: &str = "MGW_CONFIG";
+    /// [`super::ServiceKey`] -> [`super::ServiceValue`].
+    pub const SERVICES: &str = "MGW_SERVICES";
+    /// service id (`u32`) -> [`super::MaglevTable`].
+    pub const MAGLEV: &str = "MGW_MAGLEV";
+    /// backend id (`u32`) -> [`super::BackendValue`].
+    pub const BACKENDS: &str = "MGW_BACKENDS";
+    /// [`super::NodeKey`] -> [`super::NodeValue`]: VXLAN sources accepted on the mesh side.
+    pub const NODES: &str = "MGW_NODES";
+    /// [`super::CtKey`] -> [`super::CtEntry`] (LRU).
+    pub const CT: &str = "MGW_CT";
+    /// Devmap: [`super::DEV_MESH`] and [`super::DEV_LEGACY`].
+    pub const DEVMAP: &str = "MGW_DEVMAP";
+    /// Per-CPU `u64` counters indexed by [`crate::stats::Counter`].
+    pub const STATS: &str = "MGW_STATS";
+    /// Every map the programs use, for pinning.
+    pub const ALL: [&str; 8] = [CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS];
+}
+
+/// Program names (the Rust function names in the XDP crate).
+pub mod programs {
+    /// Attached to the legacy interface: VIP load balancing and VXLAN encapsulation.
+    pub const LEGACY: &str = "meshgw_legacy";
+    /// Attached to the mesh interface: VXLAN decapsulation and reverse NAT of replies.
+    pub const MESH: &str = "meshgw_mesh";
+    /// A plain pass, for veth peers that must have NAPI to receive redirected frames.
+    pub const PASS: &str = "meshgw_pass";
+}
+
+/// Devmap slot of the mesh interface.
+pub const DEV_MESH: u32 = 0;
+/// Devmap slot of the legacy interface.
+pub const DEV_LEGACY: u32 = 1;
+
+/// Gateway-wide settings the programs read, at index 0 of the `MGW_CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Outer IPv4 source of the VXLAN packets (the gateway's mesh address), network order.
+    pub mesh_ip: [u8; 4],
+    /// VXLAN VNI sent: the gateway's security identity (2, `world`, for Cilium's VTEP mode).
+    pub vni: u32,
+    /// VXLAN UDP destination port, network order.
+    pub vxlan_port: u16,
+    /// Bit flags ([`CFG_F_ENABLED`]).
+    pub flags: u16,
+    /// Ifindex of the mesh interface (for the FIB lookup of outer next hops).
+    pub mesh_ifindex: u32,
+    /// Ifindex of the legacy interface (for the FIB lookup of replies).
+    pub legacy_ifindex: u32,
+    /// Inner source MAC of encapsulated frames: the gateway's VTEP MAC (Cilium's `vtep-mac`).
+    pub vtep_mac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad: [u8; 2],
+}
+/// The programs forward only when this flag is set; until then everything passes to the kernel.
+pub const CFG_F_ENABLED: u16 = 1;
+
+/// A frontend: (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The VIP (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// The frontend port, network order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// What the datapath needs of a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index of this frontend's table in `MGW_MAGLEV`; also its id in flow records.
+    pub service_id: u32,
+    /// Number of backends in the table; 0 means the service has none (packets are dropped and
+    /// counted, as Cilium does, rather than answered by the gateway's own stack).
+    pub backend_count: u32,
+    /// Reserved for policy and affinity flags.
+    pub flags: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+}
+
+/// A service's Maglev lookup table: slot -> backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MaglevTable {
+    /// Backend ids; 0 is never a valid id.
+    pub slots: [u32; MAGLEV_SIZE],
+}
+
+/// A backend: the pod address and port, and where to tunnel to reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    /// Pod address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// Pod port, network order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Reserved flags.
+    pub flags: u8,
+    /// The node hosting the pod: outer IPv4 destination, network order.
+    pub node_ip: [u8; 4],
+    /// Inner destination MAC towards that node.
+    pub node_mac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad: [u8; 2],
+}
+
+/// A mesh node, by its underlay IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeKey {
+    /// Underlay IPv4 address, network order.
+    pub ip: [u8; 4],
+}
+
+/// What the mesh program knows of a node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeValue {
+    /// Cluster id of the node (0 for static nodes).
+    pub cluster_id: u32,
+    /// Reserved flags.
+    pub flags: u32,
+}
+
+/// Direction tag of a connection-tracking key: client -> VIP, as first seen on the legacy side.
+pub const CT_DIR_FORWARD: u8 = 0;
+/// Direction tag of a connection-tracking key: backend -> client, as seen inside VXLAN.
+pub const CT_DIR_REVERSE: u8 = 1;
+
+/// A connection-tracking key: the 5-tuple as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address (IPv4-mapped for IPv4).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port (ICMP: echo identifier), network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REVERSE`].
+    pub dir: u8,
+    /// Padding, always zero.
+    pub _pad: u8,
+}
+
+/// The TCP flow saw a FIN or RST: user space expires it early.
+pub const CT_F_CLOSING: u32 = 1;
+
+/// A connection-tracking entry. Forward entries (client -> VIP) use `backend_id`; reverse entries
+/// (backend -> client) use `nat_*` to restore the VIP and the client-side L2 details.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+    /// Packets seen in this direction.
+    pub packets: u64,
+    /// Bytes seen in this direction (L3 length).
+    pub bytes: u64,
+    /// Reverse: the VIP to restore as source.
+    pub nat_addr: [u8; 16],
+    /// Reverse: the frontend port to restore as source, network order.
+    pub nat_port: u16,
+    /// Reverse: the client's 802.1Q TCI (VLAN id and priority), 0 when the client was untagged.
+    pub vlan_tci: u16,
+    /// The backend chosen for this flow.
+    pub backend_id: u32,
+    /// The frontend's service id.
+    pub service_id: u32,
+    /// [`CT_F_CLOSING`] and future flags.
+    pub flags: u32,
+    /// Reverse: the client-side source MAC of the forward packets (used when the FIB cannot
+    /// resolve the client, and for tagged clients).
+    pub peer_mac: [u8; 6],
+    /// Reverse: the gateway's own MAC on the legacy side (the forward packets' destination).
+    pub local_mac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad: [u8; 4],
+}
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+assert_size!(GatewayConfig, 28);
+assert_size!(ServiceKey, 20);
+assert_size!(ServiceValue, 16);
+assert_size!(MaglevTable, 4 * MAGLEV_SIZE);
+assert_size!(BackendValue, 32);
+assert_size!(NodeKey, 4);
+assert_size!(NodeValue, 8);
+assert_size!(CtKey, 40);
+assert_size!(CtEntry, 80);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], made only of integers and byte arrays, with explicit
+    // padding fields, so any bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for GatewayConfig {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for NodeKey {}
+    unsafe impl aya::Pod for NodeValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+}
+
+/// Stores an IPv4 address as IPv4-mapped IPv6 bytes.
+#[inline(always)]
+pub const fn v4_mapped(ip: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3]]
+}

@@ -1,0 +1,98 @@
+//! Datapath counters: one per-CPU `u64` slot per [`Counter`] in the `MGW_STATS` array.
+
+/// What a counter slot counts. The discriminant is the array index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Frames seen by the legacy program.
+    LegacyRx = 0,
+    /// Frames the legacy program handed to the kernel (not for a VIP, or not load-balanced).
+    LegacyPass = 1,
+    /// Packets to a VIP that were DNATed, encapsulated and redirected to the mesh.
+    VipForwarded = 2,
+    /// New flows (forward connection-tracking entries created).
+    CtCreated = 3,
+    /// Flows whose backend disappeared and were moved to a new one.
+    CtReselected = 4,
+    /// Dropped: the service has no backend.
+    DropNoBackend = 5,
+    /// Dropped: the FIB had no route or no neighbour for the backend's node.
+    DropFibMiss = 6,
+    /// Dropped: the packet could not be grown or written (adjust_head failed).
+    DropHeadroom = 7,
+    /// Passed: malformed or truncated frames (never rewritten).
+    Malformed = 8,
+    /// Passed: IP fragments to a VIP (not load-balanced, as in Katran).
+    Fragment = 9,
+    /// Frames seen by the mesh program.
+    MeshRx = 10,
+    /// VXLAN frames from known nodes.
+    MeshVxlan = 11,
+    /// Replies reverse-NATed, decapsulated and redirected to the legacy side.
+    ReplyForwarded = 12,
+    /// Frames the mesh program handed to the kernel.
+    MeshPass = 13,
+    /// Dropped: the FIB could not resolve the client for a reply and no MAC was recorded.
+    DropReplyFib = 14,
+    /// VXLAN packets from sources that are not known nodes (passed to the kernel).
+    MeshUnknownNode = 15,
+}
+
+/// Number of counter slots.
+pub const COUNTER_SLOTS: u32 = 16;
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+        Counter::LegacyRx,
+        Counter::LegacyPass,
+        Counter::VipForwarded,
+        Counter::CtCreated,
+        Counter::CtReselected,
+        Counter::DropNoBackend,
+        Counter::DropFibMiss,
+        Counter::DropHeadroom,
+        Counter::Malformed,
+        Counter::Fragment,
+        Counter::MeshRx,
+        Counter::MeshVxlan,
+        Counter::ReplyForwarded,
+        Counter::MeshPass,
+        Counter::DropReplyFib,
+        Counter::MeshUnknownNode,
+    ];
+
+    /// A stable snake_case name, for status output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::LegacyRx => "legacy_rx",
+            Counter::LegacyPass => "legacy_pass",
+            Counter::VipForwarded => "vip_forwarded",
+            Counter::CtCreated => "ct_created",
+            Counter::CtReselected => "ct_reselected",
+            Counter::DropNoBackend => "drop_no_backend",
+            Counter::DropFibMiss => "drop_fib_miss",
+            Counter::DropHeadroom => "drop_headroom",
+            Counter::Malformed => "malformed",
+            Counter::Fragment => "fragment",
+            Counter::MeshRx => "mesh_rx",
+            Counter::MeshVxlan => "mesh_vxlan",
+            Counter::ReplyForwarded => "reply_forwarded",
+            Counter::MeshPass => "mesh_pass",
+            Counter::DropReplyFib => "drop_reply_fib",
+            Counter::MeshUnknownNode => "mesh_unknown_node",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_and_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32, "{}", c.name());
+        }
+    }
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! The user-space side of meshgw's XDP datapath: the compiled object, loading with every map
+//! pinned in bpffs (so a restart or an upgrade keeps the connection-tracking state and the packet
+//! path never stops), link-based attachment with atomic program replacement, typed map access, and
+//! `BPF_PROG_TEST_RUN` for tests and benchmarks.
+//!
+//! The map layouts themselves live in [`meshgw_common`], shared with the programs.
+
+mod error;
+mod loader;
+mod maps;
+mod testrun;
+
+pub use error::DatapathError;
+pub use loader::{AttachMode, Datapath, Program};
+pub use maps::MapLayout;
+pub use meshgw_common as common;
+pub use testrun::{action, RunResult};
+
+/// The XDP object built from `datapath-bpf/xdp` by this crate's build script.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshgw-xdp.o"));

@@ -51,7 +51,11 @@ mod tests {
     fn full(data: &[u8]) -> u16 {
         let mut acc = 0u32;
         for c in data.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
             acc += u32::from(w);
         }
         !fold(acc)
@@ -68,13 +72,19 @@ mod tests {
         let c = ipv4_header(&h).to_be_bytes();
         h[10] = c[0];
         h[11] = c[1];
-        assert_eq!(full(&h), 0, "a header with its checksum in place sums to zero");
+        assert_eq!(
+            full(&h),
+            0,
+            "a header with its checksum in place sums to zero"
+        );
     }
 
     #[test]
     fn incremental_equals_recompute() {
         // Pseudo data: checksum over 12 bytes, then change 4 of them (an address) and 2 (a port).
-        let mut data = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x0f, 0xed, 0xcb, 0xa9];
+        let mut data = [
+            0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x0f, 0xed, 0xcb, 0xa9,
+        ];
         let c0 = full(&data);
         let old_addr = [data[0], data[1], data[2], data[3]];
         let new_addr = [10, 244, 1, 10];
@@ -89,14 +99,21 @@ mod tests {
 
     #[test]
     fn incremental_handles_all_ones_and_zero_words() {
-        for (a, b) in [([0xffu8, 0xff], [0u8, 0]), ([0, 0], [0xff, 0xff]), ([0x80, 0], [0x7f, 0xff])] {
+        for (a, b) in [
+            ([0xffu8, 0xff], [0u8, 0]),
+            ([0, 0], [0xff, 0xff]),
+            ([0x80, 0], [0x7f, 0xff]),
+        ] {
             let mut data = [a[0], a[1], 0x11, 0x22];
             let c0 = full(&data);
             data[0] = b[0];
             data[1] = b[1];
             let c1 = replace(c0, &a, &b);
             // 0x0000 and 0xffff are the same value in one's complement: compare as sums.
-            assert_eq!(fold(u32::from(!c1)) % 0xffff, fold(u32::from(!full(&data))) % 0xffff);
+            assert_eq!(
+                fold(u32::from(!c1)) % 0xffff,
+                fold(u32::from(!full(&data))) % 0xffff
+            );
         }
     }
 }

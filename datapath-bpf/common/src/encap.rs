@@ -43,6 +43,14 @@ pub struct EncapParams {
 #[inline(always)]
 pub fn vxlan_block(p: &EncapParams) -> [u8; BLOCK_LEN] {
     let mut b = [0u8; BLOCK_LEN];
+    write_vxlan_block(p, &mut b);
+    b
+}
+
+/// Writes the block into `b` (every byte), for callers that keep it off the stack.
+#[inline(always)]
+pub fn write_vxlan_block(p: &EncapParams, b: &mut [u8; BLOCK_LEN]) {
+    *b = [0u8; BLOCK_LEN];
     let udp_len = (8 + 8 + 14 + p.inner_l3_len as usize) as u16;
     let ip_len = 20 + udp_len;
     let mut i = 0;
@@ -54,7 +62,7 @@ pub fn vxlan_block(p: &EncapParams) -> [u8; BLOCK_LEN] {
         i += 1;
     }
     b[12] = 0x08; // IPv4
-    // Outer IPv4 header at 14.
+                  // Outer IPv4 header at 14.
     b[14] = 0x45;
     b[16..18].copy_from_slice(&ip_len.to_be_bytes());
     b[22] = OUTER_TTL;
@@ -77,7 +85,6 @@ pub fn vxlan_block(p: &EncapParams) -> [u8; BLOCK_LEN] {
     b[48] = vni[3];
     // Inner EtherType at 62.
     b[62..64].copy_from_slice(&p.inner_ethertype.to_be_bytes());
-    b
 }
 
 /// Reads the VNI of a VXLAN header whose "I" flag is set.
@@ -116,7 +123,10 @@ mod tests {
         ip.copy_from_slice(&b[14..34]);
         ip[10] = 0;
         ip[11] = 0;
-        assert_eq!(u16::from_be_bytes([b[24], b[25]]), crate::csum::ipv4_header(&ip));
+        assert_eq!(
+            u16::from_be_bytes([b[24], b[25]]),
+            crate::csum::ipv4_header(&ip)
+        );
         assert_eq!(u16::from_be_bytes([b[36], b[37]]), 8472);
         assert_eq!(u16::from_be_bytes([b[38], b[39]]), 8 + 8 + 14 + 60);
         assert_eq!(&b[40..42], &[0, 0], "outer UDP checksum is zero");
@@ -130,6 +140,9 @@ mod tests {
     #[test]
     fn vni_needs_the_i_flag() {
         assert_eq!(vxlan_vni(&[0, 0, 0, 0, 0, 0, 2, 0]), None);
-        assert_eq!(vxlan_vni(&[8, 0, 0, 0, 0x12, 0x34, 0x56, 0]), Some(0x12_3456));
+        assert_eq!(
+            vxlan_vni(&[8, 0, 0, 0, 0x12, 0x34, 0x56, 0]),
+            Some(0x12_3456)
+        );
     }
 }

@@ -13,7 +13,10 @@ fn fmix32(mut h: u32) -> u32 {
 
 #[inline(always)]
 fn mix(h: u32, w: u32) -> u32 {
-    (h ^ w).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ w)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]

@@ -120,39 +120,64 @@ pub enum Parsed {
 /// offset inside VXLAN).
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P, base: usize) -> Parsed {
+    let mut flow = Flow::default();
+    match parse_into(p, base, &mut flow) {
+        Kind::Flow => Parsed::Flow(flow),
+        Kind::Other => Parsed::Other,
+        Kind::Malformed => Parsed::Malformed,
+    }
+}
+
+/// What a parse found, without the flow (see [`parse_into`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `out` holds the flow.
+    Flow,
+    /// Valid, not balanced here.
+    Other,
+    /// Truncated or inconsistent.
+    Malformed,
+}
+
+/// Like [`parse`], but writes the flow into `out` (which the XDP programs keep in a per-CPU
+/// scratch map, to stay within the 512-byte BPF stack). `out` is fully overwritten on `Flow`.
+#[inline(always)]
+pub fn parse_into<P: Packet>(p: &P, base: usize, out: &mut Flow) -> Kind {
+    *out = Flow::default();
     let Some(ethertype) = load::<[u8; 2], P>(p, base + 12) else {
-        return Parsed::Malformed;
+        return Kind::Malformed;
     };
     let mut ethertype = u16::from_be_bytes(ethertype);
-    let mut flow = Flow { l2_off: base, l3_off: base + ETH_LEN, ..Flow::default() };
+    out.l2_off = base;
+    out.l3_off = base + ETH_LEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         let Some(tag) = load::<[u8; 4], P>(p, base + ETH_LEN) else {
-            return Parsed::Malformed;
+            return Kind::Malformed;
         };
-        flow.vlan = true;
-        flow.vlan_tci = u16::from_be_bytes([tag[0], tag[1]]);
+        out.vlan = true;
+        out.vlan_tci = u16::from_be_bytes([tag[0], tag[1]]);
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        flow.l3_off = base + ETH_LEN + VLAN_LEN;
+        out.l3_off = base + ETH_LEN + VLAN_LEN;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            return Parsed::Other; // QinQ: not ours to balance
+            return Kind::Other; // QinQ: not ours to balance
         }
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(p, flow),
-        ETH_P_IPV6 => parse_ipv6(p, flow),
-        _ => Parsed::Other,
+        ETH_P_IP => parse_ipv4(p, out),
+        ETH_P_IPV6 => parse_ipv6(p, out),
+        _ => Kind::Other,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<P: Packet>(p: &P, mut flow: Flow) -> Parsed {
+fn parse_ipv4<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
     let Some(h) = load::<[u8; 20], P>(p, flow.l3_off) else {
-        return Parsed::Malformed;
+        return Kind::Malformed;
     };
     let ihl = usize::from(h[0] & 0x0f) * 4;
     let tot_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
     if h[0] >> 4 != 4 || ihl < 20 || tot_len < ihl || flow.l3_off + tot_len > p.len() {
-        return Parsed::Malformed;
+        return Kind::Malformed;
     }
     flow.family = FAMILY_V4;
     flow.proto = h[9];
@@ -163,19 +188,19 @@ fn parse_ipv4<P: Packet>(p: &P, mut flow: Flow) -> Parsed {
     let frag = u16::from_be_bytes([h[6], h[7]]);
     if frag & 0x3fff != 0 {
         flow.fragment = true; // MF set or a non-zero offset
-        return Parsed::Flow(flow);
+        return Kind::Flow;
     }
     parse_l4(p, flow, tot_len - ihl)
 }
 
 #[inline(always)]
-fn parse_ipv6<P: Packet>(p: &P, mut flow: Flow) -> Parsed {
+fn parse_ipv6<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
     let Some(h) = load::<[u8; IPV6_LEN], P>(p, flow.l3_off) else {
-        return Parsed::Malformed;
+        return Kind::Malformed;
     };
     let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
     if h[0] >> 4 != 6 || flow.l3_off + IPV6_LEN + payload > p.len() {
-        return Parsed::Malformed;
+        return Kind::Malformed;
     }
     flow.family = FAMILY_V6;
     flow.proto = h[6];
@@ -189,21 +214,21 @@ fn parse_ipv6<P: Packet>(p: &P, mut flow: Flow) -> Parsed {
     flow.l4_off = flow.l3_off + IPV6_LEN;
     if flow.proto == IPPROTO_FRAGMENT {
         flow.fragment = true;
-        return Parsed::Flow(flow);
+        return Kind::Flow;
     }
     parse_l4(p, flow, payload)
 }
 
 #[inline(always)]
-fn parse_l4<P: Packet>(p: &P, mut flow: Flow, l4_len: usize) -> Parsed {
+fn parse_l4<P: Packet>(p: &P, flow: &mut Flow, l4_len: usize) -> Kind {
     match flow.proto {
         IPPROTO_TCP => {
             let Some(t) = load::<[u8; 20], P>(p, flow.l4_off) else {
-                return Parsed::Malformed;
+                return Kind::Malformed;
             };
             let doff = usize::from(t[12] >> 4) * 4;
             if doff < 20 || l4_len < doff {
-                return Parsed::Malformed;
+                return Kind::Malformed;
             }
             flow.sport = u16::from_ne_bytes([t[0], t[1]]);
             flow.dport = u16::from_ne_bytes([t[2], t[3]]);
@@ -211,18 +236,18 @@ fn parse_l4<P: Packet>(p: &P, mut flow: Flow, l4_len: usize) -> Parsed {
         }
         IPPROTO_UDP => {
             let Some(u) = load::<[u8; 8], P>(p, flow.l4_off) else {
-                return Parsed::Malformed;
+                return Kind::Malformed;
             };
             let ulen = usize::from(u16::from_be_bytes([u[4], u[5]]));
             if ulen < 8 || ulen > l4_len {
-                return Parsed::Malformed;
+                return Kind::Malformed;
             }
             flow.sport = u16::from_ne_bytes([u[0], u[1]]);
             flow.dport = u16::from_ne_bytes([u[2], u[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let Some(ic) = load::<[u8; 8], P>(p, flow.l4_off) else {
-                return Parsed::Malformed;
+                return Kind::Malformed;
             };
             let echo = if flow.proto == IPPROTO_ICMP {
                 ic[0] == 8 || ic[0] == 0
@@ -230,14 +255,14 @@ fn parse_l4<P: Packet>(p: &P, mut flow: Flow, l4_len: usize) -> Parsed {
                 ic[0] == 128 || ic[0] == 129
             };
             if !echo {
-                return Parsed::Other;
+                return Kind::Other;
             }
             flow.sport = u16::from_ne_bytes([ic[4], ic[5]]);
             flow.dport = 0;
         }
-        _ => return Parsed::Other,
+        _ => return Kind::Other,
     }
-    Parsed::Flow(flow)
+    Kind::Flow
 }
 
 /// Which end of a flow a rewrite changes.
@@ -254,7 +279,13 @@ pub enum Side {
 /// (IPv4-mapped for IPv4) and `port` is in network order. Returns `None`, having written
 /// nothing, if the flow is not TCP/UDP or a header is out of bounds.
 #[inline(always)]
-pub fn rewrite<P: Packet>(p: &P, flow: &Flow, side: Side, addr: &[u8; 16], port: u16) -> Option<()> {
+pub fn rewrite<P: Packet>(
+    p: &P,
+    flow: &Flow,
+    side: Side,
+    addr: &[u8; 16],
+    port: u16,
+) -> Option<()> {
     let csum_off = match flow.proto {
         IPPROTO_TCP => flow.l4_off + 16,
         IPPROTO_UDP => flow.l4_off + 6,
@@ -303,7 +334,11 @@ pub struct SlicePacket<'a> {
 impl<'a> SlicePacket<'a> {
     /// Wraps a buffer; writes through the packet change it.
     pub fn new(buf: &'a mut [u8]) -> Self {
-        Self { ptr: buf.as_mut_ptr(), len: buf.len(), _buf: core::marker::PhantomData }
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: core::marker::PhantomData,
+        }
     }
 }
 

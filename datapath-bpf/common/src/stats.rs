@@ -36,10 +36,12 @@ pub enum Counter {
     DropReplyFib = 14,
     /// VXLAN packets from sources that are not known nodes (passed to the kernel).
     MeshUnknownNode = 15,
+    /// Dropped: the encapsulated packet would exceed the mesh path's MTU (the FIB's MTU check).
+    DropTooBig = 16,
 }
 
 /// Number of counter slots.
-pub const COUNTER_SLOTS: u32 = 16;
+pub const COUNTER_SLOTS: u32 = 17;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -60,6 +62,7 @@ impl Counter {
         Counter::MeshPass,
         Counter::DropReplyFib,
         Counter::MeshUnknownNode,
+        Counter::DropTooBig,
     ];
 
     /// A stable snake_case name, for status output and metrics.
@@ -81,6 +84,7 @@ impl Counter {
             Counter::MeshPass => "mesh_pass",
             Counter::DropReplyFib => "drop_reply_fib",
             Counter::MeshUnknownNode => "mesh_unknown_node",
+            Counter::DropTooBig => "drop_too_big",
         }
     }
 }

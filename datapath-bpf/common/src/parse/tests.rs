@@ -22,7 +22,9 @@ fn tcp4(payload: &[u8]) -> Vec<u8> {
 }
 
 fn udp6(payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(CLIENT6, VIP6, 64).udp(5353, 53);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(CLIENT6, VIP6, 64)
+        .udp(5353, 53);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
@@ -38,12 +40,14 @@ fn checksums_valid(frame: &[u8]) -> bool {
         (etherparse::NetSlice::Ipv4(ip), TransportSlice::Tcp(t)) => {
             let h = ip.header().to_header();
             h.header_checksum == h.calc_header_checksum()
-                && t.to_header().checksum == t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap()
+                && t.to_header().checksum
+                    == t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap()
         }
         (etherparse::NetSlice::Ipv4(ip), TransportSlice::Udp(u)) => {
             let h = ip.header().to_header();
             h.header_checksum == h.calc_header_checksum()
-                && u.to_header().checksum == u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap()
+                && u.to_header().checksum
+                    == u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap()
         }
         (etherparse::NetSlice::Ipv6(ip), TransportSlice::Tcp(t)) => {
             let h = ip.header().to_header();
@@ -60,7 +64,9 @@ fn checksums_valid(frame: &[u8]) -> bool {
 #[test]
 fn parses_ipv4_tcp() {
     let mut f = tcp4(b"hello");
-    let Parsed::Flow(fl) = flow(&mut f) else { panic!("not a flow") };
+    let Parsed::Flow(fl) = flow(&mut f) else {
+        panic!("not a flow")
+    };
     assert_eq!(fl.family, FAMILY_V4);
     assert_eq!(fl.proto, IPPROTO_TCP);
     assert_eq!(fl.src, v4_mapped(CLIENT4));
@@ -80,7 +86,9 @@ fn parses_one_vlan_tag() {
         .udp(1000, 53);
     let mut v = Vec::new();
     b.write(&mut v, b"q").unwrap();
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
     assert!(fl.vlan);
     assert_eq!(fl.vlan_tci & 0x0fff, 100);
     assert_eq!(fl.l3_off, 18);
@@ -90,7 +98,10 @@ fn parses_one_vlan_tag() {
 #[test]
 fn qinq_is_left_to_the_kernel() {
     let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .double_vlan(etherparse::VlanId::try_new(1).unwrap(), etherparse::VlanId::try_new(2).unwrap())
+        .double_vlan(
+            etherparse::VlanId::try_new(1).unwrap(),
+            etherparse::VlanId::try_new(2).unwrap(),
+        )
         .ipv4(CLIENT4, VIP4, 64)
         .udp(1000, 53);
     let mut v = Vec::new();
@@ -101,20 +112,33 @@ fn qinq_is_left_to_the_kernel() {
 #[test]
 fn parses_ipv6_udp_and_icmp_echo() {
     let mut v = udp6(b"x");
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
-    assert_eq!((fl.family, fl.proto, fl.l4_off), (FAMILY_V6, IPPROTO_UDP, 54));
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
+    assert_eq!(
+        (fl.family, fl.proto, fl.l4_off),
+        (FAMILY_V6, IPPROTO_UDP, 54)
+    );
     assert_eq!(fl.dst, VIP6);
 
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(CLIENT4, VIP4, 64).icmpv4_echo_request(0x1234, 1);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(CLIENT4, VIP4, 64)
+        .icmpv4_echo_request(0x1234, 1);
     let mut v = Vec::new();
     b.write(&mut v, b"ping").unwrap();
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
     assert_eq!((fl.proto, u16::from_be(fl.sport)), (IPPROTO_ICMP, 0x1234));
 
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(CLIENT6, VIP6, 64).icmpv6_echo_request(7, 1);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(CLIENT6, VIP6, 64)
+        .icmpv6_echo_request(7, 1);
     let mut v = Vec::new();
     b.write(&mut v, b"ping").unwrap();
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
     assert_eq!((fl.proto, u16::from_be(fl.sport)), (IPPROTO_ICMPV6, 7));
 }
 
@@ -122,13 +146,15 @@ fn parses_ipv6_udp_and_icmp_echo() {
 fn other_icmp_and_arp_are_other() {
     let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv4(CLIENT4, VIP4, 64)
-        .icmpv4(etherparse::Icmpv4Type::TimestampRequest(etherparse::icmpv4::TimestampMessage {
-            id: 1,
-            seq: 1,
-            originate_timestamp: 0,
-            receive_timestamp: 0,
-            transmit_timestamp: 0,
-        }));
+        .icmpv4(etherparse::Icmpv4Type::TimestampRequest(
+            etherparse::icmpv4::TimestampMessage {
+                id: 1,
+                seq: 1,
+                originate_timestamp: 0,
+                receive_timestamp: 0,
+                transmit_timestamp: 0,
+            },
+        ));
     let mut v = Vec::new();
     b.write(&mut v, &[]).unwrap();
     assert_eq!(flow(&mut v), Parsed::Other);
@@ -174,7 +200,9 @@ fn inconsistent_lengths_are_malformed() {
 fn fragments_are_flagged() {
     let mut v = tcp4(b"abc");
     v[14 + 6] = 0x20; // MF
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
     assert!(fl.fragment);
 }
 
@@ -183,7 +211,9 @@ fn inner_frame_at_an_offset() {
     let inner = tcp4(b"zz");
     let mut v = std::vec![0u8; 50];
     v.extend_from_slice(&inner);
-    let Parsed::Flow(fl) = flow_at(&mut v, 50) else { panic!() };
+    let Parsed::Flow(fl) = flow_at(&mut v, 50) else {
+        panic!()
+    };
     assert_eq!((fl.l2_off, fl.l3_off, fl.l4_off), (50, 64, 84));
 }
 
@@ -192,19 +222,37 @@ fn flow_at(buf: &mut [u8], base: usize) -> Parsed {
 }
 
 fn rewrite_and_check(mut frame: Vec<u8>, side: Side, addr: [u8; 16], port: u16) -> Vec<u8> {
-    let Parsed::Flow(fl) = flow(&mut frame) else { panic!() };
-    rewrite(&SlicePacket::new(&mut frame), &fl, side, &addr, port.to_be()).unwrap();
+    let Parsed::Flow(fl) = flow(&mut frame) else {
+        panic!()
+    };
+    rewrite(
+        &SlicePacket::new(&mut frame),
+        &fl,
+        side,
+        &addr,
+        port.to_be(),
+    )
+    .unwrap();
     assert!(checksums_valid(&frame), "checksums after rewrite");
     frame
 }
 
 #[test]
 fn dnat_ipv4_tcp_and_udp_keep_checksums_valid() {
-    let out = rewrite_and_check(tcp4(b"GET / HTTP/1.0\r\n\r\n"), Side::Destination, v4_mapped(POD4), 8080);
+    let out = rewrite_and_check(
+        tcp4(b"GET / HTTP/1.0\r\n\r\n"),
+        Side::Destination,
+        v4_mapped(POD4),
+        8080,
+    );
     let s = SlicedPacket::from_ethernet(&out).unwrap();
-    let Some(etherparse::NetSlice::Ipv4(ip)) = s.net else { panic!() };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = s.net else {
+        panic!()
+    };
     assert_eq!(ip.header().destination(), POD4);
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(CLIENT4, VIP4, 64).udp(999, 53);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(CLIENT4, VIP4, 64)
+        .udp(999, 53);
     let mut v = Vec::new();
     b.write(&mut v, b"payload!").unwrap();
     rewrite_and_check(v, Side::Destination, v4_mapped(POD4), 5353);
@@ -215,31 +263,55 @@ fn dnat_and_snat_ipv6() {
     let out = rewrite_and_check(udp6(b"abc"), Side::Destination, POD6, 5353);
     let back = rewrite_and_check(out, Side::Source, CLIENT6, 1);
     let s = SlicedPacket::from_ethernet(&back).unwrap();
-    let Some(etherparse::NetSlice::Ipv6(ip)) = s.net else { panic!() };
+    let Some(etherparse::NetSlice::Ipv6(ip)) = s.net else {
+        panic!()
+    };
     assert_eq!(ip.header().source(), CLIENT6);
     assert_eq!(ip.header().destination(), POD6);
 }
 
 #[test]
 fn zero_udp_checksum_stays_zero() {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(CLIENT4, VIP4, 64).udp(999, 53);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(CLIENT4, VIP4, 64)
+        .udp(999, 53);
     let mut v = Vec::new();
     b.write(&mut v, b"x").unwrap();
     v[14 + 20 + 6] = 0;
     v[14 + 20 + 7] = 0;
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
-    rewrite(&SlicePacket::new(&mut v), &fl, Side::Destination, &v4_mapped(POD4), 53u16.to_be()).unwrap();
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
+    rewrite(
+        &SlicePacket::new(&mut v),
+        &fl,
+        Side::Destination,
+        &v4_mapped(POD4),
+        53u16.to_be(),
+    )
+    .unwrap();
     assert_eq!(&v[40..42], &[0, 0]);
     assert_eq!(&v[30..34], &POD4);
 }
 
 #[test]
 fn rewrite_refuses_icmp() {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(CLIENT4, VIP4, 64).icmpv4_echo_request(1, 1);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(CLIENT4, VIP4, 64)
+        .icmpv4_echo_request(1, 1);
     let mut v = Vec::new();
     b.write(&mut v, b"").unwrap();
     let before = v.clone();
-    let Parsed::Flow(fl) = flow(&mut v) else { panic!() };
-    assert!(rewrite(&SlicePacket::new(&mut v), &fl, Side::Destination, &v4_mapped(POD4), 1).is_none());
+    let Parsed::Flow(fl) = flow(&mut v) else {
+        panic!()
+    };
+    assert!(rewrite(
+        &SlicePacket::new(&mut v),
+        &fl,
+        Side::Destination,
+        &v4_mapped(POD4),
+        1
+    )
+    .is_none());
     assert_eq!(v, before);
 }

@@ -1,0 +1,170 @@
+//! Typed access to the maps, and the layout table used to check pinned maps on reuse.
+
+use std::mem::size_of;
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::Pod;
+use meshgw_common::maps::{
+    names, BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue,
+    ServiceKey, ServiceValue, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_MAGLEV, MAX_NODES,
+    MAX_SERVICES,
+};
+use meshgw_common::stats::{Counter, COUNTER_SLOTS};
+
+use crate::error::DatapathError;
+use crate::loader::Datapath;
+
+/// Key size, value size (None: not checked) and capacity of a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes, where this release fixes it.
+    pub value_size: Option<u32>,
+    /// Capacity.
+    pub max_entries: u32,
+}
+
+impl MapLayout {
+    /// This release's layout of the map called `name`.
+    pub fn of(name: &str) -> Option<MapLayout> {
+        let l = |k: usize, v: Option<usize>, m: u32| MapLayout {
+            key_size: k as u32,
+            value_size: v.map(|v| v as u32),
+            max_entries: m,
+        };
+        Some(match name {
+            names::CONFIG => l(4, Some(size_of::<GatewayConfig>()), 1),
+            names::SERVICES => l(
+                size_of::<ServiceKey>(),
+                Some(size_of::<ServiceValue>()),
+                MAX_SERVICES,
+            ),
+            names::MAGLEV => l(4, Some(size_of::<MaglevTable>()), MAX_MAGLEV),
+            names::BACKENDS => l(4, Some(size_of::<BackendValue>()), MAX_BACKENDS),
+            names::NODES => l(
+                size_of::<NodeKey>(),
+                Some(size_of::<NodeValue>()),
+                MAX_NODES,
+            ),
+            names::CT => l(size_of::<CtKey>(), Some(size_of::<CtEntry>()), CT_MAX),
+            names::DEVMAP => l(4, None, 2),
+            names::STATS => l(4, Some(8), COUNTER_SLOTS),
+            _ => return None,
+        })
+    }
+}
+
+impl Datapath {
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, DatapathError> {
+        self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))
+    }
+
+    /// A typed hash map handle.
+    pub fn hash_map<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
+        HashMap::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// A read-only typed hash map handle.
+    pub fn hash_map_ref<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<&MapData, K, V>, DatapathError> {
+        HashMap::try_from(self.map(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// The gateway-wide settings.
+    pub fn config(&self) -> Result<GatewayConfig, DatapathError> {
+        let name = names::CONFIG;
+        let a: Array<&MapData, GatewayConfig> = Array::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        a.get(&0, 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Writes the gateway-wide settings.
+    pub fn set_config(&mut self, cfg: &GatewayConfig) -> Result<(), DatapathError> {
+        let name = names::CONFIG;
+        let mut a: Array<&mut MapData, GatewayConfig> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        a.set(0, cfg, 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Points the devmap's slots at the mesh and legacy interfaces.
+    pub fn set_devices(
+        &mut self,
+        mesh_ifindex: u32,
+        legacy_ifindex: u32,
+    ) -> Result<(), DatapathError> {
+        let name = names::DEVMAP;
+        let mut m = aya::maps::DevMap::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let xerr = |e: aya::maps::xdp::XdpMapError| match e {
+            aya::maps::xdp::XdpMapError::MapError(source) => DatapathError::Map { name, source },
+            other => DatapathError::Devmap(other.to_string()),
+        };
+        m.set(DEV_MESH, mesh_ifindex, None, 0).map_err(xerr)?;
+        m.set(DEV_LEGACY, legacy_ifindex, None, 0).map_err(xerr)
+    }
+
+    /// Services map.
+    pub fn services(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, ServiceKey, ServiceValue>, DatapathError> {
+        self.hash_map(names::SERVICES)
+    }
+
+    /// Maglev tables.
+    pub fn maglev(&mut self) -> Result<HashMap<&mut MapData, u32, MaglevTable>, DatapathError> {
+        self.hash_map(names::MAGLEV)
+    }
+
+    /// Backends map.
+    pub fn backends(&mut self) -> Result<HashMap<&mut MapData, u32, BackendValue>, DatapathError> {
+        self.hash_map(names::BACKENDS)
+    }
+
+    /// Known nodes.
+    pub fn nodes(&mut self) -> Result<HashMap<&mut MapData, NodeKey, NodeValue>, DatapathError> {
+        self.hash_map(names::NODES)
+    }
+
+    /// Connection tracking.
+    pub fn ct(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>, DatapathError> {
+        self.hash_map(names::CT)
+    }
+
+    /// The counters, summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        let name = names::STATS;
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let mut out = Vec::with_capacity(Counter::ALL.len());
+        for c in Counter::ALL {
+            let per_cpu = a
+                .get(&(c as u32), 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            out.push((c, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// One counter, summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64, DatapathError> {
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| v))
+    }
+}

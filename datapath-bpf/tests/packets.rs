@@ -1,0 +1,682 @@
+//! Runs crafted frames through the loaded XDP programs with BPF_PROG_TEST_RUN and compares the
+//! output bytes with frames built independently (etherparse), as Cilium's `bpf/tests` do.
+//! Needs root: the programs are loaded into the kernel and the FIB lookups resolve in a private
+//! network namespace set up here.
+
+mod support;
+
+use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, UdpHeader};
+use meshgw_common::hash::{flow_hash, vxlan_source_port};
+use meshgw_common::maps::*;
+use meshgw_common::stats::Counter;
+use meshgw_datapath::{action, Datapath, Program};
+use support::{ifindex, NetNs};
+
+const MESH_MAC: [u8; 6] = [2, 0, 0, 0, 0x0e, 1];
+const LEGACY_MAC: [u8; 6] = [2, 0, 0, 0, 0x1e, 1];
+const NODE_NH_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+const NODE_INNER_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa2];
+const VTEP_MAC: [u8; 6] = [2, 0x6d, 0x67, 0, 0, 1];
+const MESH_IP: [u8; 4] = [172, 18, 0, 1];
+const NODE_IP: [u8; 4] = [172, 18, 0, 11];
+const CLIENT4: [u8; 4] = [10, 100, 0, 2];
+const VIP4: [u8; 4] = [10, 200, 0, 10];
+const POD4: [u8; 4] = [10, 244, 1, 10];
+const CLIENT6: [u8; 16] = [0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const VIP6: [u8; 16] = [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const POD6: [u8; 16] = [0xfd, 0, 2, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const VNI: u32 = 2;
+
+/// A namespace with `mesh` and `legacy` veths, addresses and permanent neighbours, so that the
+/// programs' FIB lookups have known answers.
+fn lab() -> NetNs {
+    let ns = NetNs::new("pkt");
+    ns.ip(&[
+        "link", "add", "mesh", "type", "veth", "peer", "name", "meshp",
+    ]);
+    ns.ip(&[
+        "link", "add", "legacy", "type", "veth", "peer", "name", "legacyp",
+    ]);
+    ns.ip(&["link", "set", "mesh", "address", "02:00:00:00:0e:01", "up"]);
+    ns.ip(&[
+        "link",
+        "set",
+        "legacy",
+        "address",
+        "02:00:00:00:1e:01",
+        "up",
+    ]);
+    ns.ip(&["link", "set", "meshp", "up"]);
+    ns.ip(&["link", "set", "legacyp", "up"]);
+    ns.ip(&["addr", "add", "172.18.0.1/24", "dev", "mesh"]);
+    ns.ip(&["addr", "add", "10.100.0.1/24", "dev", "legacy"]);
+    ns.ip(&["addr", "add", "fd00:100::1/64", "dev", "legacy", "nodad"]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "172.18.0.11",
+        "lladdr",
+        "02:00:00:00:00:11",
+        "dev",
+        "mesh",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.100.0.2",
+        "lladdr",
+        "02:00:00:00:00:a2",
+        "dev",
+        "legacy",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "fd00:100::2",
+        "lladdr",
+        "02:00:00:00:00:a2",
+        "dev",
+        "legacy",
+        "nud",
+        "permanent",
+    ]);
+    // bpf_fib_lookup answers FWD_DISABLED unless the interface forwards (the gateway always does).
+    support::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    ns
+}
+
+fn v6key(a: [u8; 16]) -> [u8; 16] {
+    a
+}
+
+fn svc_key(addr: [u8; 16], port: u16, proto: u8, family: u8) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port: port.to_be(),
+        proto,
+        family,
+    }
+}
+
+fn backend(addr: [u8; 16], port: u16, family: u8) -> BackendValue {
+    BackendValue {
+        addr,
+        port: port.to_be(),
+        family,
+        node_ip: NODE_IP,
+        node_mac: NODE_INNER_MAC,
+        ..Default::default()
+    }
+}
+
+/// Loads the datapath and programs: TCP 80 / UDP 53 on VIP4 and VIP6, each to one backend;
+/// TCP 81 on VIP4 with no backend.
+fn datapath() -> Datapath {
+    let mut dp = Datapath::load_private().expect("load (verifier) ok");
+    let (mesh, legacy) = (ifindex("mesh"), ifindex("legacy"));
+    dp.set_config(&GatewayConfig {
+        mesh_ip: MESH_IP,
+        vni: VNI,
+        vxlan_port: 8472u16.to_be(),
+        flags: CFG_F_ENABLED,
+        mesh_ifindex: mesh,
+        legacy_ifindex: legacy,
+        vtep_mac: VTEP_MAC,
+        _pad: [0; 2],
+    })
+    .unwrap();
+    dp.set_devices(mesh, legacy).unwrap();
+    let entries = [
+        (
+            svc_key(v4_mapped(VIP4), 80, 6, FAMILY_V4),
+            1,
+            backend(v4_mapped(POD4), 8080, FAMILY_V4),
+        ),
+        (
+            svc_key(v4_mapped(VIP4), 53, 17, FAMILY_V4),
+            2,
+            backend(v4_mapped(POD4), 5353, FAMILY_V4),
+        ),
+        (
+            svc_key(v6key(VIP6), 80, 6, FAMILY_V6),
+            3,
+            backend(POD6, 8080, FAMILY_V6),
+        ),
+        (
+            svc_key(v6key(VIP6), 53, 17, FAMILY_V6),
+            4,
+            backend(POD6, 5353, FAMILY_V6),
+        ),
+    ];
+    for (k, id, b) in entries {
+        dp.services()
+            .unwrap()
+            .insert(
+                k,
+                ServiceValue {
+                    service_id: id,
+                    backend_count: 1,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+        dp.maglev()
+            .unwrap()
+            .insert(id, MaglevTable::filled(id), 0)
+            .unwrap();
+        dp.backends().unwrap().insert(id, b, 0).unwrap();
+    }
+    dp.services()
+        .unwrap()
+        .insert(
+            svc_key(v4_mapped(VIP4), 81, 6, FAMILY_V4),
+            ServiceValue {
+                service_id: 9,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    dp.nodes()
+        .unwrap()
+        .insert(NodeKey { ip: NODE_IP }, NodeValue::default(), 0)
+        .unwrap();
+    dp
+}
+
+fn tcp4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    syn_ack: bool,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64_000);
+    let b = if syn_ack { b.syn().ack(1) } else { b.syn() };
+    let mut v = Vec::new();
+    b.write(&mut v, b"hello").unwrap();
+    v
+}
+
+fn udp4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"query")
+        .unwrap();
+    v
+}
+
+fn tcp6(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 7, 100)
+        .syn()
+        .write(&mut v, b"six")
+        .unwrap();
+    v
+}
+
+fn udp6(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, b"q6")
+        .unwrap();
+    v
+}
+
+/// What the legacy program must emit for `inner_frame` (an Ethernet frame whose L3 part is the
+/// expected DNATed packet): outer headers to the node, then the inner frame with new MACs.
+fn vxlan_expected(
+    inner_frame: &[u8],
+    hash: u32,
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    inner_dst: [u8; 6],
+    inner_src: [u8; 6],
+) -> Vec<u8> {
+    let l3 = &inner_frame[14..];
+    let inner_len = 14 + l3.len();
+    let mut ip = Ipv4Header::new(
+        (8 + 8 + inner_len) as u16,
+        64,
+        IpNumber::UDP,
+        src_ip,
+        dst_ip,
+    )
+    .unwrap();
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    let udp = UdpHeader {
+        source_port: vxlan_source_port(hash),
+        destination_port: 8472,
+        length: (8 + 8 + inner_len) as u16,
+        checksum: 0,
+    };
+    let mut out = Vec::new();
+    Ethernet2Header {
+        destination: dst_mac,
+        source: src_mac,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    ip.write(&mut out).unwrap();
+    udp.write(&mut out).unwrap();
+    out.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    out.extend_from_slice(&inner_dst);
+    out.extend_from_slice(&inner_src);
+    out.extend_from_slice(&inner_frame[12..14]);
+    out.extend_from_slice(l3);
+    out
+}
+
+/// A VXLAN frame from the node carrying `inner_frame`.
+fn from_node(inner_frame: &[u8], node_ip: [u8; 4]) -> Vec<u8> {
+    let inner_len = inner_frame.len();
+    let ip = Ipv4Header::new((16 + inner_len) as u16, 64, IpNumber::UDP, node_ip, MESH_IP).unwrap();
+    let mut out = Vec::new();
+    Ethernet2Header {
+        destination: MESH_MAC,
+        source: NODE_NH_MAC,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    ip.write(&mut out).unwrap();
+    UdpHeader {
+        source_port: 51_000,
+        destination_port: 8472,
+        length: (16 + inner_len) as u16,
+        checksum: 0,
+    }
+    .write(&mut out)
+    .unwrap();
+    out.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    out.extend_from_slice(inner_frame);
+    out
+}
+
+/// Asserts the action, showing the datapath's counters when it is not the one expected.
+#[track_caller]
+fn expect_action(dp: &Datapath, r: &meshgw_datapath::RunResult, want: u32) {
+    if r.action != want {
+        let nonzero: Vec<_> = dp
+            .counters()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(c, v)| (c.name(), v))
+            .collect();
+        panic!("action {} (want {want}); counters: {nonzero:?}", r.action);
+    }
+}
+
+fn hash4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> u32 {
+    flow_hash(
+        &v4_mapped(src),
+        &v4_mapped(dst),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    )
+}
+
+#[test]
+fn tcp4_to_vip_is_dnated_and_encapsulated_and_the_reply_comes_back_with_the_vip() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        let syn = tcp4(CLIENT4, 40_000, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let r = dp.run(Program::Legacy, &syn, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let dnat = tcp4(CLIENT4, 40_000, POD4, 8080, CLIENT_MAC, LEGACY_MAC, false);
+        let want = vxlan_expected(
+            &dnat,
+            hash4(CLIENT4, 40_000, VIP4, 80, 6),
+            MESH_IP,
+            NODE_IP,
+            NODE_NH_MAC,
+            MESH_MAC,
+            NODE_INNER_MAC,
+            VTEP_MAC,
+        );
+        assert_eq!(r.frame, want, "encapsulated frame");
+
+        let synack = tcp4(POD4, 8080, CLIENT4, 40_000, NODE_INNER_MAC, VTEP_MAC, true);
+        let r = dp
+            .run(Program::Mesh, &from_node(&synack, NODE_IP), 1)
+            .unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let want = tcp4(VIP4, 80, CLIENT4, 40_000, LEGACY_MAC, CLIENT_MAC, true);
+        assert_eq!(r.frame, want, "decapsulated, reverse-NATed reply");
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 1);
+        assert_eq!(dp.counter(Counter::ReplyForwarded).unwrap(), 1);
+        assert_eq!(dp.counter(Counter::CtCreated).unwrap(), 1);
+    });
+}
+
+#[test]
+fn udp4_round_trip() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        let q = udp4(CLIENT4, 33_333, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let r = dp.run(Program::Legacy, &q, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let dnat = udp4(CLIENT4, 33_333, POD4, 5353, CLIENT_MAC, LEGACY_MAC);
+        let want = vxlan_expected(
+            &dnat,
+            hash4(CLIENT4, 33_333, VIP4, 53, 17),
+            MESH_IP,
+            NODE_IP,
+            NODE_NH_MAC,
+            MESH_MAC,
+            NODE_INNER_MAC,
+            VTEP_MAC,
+        );
+        assert_eq!(r.frame, want);
+        let answer = udp4(POD4, 5353, CLIENT4, 33_333, NODE_INNER_MAC, VTEP_MAC);
+        let r = dp
+            .run(Program::Mesh, &from_node(&answer, NODE_IP), 1)
+            .unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        assert_eq!(
+            r.frame,
+            udp4(VIP4, 53, CLIENT4, 33_333, LEGACY_MAC, CLIENT_MAC)
+        );
+    });
+}
+
+#[test]
+fn ipv6_tcp_and_udp_round_trip() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        for (req, dnat, reply, back, port, proto) in [
+            (
+                tcp6(CLIENT6, 41_000, VIP6, 80, CLIENT_MAC, LEGACY_MAC),
+                tcp6(CLIENT6, 41_000, POD6, 8080, CLIENT_MAC, LEGACY_MAC),
+                tcp6(POD6, 8080, CLIENT6, 41_000, NODE_INNER_MAC, VTEP_MAC),
+                tcp6(VIP6, 80, CLIENT6, 41_000, LEGACY_MAC, CLIENT_MAC),
+                80u16,
+                6u8,
+            ),
+            (
+                udp6(CLIENT6, 41_001, VIP6, 53, CLIENT_MAC, LEGACY_MAC),
+                udp6(CLIENT6, 41_001, POD6, 5353, CLIENT_MAC, LEGACY_MAC),
+                udp6(POD6, 5353, CLIENT6, 41_001, NODE_INNER_MAC, VTEP_MAC),
+                udp6(VIP6, 53, CLIENT6, 41_001, LEGACY_MAC, CLIENT_MAC),
+                53u16,
+                17u8,
+            ),
+        ] {
+            let r = dp.run(Program::Legacy, &req, 1).unwrap();
+            expect_action(&dp, &r, action::REDIRECT);
+            let sport = u16::from_be_bytes([req[54], req[55]]);
+            let h = flow_hash(&CLIENT6, &VIP6, sport.to_be(), port.to_be(), proto);
+            assert_eq!(
+                r.frame,
+                vxlan_expected(
+                    &dnat,
+                    h,
+                    MESH_IP,
+                    NODE_IP,
+                    NODE_NH_MAC,
+                    MESH_MAC,
+                    NODE_INNER_MAC,
+                    VTEP_MAC
+                )
+            );
+            let r = dp
+                .run(Program::Mesh, &from_node(&reply, NODE_IP), 1)
+                .unwrap();
+            expect_action(&dp, &r, action::REDIRECT);
+            assert_eq!(r.frame, back);
+        }
+    });
+}
+
+#[test]
+fn vlan_tagged_client_is_untagged_inside_and_retagged_on_the_reply() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        let tagged =
+            |src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, smac: [u8; 6], dmac: [u8; 6]| {
+                let mut v = Vec::new();
+                PacketBuilder::ethernet2(smac, dmac)
+                    .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+                    .ipv4(src, dst, 64)
+                    .udp(sport, dport)
+                    .write(&mut v, b"vlan")
+                    .unwrap();
+                v
+            };
+        let q = tagged(CLIENT4, 30_000, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let r = dp.run(Program::Legacy, &q, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let dnat = udp4(CLIENT4, 30_000, POD4, 5353, CLIENT_MAC, LEGACY_MAC);
+        let mut dnat_payload = dnat.clone();
+        // The untagged builder wrote "query"; rebuild with the same payload as the tagged frame.
+        dnat_payload.clear();
+        PacketBuilder::ethernet2(CLIENT_MAC, LEGACY_MAC)
+            .ipv4(CLIENT4, POD4, 64)
+            .udp(30_000, 5353)
+            .write(&mut dnat_payload, b"vlan")
+            .unwrap();
+        let want = vxlan_expected(
+            &dnat_payload,
+            hash4(CLIENT4, 30_000, VIP4, 53, 17),
+            MESH_IP,
+            NODE_IP,
+            NODE_NH_MAC,
+            MESH_MAC,
+            NODE_INNER_MAC,
+            VTEP_MAC,
+        );
+        assert_eq!(r.frame, want);
+        let mut answer = Vec::new();
+        PacketBuilder::ethernet2(NODE_INNER_MAC, VTEP_MAC)
+            .ipv4(POD4, CLIENT4, 64)
+            .udp(5353, 30_000)
+            .write(&mut answer, b"vlan")
+            .unwrap();
+        let r = dp
+            .run(Program::Mesh, &from_node(&answer, NODE_IP), 1)
+            .unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        assert_eq!(
+            r.frame,
+            tagged(VIP4, 53, CLIENT4, 30_000, LEGACY_MAC, CLIENT_MAC),
+            "reply re-tagged, MACs reversed"
+        );
+    });
+}
+
+#[test]
+fn unrelated_traffic_passes_unchanged() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        let mut arp = vec![0xffu8; 6];
+        arp.extend_from_slice(&CLIENT_MAC);
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&CLIENT_MAC);
+        arp.extend_from_slice(&CLIENT4);
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&VIP4);
+        let frames = [
+            arp,
+            tcp4(
+                CLIENT4,
+                40_000,
+                [10, 100, 0, 1],
+                22,
+                CLIENT_MAC,
+                LEGACY_MAC,
+                false,
+            ), // the gateway itself
+            tcp4(CLIENT4, 40_000, VIP4, 443, CLIENT_MAC, LEGACY_MAC, false), // VIP, unknown port
+            udp4(CLIENT4, 40_000, VIP4, 80, CLIENT_MAC, LEGACY_MAC),         // VIP, wrong protocol
+        ];
+        for f in frames {
+            let r = dp.run(Program::Legacy, &f, 1).unwrap();
+            expect_action(&dp, &r, action::PASS);
+            assert_eq!(r.frame, f);
+        }
+        // VXLAN from a node nobody configured, and a reply of an untracked flow: the kernel's.
+        let stray = udp4(POD4, 5353, CLIENT4, 1, NODE_INNER_MAC, VTEP_MAC);
+        for f in [
+            from_node(&stray, [172, 18, 0, 99]),
+            from_node(&stray, NODE_IP),
+        ] {
+            let r = dp.run(Program::Mesh, &f, 1).unwrap();
+            expect_action(&dp, &r, action::PASS);
+            assert_eq!(r.frame, f);
+        }
+        assert_eq!(dp.counter(Counter::MeshUnknownNode).unwrap(), 1);
+    });
+}
+
+#[test]
+fn service_without_backends_drops_and_counts() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        let f = tcp4(CLIENT4, 40_000, VIP4, 81, CLIENT_MAC, LEGACY_MAC, false);
+        assert_eq!(dp.run(Program::Legacy, &f, 1).unwrap().action, action::DROP);
+        assert_eq!(dp.counter(Counter::DropNoBackend).unwrap(), 1);
+    });
+}
+
+#[test]
+fn truncated_and_malformed_frames_are_never_rewritten() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = datapath();
+        let full = tcp4(CLIENT4, 40_000, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        // BPF_PROG_TEST_RUN needs at least an Ethernet header.
+        for cut in 14..full.len() {
+            let f = &full[..cut];
+            let r = dp.run(Program::Legacy, f, 1).unwrap();
+            assert!(
+                r.action == action::PASS || r.action == action::DROP,
+                "cut {cut}: action {}",
+                r.action
+            );
+            assert_eq!(r.frame, f, "cut {cut}: frame changed");
+        }
+        let reply = from_node(
+            &tcp4(POD4, 8080, CLIENT4, 40_000, NODE_INNER_MAC, VTEP_MAC, true),
+            NODE_IP,
+        );
+        for cut in 14..reply.len() {
+            let f = &reply[..cut];
+            let r = dp.run(Program::Mesh, f, 1).unwrap();
+            assert!(
+                r.action == action::PASS || r.action == action::DROP,
+                "cut {cut}"
+            );
+            assert_eq!(r.frame, f, "mesh cut {cut}: frame changed");
+        }
+        // Pseudo-random garbage (a fixed LCG, so failures reproduce).
+        let mut x: u32 = 0x1234_5678;
+        for len in [14usize, 20, 34, 54, 64, 90, 128, 300] {
+            for _ in 0..64 {
+                let f: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (x >> 24) as u8
+                    })
+                    .collect();
+                for p in [Program::Legacy, Program::Mesh] {
+                    let r = dp.run(p, &f, 1).unwrap();
+                    assert_eq!(r.action, action::PASS, "garbage of {len} bytes");
+                    assert_eq!(r.frame, f);
+                }
+            }
+        }
+        assert!(dp.counter(Counter::Malformed).unwrap() > 0);
+    });
+}
+
+#[test]
+fn established_flows_stay_on_their_backend_and_move_only_when_it_is_gone() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        let other = BackendValue {
+            addr: v4_mapped([10, 244, 1, 11]),
+            ..backend(v4_mapped(POD4), 8080, FAMILY_V4)
+        };
+        dp.backends().unwrap().insert(7, other, 0).unwrap();
+        let syn = tcp4(CLIENT4, 40_000, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let first = dp.run(Program::Legacy, &syn, 1).unwrap().frame;
+        // The table now sends every new flow to backend 7; the tracked flow must not move.
+        dp.maglev()
+            .unwrap()
+            .insert(1, MaglevTable::filled(7), 0)
+            .unwrap();
+        assert_eq!(dp.run(Program::Legacy, &syn, 1).unwrap().frame, first);
+        let fresh = tcp4(CLIENT4, 40_001, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let moved = dp.run(Program::Legacy, &fresh, 1).unwrap().frame;
+        assert_eq!(
+            &moved[64 + 16..64 + 20],
+            &[10, 244, 1, 11],
+            "new flow uses the new table"
+        );
+        // Removing backend 1 moves its flow, and counts it.
+        dp.backends().unwrap().remove(&1).unwrap();
+        let again = dp.run(Program::Legacy, &syn, 1).unwrap().frame;
+        assert_eq!(&again[64 + 16..64 + 20], &[10, 244, 1, 11]);
+        assert_eq!(dp.counter(Counter::CtReselected).unwrap(), 1);
+    });
+}

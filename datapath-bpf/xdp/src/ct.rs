@@ -1,0 +1,133 @@
+//! Connection tracking: every packet of a flow goes to the backend its first packet got, even when
+//! the Maglev table changes. A forward entry (client -> VIP) holds the backend; a reverse entry
+//! (backend -> client) holds what the reply needs: the VIP to restore and the client's L2 details.
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use meshgw_common::maps::{
+    BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE, CT_F_CLOSING,
+};
+use meshgw_common::parse::{Flow, IPPROTO_TCP, TCP_FIN, TCP_RST};
+use meshgw_common::stats::Counter;
+
+use crate::lookup;
+use crate::maps::{Scratch, CT};
+use crate::stats::count;
+
+/// Reverse entries carry this in `flags` when the client's frames had an 802.1Q tag (a TCI of 0
+/// is a valid priority tag, so the TCI alone cannot say it).
+pub const CT_F_VLAN: u32 = 1 << 8;
+
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn forward_key(f: &Flow) -> CtKey {
+    CtKey {
+        src: f.src,
+        dst: f.dst,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        family: f.family,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    }
+}
+
+/// The key a reply from `b` to the flow's client is found under.
+#[inline(always)]
+pub fn reverse_key(f: &Flow, b: &BackendValue) -> CtKey {
+    CtKey {
+        src: b.addr,
+        dst: f.src,
+        sport: b.port,
+        dport: f.sport,
+        proto: f.proto,
+        family: f.family,
+        dir: CT_DIR_REVERSE,
+        _pad: 0,
+    }
+}
+
+/// Updates an entry's counters; the timestamp only once a second, to keep the cache line quiet.
+#[inline(always)]
+pub fn touch(e: *mut CtEntry, f: &Flow, t: u64) {
+    // SAFETY: `e` is a live map value pointer; racing CPUs may lose an increment, which only
+    // makes the per-flow counters approximate (the per-CPU counters are exact).
+    unsafe {
+        (*e).packets += 1;
+        (*e).bytes += f.l3_len as u64;
+        if t > (*e).last_seen_ns + REFRESH_NS {
+            (*e).last_seen_ns = t;
+        }
+        if f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            (*e).flags |= CT_F_CLOSING;
+        }
+    }
+}
+
+/// L2 details of the client side, recorded for the reply path.
+#[repr(C)]
+pub struct ClientL2 {
+    pub peer_mac: [u8; 6],
+    pub local_mac: [u8; 6],
+}
+
+/// Finds the flow's backend, creating or repairing the entries as needed. A BPF subprogram of its
+/// own (not inlined) so that its frame does not add to the caller's; the entry under construction
+/// lives in the scratch map.
+#[inline(never)]
+pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32) -> bool {
+    let f = &s.flow;
+    let key = forward_key(f);
+    let t = now();
+    if let Some(fwd) = CT.get_ptr_mut(&key) {
+        // SAFETY: live map value.
+        let id = unsafe { (*fwd).backend_id };
+        if let Some(b) = lookup::backend(id) {
+            touch(fwd, f, t);
+            s.backend = b;
+            return true;
+        }
+        // The backend was removed: move the flow, as Cilium does, rather than black-hole it.
+        count(Counter::CtReselected);
+    } else {
+        count(Counter::CtCreated);
+    }
+    let Some((id, b)) = lookup::maglev(svc, hash) else {
+        return false;
+    };
+    let l2 = &s.l2;
+    let e = &mut s.entry;
+    *e = CtEntry {
+        created_ns: t,
+        last_seen_ns: t,
+        nat_addr: f.dst,
+        nat_port: f.dport,
+        vlan_tci: f.vlan_tci,
+        backend_id: id,
+        service_id: svc.service_id,
+        flags: if f.vlan { CT_F_VLAN } else { 0 },
+        peer_mac: l2.peer_mac,
+        local_mac: l2.local_mac,
+        ..CtEntry::default()
+    };
+    // Reverse first: a reply can only exist once the forward packet left, never the other way.
+    let _ = CT.insert(&reverse_key(f, &b), &*e, 0);
+    e.nat_addr = [0; 16];
+    e.nat_port = 0;
+    e.vlan_tci = 0;
+    e.flags = 0;
+    e.peer_mac = [0; 6];
+    e.local_mac = [0; 6];
+    e.packets = 1;
+    e.bytes = f.l3_len as u64;
+    let _ = CT.insert(&key, &*e, 0);
+    s.backend = b;
+    true
+}

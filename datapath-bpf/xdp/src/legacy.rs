@@ -1,0 +1,122 @@
+//! The legacy interface: a packet to a VIP is DNATed to a backend and sent to that backend's node
+//! in VXLAN; everything else goes to the kernel.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use meshgw_common::encap::{EncapParams, BLOCK_LEN};
+use meshgw_common::hash::{flow_hash, vxlan_source_port};
+use meshgw_common::maps::{v4_mapped, CFG_F_ENABLED, DEV_MESH, FAMILY_V4};
+use meshgw_common::parse::{
+    load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+use meshgw_common::stats::Counter;
+
+use crate::ct;
+use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
+use crate::encap::encapsulate;
+use crate::fib::{self, Fib};
+use crate::lookup;
+use crate::maps::{Scratch, CONFIG, DEVMAP, SCRATCH};
+use crate::stats::count;
+
+#[inline(always)]
+fn pass(c: Counter) -> u32 {
+    count(c);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn drop(c: Counter) -> u32 {
+    count(c);
+    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    count(Counter::LegacyRx);
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return pass(Counter::LegacyPass);
+    };
+    // SAFETY: the per-CPU scratch value is ours alone for this invocation.
+    let s = unsafe { &mut *s };
+    handle(ctx, s)
+}
+
+#[inline(never)]
+fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) if c.flags & CFG_F_ENABLED != 0 => c,
+        _ => return pass(Counter::LegacyPass),
+    };
+    match parse_frame(ctx, 0, &mut s.flow) {
+        Kind::Flow => {}
+        Kind::Other => return pass(Counter::LegacyPass),
+        Kind::Malformed => return pass(Counter::Malformed),
+    }
+    let f = &s.flow;
+    if f.proto != IPPROTO_TCP && f.proto != IPPROTO_UDP {
+        return pass(Counter::LegacyPass);
+    }
+    let Some(svc) = lookup::service(f) else {
+        return pass(Counter::LegacyPass);
+    };
+    if f.fragment {
+        return pass(Counter::Fragment);
+    }
+    if svc.backend_count == 0 {
+        return drop(Counter::DropNoBackend);
+    }
+    let Some(macs) = load::<[u8; 12], _>(&XdpPacket { ctx }, 0) else {
+        return pass(Counter::Malformed);
+    };
+    s.l2.local_mac.copy_from_slice(&macs[0..6]);
+    s.l2.peer_mac.copy_from_slice(&macs[6..12]);
+    let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
+    if !ct::backend_for(s, &svc, hash) {
+        return drop(Counter::DropNoBackend);
+    }
+    let f = &s.flow;
+    let b = s.backend;
+    if b.family != f.family {
+        return drop(Counter::DropNoBackend);
+    }
+    let outer_ip_len = f.l3_len + (BLOCK_LEN - ETH_LEN);
+    fib::prepare(
+        &mut s.fib,
+        true,
+        &v4_mapped(cfg.mesh_ip),
+        &v4_mapped(b.node_ip),
+        cfg.mesh_ifindex,
+        outer_ip_len as u16,
+    );
+    match fib::lookup(ctx, &mut s.fib) {
+        Fib::Found if s.fib.ifindex == cfg.mesh_ifindex => {}
+        Fib::TooBig => return drop(Counter::DropTooBig),
+        _ => return drop(Counter::DropFibMiss),
+    }
+    let f = &s.flow;
+    if !rewrite_frame(ctx, f, Side::Destination, &b.addr, b.port) {
+        return pass(Counter::Malformed);
+    }
+    s.enc = EncapParams {
+        outer_dst_mac: s.fib.dmac,
+        outer_src_mac: s.fib.smac,
+        src_ip: cfg.mesh_ip,
+        dst_ip: b.node_ip,
+        src_port: vxlan_source_port(hash),
+        dst_port_be: cfg.vxlan_port,
+        vni: cfg.vni,
+        inner_dst_mac: b.node_mac,
+        inner_src_mac: cfg.vtep_mac,
+        inner_ethertype: if f.family == FAMILY_V4 {
+            ETH_P_IP
+        } else {
+            ETH_P_IPV6
+        },
+        inner_l3_len: f.l3_len as u16,
+    };
+    if encapsulate(ctx, s).is_none() {
+        return drop(Counter::DropHeadroom);
+    }
+    count(Counter::VipForwarded);
+    DEVMAP.redirect(DEV_MESH, 0).unwrap_or(xdp_action::XDP_DROP)
+}

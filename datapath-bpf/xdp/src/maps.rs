@@ -1,0 +1,71 @@
+//! The maps, named as in `meshgw_common::maps::names` (user space pins them by those names).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+};
+use meshgw_common::encap::{EncapParams, BLOCK_LEN};
+use meshgw_common::maps::{
+    BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue, ServiceKey,
+    ServiceValue, CT_MAX, MAX_BACKENDS, MAX_MAGLEV, MAX_NODES, MAX_SERVICES,
+};
+use meshgw_common::parse::Flow;
+use meshgw_common::stats::COUNTER_SLOTS;
+
+use crate::ct::ClientL2;
+use crate::fib::FibParams;
+
+#[map(name = "MGW_CONFIG")]
+pub static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "MGW_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+// Not preallocated: 4 KiB a table, only for the services that exist.
+#[map(name = "MGW_MAGLEV")]
+pub static MAGLEV: HashMap<u32, MaglevTable> =
+    HashMap::with_max_entries(MAX_MAGLEV, BPF_F_NO_PREALLOC);
+
+#[map(name = "MGW_BACKENDS")]
+pub static BACKENDS: HashMap<u32, BackendValue> =
+    HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "MGW_NODES")]
+pub static NODES: HashMap<NodeKey, NodeValue> = HashMap::with_max_entries(MAX_NODES, 0);
+
+#[map(name = "MGW_CT")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX, 0);
+
+#[map(name = "MGW_DEVMAP")]
+pub static DEVMAP: DevMap = DevMap::with_max_entries(2, 0);
+
+#[map(name = "MGW_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Per-packet working memory. The BPF stack is 512 bytes for a whole call chain, and Rust's
+/// frames are generous; the large per-packet structures live here instead, one copy per CPU
+/// (XDP runs to completion on one CPU, so nothing else touches it meanwhile). Not pinned: it
+/// holds no state between packets.
+#[repr(C)]
+pub struct Scratch {
+    /// Legacy: the packet. Mesh: the outer (VXLAN) packet.
+    pub flow: Flow,
+    /// Mesh: the packet inside the VXLAN frame.
+    pub inner: Flow,
+    /// FIB lookup parameters and results.
+    pub fib: FibParams,
+    /// The encapsulation parameters and the header block built from them.
+    pub enc: EncapParams,
+    pub block: [u8; BLOCK_LEN],
+    /// A connection-tracking entry being created.
+    pub entry: CtEntry,
+    /// The client's L2 details, for the reverse entry.
+    pub l2: ClientL2,
+    /// The backend chosen for the packet.
+    pub backend: BackendValue,
+}
+
+#[map(name = "MGW_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,162 @@
+//! The mesh interface: VXLAN from a known node carrying a reply of a tracked flow gets the VIP back
+//! as its source, loses its outer headers and goes straight out of the legacy interface. Anything
+//! else (untracked VXLAN, traffic for the gateway itself) goes to the kernel, whose VXLAN device
+//! and routes are the slow path.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+    EbpfContext,
+};
+use meshgw_common::encap::vxlan_vni;
+use meshgw_common::maps::{CtKey, NodeKey, CFG_F_ENABLED, CT_DIR_REVERSE, DEV_LEGACY, FAMILY_V4};
+use meshgw_common::parse::{
+    load, store, Kind, Side, ETH_LEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    VLAN_LEN,
+};
+use meshgw_common::stats::Counter;
+
+use crate::ct::{self, CT_F_VLAN};
+use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
+use crate::fib::{self, Fib};
+use crate::maps::{Scratch, CONFIG, CT, DEVMAP, NODES, SCRATCH};
+use crate::stats::count;
+
+#[inline(always)]
+fn pass(c: Counter) -> u32 {
+    count(c);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    count(Counter::MeshRx);
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return pass(Counter::MeshPass);
+    };
+    // SAFETY: the per-CPU scratch value is ours alone for this invocation.
+    let s = unsafe { &mut *s };
+    handle(ctx, s)
+}
+
+#[inline(never)]
+fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) if c.flags & CFG_F_ENABLED != 0 => c,
+        _ => return pass(Counter::MeshPass),
+    };
+    match parse_frame(ctx, 0, &mut s.flow) {
+        Kind::Flow => {}
+        Kind::Other => return pass(Counter::MeshPass),
+        Kind::Malformed => return pass(Counter::Malformed),
+    }
+    let outer = &s.flow;
+    if outer.family != FAMILY_V4
+        || outer.proto != IPPROTO_UDP
+        || outer.fragment
+        || outer.dport != cfg.vxlan_port
+    {
+        return pass(Counter::MeshPass);
+    }
+    let node = NodeKey {
+        ip: [outer.src[12], outer.src[13], outer.src[14], outer.src[15]],
+    };
+    if NODES.get_ptr(&node).is_none() {
+        return pass(Counter::MeshUnknownNode);
+    }
+    count(Counter::MeshVxlan);
+    let vxlan_off = outer.l4_off + 8;
+    let Some(vx) = load::<[u8; 8], _>(&XdpPacket { ctx }, vxlan_off) else {
+        return pass(Counter::Malformed);
+    };
+    if vxlan_vni(&vx).is_none() {
+        return pass(Counter::MeshPass);
+    }
+    match parse_frame(ctx, vxlan_off + 8, &mut s.inner) {
+        Kind::Flow => {}
+        Kind::Malformed => return pass(Counter::Malformed),
+        Kind::Other => return pass(Counter::MeshPass),
+    }
+    let inner = &s.inner;
+    if inner.fragment || (inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP) {
+        return pass(Counter::MeshPass);
+    }
+    let key = CtKey {
+        dir: CT_DIR_REVERSE,
+        ..ct::forward_key(inner)
+    };
+    let Some(e) = CT.get_ptr_mut(&key) else {
+        return pass(Counter::MeshPass);
+    };
+    // SAFETY: live map value; copied out field by field below.
+    let (nat_addr, nat_port, flags, vlan_tci, peer_mac, local_mac) = unsafe {
+        (
+            (*e).nat_addr,
+            (*e).nat_port,
+            (*e).flags,
+            (*e).vlan_tci,
+            (*e).peer_mac,
+            (*e).local_mac,
+        )
+    };
+    ct::touch(e, inner, ct::now());
+
+    let tagged = flags & CT_F_VLAN != 0;
+    let v4 = inner.family == FAMILY_V4;
+    fib::prepare(
+        &mut s.fib,
+        v4,
+        &nat_addr,
+        &inner.dst,
+        cfg.legacy_ifindex,
+        inner.l3_len as u16,
+    );
+    let found = fib::lookup(ctx, &mut s.fib) == Fib::Found;
+    let (dmac, smac) = if found && !tagged && s.fib.ifindex == cfg.legacy_ifindex {
+        (s.fib.dmac, s.fib.smac)
+    } else if peer_mac != [0; 6] {
+        // Tagged clients, and clients the FIB cannot resolve (yet): answer the MAC they came from.
+        (peer_mac, local_mac)
+    } else {
+        count(Counter::DropReplyFib);
+        return xdp_action::XDP_DROP;
+    };
+    let inner = &s.inner;
+    if !rewrite_frame(ctx, inner, Side::Source, &nat_addr, nat_port) {
+        return pass(Counter::Malformed);
+    }
+    let l2_len = if tagged { ETH_LEN + VLAN_LEN } else { ETH_LEN };
+    let l3_off = inner.l3_off;
+    if l3_off < l2_len || l3_off > 512 {
+        return pass(Counter::Malformed);
+    }
+    let shrink = (l3_off - l2_len) as i32;
+    // SAFETY: moves `data` forward within the packet; re-read through a fresh XdpPacket.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, shrink) } != 0 {
+        count(Counter::DropHeadroom);
+        return xdp_action::XDP_DROP;
+    }
+    let pkt = XdpPacket { ctx };
+    let ethertype = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let mut l2 = [0u8; 18];
+    l2[0..6].copy_from_slice(&dmac);
+    l2[6..12].copy_from_slice(&smac);
+    let written = if tagged {
+        l2[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+        l2[14..16].copy_from_slice(&vlan_tci.to_be_bytes());
+        l2[16..18].copy_from_slice(&ethertype.to_be_bytes());
+        store(&pkt, 0, l2)
+    } else {
+        l2[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        let mut l2u = [0u8; 14];
+        l2u.copy_from_slice(&l2[0..14]);
+        store(&pkt, 0, l2u)
+    };
+    if written.is_none() {
+        count(Counter::DropHeadroom);
+        return xdp_action::XDP_DROP;
+    }
+    count(Counter::ReplyForwarded);
+    DEVMAP
+        .redirect(DEV_LEGACY, 0)
+        .unwrap_or(xdp_action::XDP_DROP)
+}

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 //! Runs crafted frames through the loaded XDP programs with BPF_PROG_TEST_RUN and compares the
 //! output bytes with frames built independently (etherparse), as Cilium's `bpf/tests` do.
 //! Needs root: the programs are loaded into the kernel and the FIB lookups resolve in a private
@@ -271,24 +272,15 @@ fn udp6(
 
 /// What the legacy program must emit for `inner_frame` (an Ethernet frame whose L3 part is the
 /// expected DNATed packet): outer headers to the node, then the inner frame with new MACs.
-fn vxlan_expected(
-    inner_frame: &[u8],
-    hash: u32,
-    src_ip: [u8; 4],
-    dst_ip: [u8; 4],
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    inner_dst: [u8; 6],
-    inner_src: [u8; 6],
-) -> Vec<u8> {
+fn vxlan_expected(inner_frame: &[u8], hash: u32) -> Vec<u8> {
     let l3 = &inner_frame[14..];
     let inner_len = 14 + l3.len();
     let mut ip = Ipv4Header::new(
         (8 + 8 + inner_len) as u16,
         64,
         IpNumber::UDP,
-        src_ip,
-        dst_ip,
+        MESH_IP,
+        NODE_IP,
     )
     .unwrap();
     ip.dont_fragment = false;
@@ -301,8 +293,8 @@ fn vxlan_expected(
     };
     let mut out = Vec::new();
     Ethernet2Header {
-        destination: dst_mac,
-        source: src_mac,
+        destination: NODE_NH_MAC,
+        source: MESH_MAC,
         ether_type: etherparse::EtherType::IPV4,
     }
     .write(&mut out)
@@ -310,8 +302,8 @@ fn vxlan_expected(
     ip.write(&mut out).unwrap();
     udp.write(&mut out).unwrap();
     out.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
-    out.extend_from_slice(&inner_dst);
-    out.extend_from_slice(&inner_src);
+    out.extend_from_slice(&NODE_INNER_MAC);
+    out.extend_from_slice(&VTEP_MAC);
     out.extend_from_slice(&inner_frame[12..14]);
     out.extend_from_slice(l3);
     out
@@ -377,16 +369,7 @@ fn tcp4_to_vip_is_dnated_and_encapsulated_and_the_reply_comes_back_with_the_vip(
         let r = dp.run(Program::Legacy, &syn, 1).unwrap();
         expect_action(&dp, &r, action::REDIRECT);
         let dnat = tcp4(CLIENT4, 40_000, POD4, 8080, CLIENT_MAC, LEGACY_MAC, false);
-        let want = vxlan_expected(
-            &dnat,
-            hash4(CLIENT4, 40_000, VIP4, 80, 6),
-            MESH_IP,
-            NODE_IP,
-            NODE_NH_MAC,
-            MESH_MAC,
-            NODE_INNER_MAC,
-            VTEP_MAC,
-        );
+        let want = vxlan_expected(&dnat, hash4(CLIENT4, 40_000, VIP4, 80, 6));
         assert_eq!(r.frame, want, "encapsulated frame");
 
         let synack = tcp4(POD4, 8080, CLIENT4, 40_000, NODE_INNER_MAC, VTEP_MAC, true);
@@ -411,16 +394,7 @@ fn udp4_round_trip() {
         let r = dp.run(Program::Legacy, &q, 1).unwrap();
         expect_action(&dp, &r, action::REDIRECT);
         let dnat = udp4(CLIENT4, 33_333, POD4, 5353, CLIENT_MAC, LEGACY_MAC);
-        let want = vxlan_expected(
-            &dnat,
-            hash4(CLIENT4, 33_333, VIP4, 53, 17),
-            MESH_IP,
-            NODE_IP,
-            NODE_NH_MAC,
-            MESH_MAC,
-            NODE_INNER_MAC,
-            VTEP_MAC,
-        );
+        let want = vxlan_expected(&dnat, hash4(CLIENT4, 33_333, VIP4, 53, 17));
         assert_eq!(r.frame, want);
         let answer = udp4(POD4, 5353, CLIENT4, 33_333, NODE_INNER_MAC, VTEP_MAC);
         let r = dp
@@ -461,19 +435,7 @@ fn ipv6_tcp_and_udp_round_trip() {
             expect_action(&dp, &r, action::REDIRECT);
             let sport = u16::from_be_bytes([req[54], req[55]]);
             let h = flow_hash(&CLIENT6, &VIP6, sport.to_be(), port.to_be(), proto);
-            assert_eq!(
-                r.frame,
-                vxlan_expected(
-                    &dnat,
-                    h,
-                    MESH_IP,
-                    NODE_IP,
-                    NODE_NH_MAC,
-                    MESH_MAC,
-                    NODE_INNER_MAC,
-                    VTEP_MAC
-                )
-            );
+            assert_eq!(r.frame, vxlan_expected(&dnat, h));
             let r = dp
                 .run(Program::Mesh, &from_node(&reply, NODE_IP), 1)
                 .unwrap();
@@ -511,16 +473,7 @@ fn vlan_tagged_client_is_untagged_inside_and_retagged_on_the_reply() {
             .udp(30_000, 5353)
             .write(&mut dnat_payload, b"vlan")
             .unwrap();
-        let want = vxlan_expected(
-            &dnat_payload,
-            hash4(CLIENT4, 30_000, VIP4, 53, 17),
-            MESH_IP,
-            NODE_IP,
-            NODE_NH_MAC,
-            MESH_MAC,
-            NODE_INNER_MAC,
-            VTEP_MAC,
-        );
+        let want = vxlan_expected(&dnat_payload, hash4(CLIENT4, 30_000, VIP4, 53, 17));
         assert_eq!(r.frame, want);
         let mut answer = Vec::new();
         PacketBuilder::ethernet2(NODE_INNER_MAC, VTEP_MAC)

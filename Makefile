@@ -1,0 +1,47 @@
+# meshgw: `make demo` and `make test` each work alone on a fresh machine (both run `deps` first).
+# Most targets need root: apt, bpffs, network namespaces, XDP.
+
+# CI runs without a login shell profile: cargo and rustup live in ~/.cargo/bin.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO ?= cargo
+LAB_PREFIX ?= mgw
+export LAB_PREFIX
+
+.PHONY: all deps build demo test fmt-check clippy cargo-test lab-up lab-down lab-check clean
+
+all: build
+
+## deps: install Debian packages, the nightly rust-src, bpf-linker; mount bpffs (idempotent)
+deps:
+	bash scripts/deps.sh
+
+## build: release build of the whole workspace (the XDP object is built by datapath-bpf's build.rs)
+build: deps
+	$(CARGO) build --release --workspace
+
+## demo: lab + gateway + traffic from the legacy host through the portal VIP, then tear down
+demo: build
+	bash scripts/demo.sh
+
+## test: formatting, lints, and every test (unit, kernel/XDP and lab end-to-end tests; needs root)
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+
+## lab-up / lab-down / lab-check: the namespace lab alone (LAB_PREFIX=... to pick the prefix)
+lab-up:
+	bash scripts/lab.sh up
+
+lab-down:
+	bash scripts/lab.sh down
+
+lab-check:
+	bash scripts/lab.sh check
+
+## clean: remove build outputs and a leftover demo lab
+clean:
+	-bash scripts/lab.sh down
+	$(CARGO) clean
+	rm -rf datapath-bpf/xdp/target

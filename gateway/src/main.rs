@@ -1,1 +1,134 @@
-fn main(){}
+//! meshgw: a transit gateway between a legacy L3 network and a Cilium Cluster Mesh.
+//!
+//! `meshgw run` is the daemon, `meshgw check` validates a configuration file, `meshgw status`
+//! shows what a running gateway serves, `meshgw down` removes everything a gateway created.
+
+mod bpffs;
+mod catalog;
+mod config;
+mod daemon;
+mod desired;
+mod lb;
+mod netlink;
+mod reconcile;
+mod status_cmd;
+mod vip;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Where an installed appliance keeps its configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/meshgw/gateway.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "meshgw",
+    version,
+    about = "Transit gateway between a legacy L3 network and a Cilium Cluster Mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (SIGHUP reloads the configuration; SIGTERM stops the daemon and leaves the
+    /// datapath forwarding).
+    Run {
+        /// Configuration file (default: /etc/meshgw/gateway.toml, else the embedded default).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate configuration files and print every problem with its line and key.
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show what a running gateway serves, with its datapath counters.
+    Status {
+        /// Configuration file of the gateway to ask about.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the datapath, devices, routes and proxy entries a gateway created.
+    Down {
+        /// Configuration file of the gateway to remove.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match config::load_file(f) {
+            Ok(c) => println!(
+                "{}: ok ({} services, {} nodes)",
+                f.display(),
+                c.services.len(),
+                c.nodes.len()
+            ),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Check { files } => return check(&files),
+        Cmd::Run { config } => {
+            init_logging();
+            daemon::require_privileges()
+                .and_then(|()| daemon::source_for(config.as_deref()))
+                .and_then(|src| runtime()?.block_on(daemon::run(src)))
+        }
+        Cmd::Down { config } => {
+            init_logging();
+            daemon::require_privileges()
+                .and_then(|()| daemon::source_for(config.as_deref()))
+                .and_then(|src| runtime()?.block_on(daemon::down(src)))
+        }
+        Cmd::Status { config, json } => {
+            daemon::source_for(config.as_deref()).and_then(|src| status_cmd::show(&src, json))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshgw: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The service catalog: what the gateway knows of services, backends and nodes, whatever told it
+//! (the TOML file today, Cluster Mesh peers next). Everything downstream (VIP allocation, the
+//! desired datapath, the reconcilers) reads only this.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+
+use crate::config::{self, Config};
+use crate::vip::Request;
+
+/// A service's identity: namespace and name (the same across clusters, as for Cilium's global
+/// services).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node's identity: its cluster and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId {
+    /// Cluster name ("static" for nodes from the TOML file).
+    pub cluster: String,
+    /// Node name.
+    pub name: String,
+}
+
+/// The cluster name given to services and nodes from the TOML file.
+pub const STATIC_CLUSTER: &str = "static";
+
+/// A frontend port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// Port name (backends map names to target ports).
+    pub name: String,
+    /// Frontend port.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+/// A backend (pod) of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Pod address.
+    pub addr: IpAddr,
+    /// Target port per frontend port name; a name not listed means the frontend port.
+    pub ports: BTreeMap<String, u16>,
+    /// The node hosting the pod.
+    pub node: NodeId,
+    /// Maglev weight (≥ 1).
+    pub weight: u32,
+}
+
+impl Backend {
+    /// The port this backend serves frontend port `p` on.
+    pub fn target_port(&self, p: &Port) -> u16 {
+        self.ports.get(&p.name).copied().unwrap_or(p.port)
+    }
+}
+
+/// A service that may become a portal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Identity.
+    pub name: ServiceName,
+    /// IPv4 VIP request.
+    pub vip4: Option<Request>,
+    /// IPv6 VIP request.
+    pub vip6: Option<Request>,
+    /// Frontend ports.
+    pub ports: Vec<Port>,
+    /// Backends, from every source.
+    pub backends: Vec<Backend>,
+}
+
+/// A mesh node (a VXLAN peer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Identity.
+    pub id: NodeId,
+    /// Underlay (VXLAN endpoint) address.
+    pub address: Ipv4Addr,
+    /// Pod CIDRs it hosts.
+    pub pod_cidrs: Vec<IpNet>,
+    /// Its in-cluster router addresses (next hops for pod-CIDR routes).
+    pub router_ips: Vec<IpAddr>,
+    /// Inner destination MAC, if known.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Everything known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Services by identity.
+    pub services: BTreeMap<ServiceName, Service>,
+    /// Nodes by identity.
+    pub nodes: BTreeMap<NodeId, Node>,
+}
+
+fn request(v: &Option<config::VipSpec>) -> Option<Request> {
+    v.as_ref().map(|v| match v {
+        config::VipSpec::Auto => Request::Auto,
+        config::VipSpec::Static(ip) => Request::Static(*ip),
+    })
+}
+
+impl Catalog {
+    /// The catalog the TOML file describes.
+    pub fn from_config(cfg: &Config) -> Catalog {
+        let node_id = |name: &str| NodeId {
+            cluster: STATIC_CLUSTER.into(),
+            name: name.into(),
+        };
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|n| {
+                let id = node_id(&n.name);
+                let node = Node {
+                    id: id.clone(),
+                    address: n.address,
+                    pod_cidrs: n.pod_cidrs.clone(),
+                    router_ips: n.router_ips.clone(),
+                    mac: n.mac,
+                };
+                (id, node)
+            })
+            .collect();
+        let services = cfg
+            .services
+            .iter()
+            .map(|s| {
+                let name = ServiceName {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                };
+                let svc = Service {
+                    name: name.clone(),
+                    vip4: request(&s.vip4),
+                    vip6: request(&s.vip6),
+                    ports: s
+                        .ports
+                        .iter()
+                        .map(|p| Port {
+                            name: p.name.clone(),
+                            port: p.port,
+                            proto: p.protocol.number(),
+                        })
+                        .collect(),
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| Backend {
+                            addr: b.address,
+                            ports: b.ports.clone(),
+                            node: node_id(&b.node),
+                            weight: 1,
+                        })
+                        .collect(),
+                };
+                (name, svc)
+            })
+            .collect();
+        Catalog { services, nodes }
+    }
+
+    /// VIP requests of every service, for the allocator.
+    pub fn vip_requests(&self) -> BTreeMap<(ServiceName, bool), Request> {
+        let mut r = BTreeMap::new();
+        for s in self.services.values() {
+            if let Some(v) = s.vip4 {
+                r.insert((s.name.clone(), false), v);
+            }
+            if let Some(v) = s.vip6 {
+                r.insert((s.name.clone(), true), v);
+            }
+        }
+        r
+    }
+}

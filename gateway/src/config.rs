@@ -1,0 +1,353 @@
+//! The gateway's configuration: one TOML file, parsed once at the edge into typed, validated
+//! structs. Unknown keys are errors (`deny_unknown_fields` everywhere), and every problem is
+//! reported with its file, line, column and key path, all at once, so an operator fixes a file in
+//! one pass (`meshgw check FILE`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The shipped default (config/default.toml), used when no file is given or installed.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `[gateway]`.
+    pub gateway: Gateway,
+    /// `[interfaces]`.
+    pub interfaces: Interfaces,
+    /// `[mesh]`.
+    pub mesh: Mesh,
+    /// `[vips]`.
+    pub vips: Vips,
+    /// `[[node]]`.
+    pub nodes: Vec<Node>,
+    /// `[[service]]`.
+    pub services: Vec<Service>,
+}
+
+/// `[gateway]`: identity and where state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// Name, used in logs and in the default pin directory.
+    pub name: String,
+    /// Security identity sent as the VXLAN VNI (2 = Cilium's `world`, required by VTEP mode).
+    pub identity: u32,
+    /// Persistent state (VIP assignments, status).
+    pub state_dir: PathBuf,
+    /// Where maps and links are pinned.
+    pub bpf_pin_dir: PathBuf,
+}
+
+/// How XDP programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver.
+    Native,
+    /// Generic (in the stack).
+    Skb,
+    /// Native where possible.
+    Auto,
+}
+
+/// `[interfaces]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interfaces {
+    /// Towards the legacy network.
+    pub legacy: String,
+    /// Towards the Cilium nodes.
+    pub mesh: String,
+    /// XDP attach mode.
+    pub xdp_mode: XdpMode,
+}
+
+/// `[mesh]`: the VXLAN underlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mesh {
+    /// Outer source address (default: the mesh interface's first IPv4 address).
+    pub address: Option<Ipv4Addr>,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// The MAC given to Cilium as `vtep-mac` (default: the mesh interface's MAC).
+    pub vtep_mac: Option<[u8; 6]>,
+    /// Name of the kernel VXLAN device (the slow path).
+    pub vxlan_device: String,
+}
+
+/// `[vips]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vips {
+    /// Ranges VIPs are allocated from.
+    pub pool: Vec<IpNet>,
+    /// Device holding the VIP addresses (default: the legacy interface).
+    pub device: Option<String>,
+    /// Send gratuitous ARP / unsolicited NA when a VIP appears.
+    pub announce: bool,
+}
+
+/// `[[node]]`: a mesh node (VXLAN peer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Unique name.
+    pub name: String,
+    /// Underlay IPv4 address.
+    pub address: Ipv4Addr,
+    /// Pod CIDRs on the node.
+    pub pod_cidrs: Vec<IpNet>,
+    /// In-cluster router addresses (one per family at most).
+    pub router_ips: Vec<IpAddr>,
+    /// Inner destination MAC.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A VIP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VipSpec {
+    /// From the pool.
+    Auto,
+    /// This address.
+    Static(IpAddr),
+}
+
+/// L4 protocol of a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A frontend port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Name (backends map names to target ports).
+    pub name: String,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// A backend of a static service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Pod address.
+    pub address: IpAddr,
+    /// Node name.
+    pub node: String,
+    /// Target port per service port name.
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// `[[service]]`: a static service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// IPv4 VIP.
+    pub vip4: Option<VipSpec>,
+    /// IPv6 VIP.
+    pub vip6: Option<VipSpec>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Backends.
+    pub backends: Vec<Backend>,
+}
+
+/// One problem in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Dotted key path, e.g. `service[0].backend[1].node`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub origin: String,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.origin)?;
+            if let Some(l) = p.line {
+                write!(f, ":{l}")?;
+                if let Some(c) = p.column {
+                    write!(f, ":{c}")?;
+                }
+            }
+            if p.key.is_empty() {
+                write!(f, ": {}", p.message)?;
+            } else {
+                write!(f, ": {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+mod raw {
+    //! The file's shape, exactly as written.
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        pub gateway: Gateway,
+        pub interfaces: Interfaces,
+        #[serde(default)]
+        pub mesh: Mesh,
+        pub vips: Vips,
+        #[serde(default)]
+        pub node: Vec<Node>,
+        #[serde(default)]
+        pub service: Vec<Service>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Gateway {
+        pub name: String,
+        pub identity: Option<u32>,
+        pub state_dir: Option<PathBuf>,
+        pub bpf_pin_dir: Option<PathBuf>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Interfaces {
+        pub legacy: String,
+        pub mesh: String,
+        pub xdp_mode: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Mesh {
+        pub address: Option<String>,
+        pub vxlan_port: Option<u16>,
+        pub vtep_mac: Option<String>,
+        pub vxlan_device: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Vips {
+        pub pool: Vec<String>,
+        pub device: Option<String>,
+        pub announce: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Node {
+        pub name: String,
+        pub address: String,
+        #[serde(default)]
+        pub pod_cidrs: Vec<String>,
+        #[serde(default)]
+        pub router_ips: Vec<String>,
+        pub mac: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Service {
+        pub name: String,
+        pub namespace: Option<String>,
+        pub vip4: Option<String>,
+        pub vip6: Option<String>,
+        pub ports: Vec<Port>,
+        #[serde(default)]
+        pub backend: Vec<Backend>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Port {
+        pub name: String,
+        pub port: u32,
+        pub protocol: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Backend {
+        pub address: String,
+        pub node: String,
+        #[serde(default)]
+        pub ports: BTreeMap<String, u32>,
+    }
+}
+
+mod position;
+mod rules;
+
+/// Reads, parses and validates a file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        problems: vec![Problem {
+            line: None,
+            column: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse_str(&text, &origin)
+}
+
+/// Parses and validates `text`; `origin` names it in errors.
+pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        origin: origin.to_string(),
+        problems,
+    };
+    let file: raw::File =
+        toml::from_str(text).map_err(|e| fail(vec![position::from_toml_error(text, &e)]))?;
+    rules::validate(file, text).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,509 @@
+//! Semantic checks, turning the raw file into the typed [`Config`]. Every problem is collected
+//! with its key path; nothing stops at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use toml_edit::ImDocument;
+
+use super::position::{problem, KeyPath};
+use super::*;
+
+struct Ctx<'a> {
+    text: &'a str,
+    doc: Option<ImDocument<&'a str>>,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
+        let p = problem(self.text, self.doc.as_ref(), path, message.into());
+        self.problems.push(p);
+    }
+}
+
+fn root(k: &str) -> KeyPath {
+    KeyPath::default().key(k)
+}
+
+fn is_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn ifname_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 15 && !s.contains(['/', ' ', '\0']) && s != "." && s != ".."
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        m[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(m)
+}
+
+fn mac(c: &mut Ctx<'_>, path: KeyPath, s: &Option<String>) -> Option<[u8; 6]> {
+    let s = s.as_ref()?;
+    match parse_mac(s) {
+        Some(m) if m[0] & 1 == 0 => Some(m),
+        Some(_) => {
+            c.err(
+                &path,
+                format!("{s:?} is a multicast MAC; a unicast one is needed"),
+            );
+            None
+        }
+        None => {
+            c.err(
+                &path,
+                format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+            );
+            None
+        }
+    }
+}
+
+fn iface(c: &mut Ctx<'_>, path: KeyPath, s: &str) {
+    if !ifname_ok(s) {
+        c.err(
+            &path,
+            format!("{s:?} is not a valid interface name (1 to 15 characters, no '/' or spaces)"),
+        );
+    }
+}
+
+/// Turns the raw file into a [`Config`], or every problem found.
+pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
+    let mut c = Ctx {
+        text,
+        doc: ImDocument::parse(text).ok(),
+        problems: Vec::new(),
+    };
+
+    // [gateway]
+    let g = root("gateway");
+    if !is_label(&f.gateway.name, 32) {
+        c.err(
+            &g.key("name"),
+            format!("{:?}: use 1 to 32 of a-z, 0-9 and '-'", f.gateway.name),
+        );
+    }
+    let identity = f.gateway.identity.unwrap_or(2);
+    if identity == 0 || identity > 0x00ff_ffff {
+        c.err(
+            &g.key("identity"),
+            format!("{identity} is not a VXLAN VNI (1 to 16777215)"),
+        );
+    }
+    let state_dir = f
+        .gateway
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/meshgw"));
+    let bpf_pin_dir = f
+        .gateway
+        .bpf_pin_dir
+        .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/meshgw/{}", f.gateway.name)));
+    for (k, p) in [("state_dir", &state_dir), ("bpf_pin_dir", &bpf_pin_dir)] {
+        if !p.is_absolute() {
+            c.err(
+                &g.key(k),
+                format!("{} must be an absolute path", p.display()),
+            );
+        }
+    }
+
+    // [interfaces]
+    let i = root("interfaces");
+    iface(&mut c, i.key("legacy"), &f.interfaces.legacy);
+    iface(&mut c, i.key("mesh"), &f.interfaces.mesh);
+    if f.interfaces.legacy == f.interfaces.mesh {
+        c.err(&i.key("mesh"), "the mesh and legacy interfaces must differ");
+    }
+    let xdp_mode = match f.interfaces.xdp_mode.as_deref().unwrap_or("native") {
+        "native" => XdpMode::Native,
+        "skb" => XdpMode::Skb,
+        "auto" => XdpMode::Auto,
+        other => {
+            c.err(
+                &i.key("xdp_mode"),
+                format!("{other:?}: expected \"native\", \"skb\" or \"auto\""),
+            );
+            XdpMode::Native
+        }
+    };
+
+    // [mesh]
+    let m = root("mesh");
+    let address = f
+        .mesh
+        .address
+        .as_ref()
+        .and_then(|a| match a.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => Some(v4),
+            Ok(IpAddr::V6(_)) => {
+                c.err(
+                    &m.key("address"),
+                    format!("{a}: the mesh underlay is IPv4 (Cilium's VTEP mode is IPv4-only)"),
+                );
+                None
+            }
+            Err(_) => {
+                c.err(&m.key("address"), format!("{a:?} is not an IPv4 address"));
+                None
+            }
+        });
+    let vxlan_port = f.mesh.vxlan_port.unwrap_or(8472);
+    if vxlan_port == 0 {
+        c.err(&m.key("vxlan_port"), "port 0 is not a port");
+    }
+    let vtep_mac = mac(&mut c, m.key("vtep_mac"), &f.mesh.vtep_mac);
+    let vxlan_device = f.mesh.vxlan_device.unwrap_or_else(|| "meshgw-vx".into());
+    iface(&mut c, m.key("vxlan_device"), &vxlan_device);
+
+    // [vips]
+    let v = root("vips");
+    let mut pool: Vec<IpNet> = Vec::new();
+    if f.vips.pool.is_empty() {
+        c.err(&v.key("pool"), "at least one CIDR is needed");
+    }
+    for (n, s) in f.vips.pool.iter().enumerate() {
+        match s.parse::<IpNet>() {
+            Ok(net) if net != net.trunc() => c.err(
+                &v.key("pool").idx(n),
+                format!("{s}: host bits set (did you mean {}?)", net.trunc()),
+            ),
+            Ok(net) => {
+                if let Some(o) = pool
+                    .iter()
+                    .find(|p| p.contains(&net.network()) || net.contains(&p.network()))
+                {
+                    c.err(&v.key("pool").idx(n), format!("{s} overlaps {o}"));
+                }
+                pool.push(net);
+            }
+            Err(_) => c.err(
+                &v.key("pool").idx(n),
+                format!("{s:?} is not a CIDR (e.g. 10.200.0.0/24)"),
+            ),
+        }
+    }
+    if let Some(d) = &f.vips.device {
+        iface(&mut c, v.key("device"), d);
+    }
+
+    // [[node]]
+    let mut nodes = Vec::new();
+    let mut node_names = BTreeSet::new();
+    let mut node_addrs = BTreeSet::new();
+    for (n, raw) in f.node.iter().enumerate() {
+        let p = root("node").idx(n);
+        if !is_label(&raw.name, 253) && !raw.name.contains('.') {
+            c.err(&p.key("name"), format!("{:?} is not a node name", raw.name));
+        }
+        if !node_names.insert(raw.name.clone()) {
+            c.err(
+                &p.key("name"),
+                format!("node {:?} is defined twice", raw.name),
+            );
+        }
+        let address = match raw.address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => a,
+            Ok(IpAddr::V6(_)) => {
+                c.err(
+                    &p.key("address"),
+                    format!(
+                        "{}: node addresses are IPv4 (Cilium's VTEP mode is IPv4-only)",
+                        raw.address
+                    ),
+                );
+                Ipv4Addr::UNSPECIFIED
+            }
+            Err(_) => {
+                c.err(
+                    &p.key("address"),
+                    format!("{:?} is not an IPv4 address", raw.address),
+                );
+                Ipv4Addr::UNSPECIFIED
+            }
+        };
+        if !address.is_unspecified() && !node_addrs.insert(address) {
+            c.err(
+                &p.key("address"),
+                format!("{address} is the address of another node"),
+            );
+        }
+        let mut pod_cidrs = Vec::new();
+        for (k, s) in raw.pod_cidrs.iter().enumerate() {
+            match s.parse::<IpNet>() {
+                Ok(net) => pod_cidrs.push(net.trunc()),
+                Err(_) => c.err(&p.key("pod_cidrs").idx(k), format!("{s:?} is not a CIDR")),
+            }
+        }
+        let mut router_ips: Vec<IpAddr> = Vec::new();
+        for (k, s) in raw.router_ips.iter().enumerate() {
+            match s.parse::<IpAddr>() {
+                Ok(ip) if router_ips.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) => c.err(
+                    &p.key("router_ips").idx(k),
+                    format!("{ip}: at most one router address per family"),
+                ),
+                Ok(ip) => router_ips.push(ip),
+                Err(_) => c.err(
+                    &p.key("router_ips").idx(k),
+                    format!("{s:?} is not an IP address"),
+                ),
+            }
+        }
+        let mac = mac(&mut c, p.key("mac"), &raw.mac);
+        nodes.push(Node {
+            name: raw.name.clone(),
+            address,
+            pod_cidrs,
+            router_ips,
+            mac,
+        });
+    }
+
+    // [[service]]
+    let mut services = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut static_vips: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let has4 = pool.iter().any(|n| matches!(n, IpNet::V4(_)));
+    let has6 = pool.iter().any(|n| matches!(n, IpNet::V6(_)));
+    for (n, raw) in f.service.iter().enumerate() {
+        let p = root("service").idx(n);
+        let namespace = raw.namespace.clone().unwrap_or_else(|| "default".into());
+        if !is_label(&raw.name, 63) {
+            c.err(
+                &p.key("name"),
+                format!("{:?}: use 1 to 63 of a-z, 0-9 and '-'", raw.name),
+            );
+        }
+        if !is_label(&namespace, 63) {
+            c.err(
+                &p.key("namespace"),
+                format!("{namespace:?}: use 1 to 63 of a-z, 0-9 and '-'"),
+            );
+        }
+        let full = format!("{namespace}/{}", raw.name);
+        if !seen.insert(full.clone()) {
+            c.err(&p.key("name"), format!("service {full} is defined twice"));
+        }
+        let mut vip =
+            |key: &str, s: &Option<String>, v6: bool, c: &mut Ctx<'_>| -> Option<VipSpec> {
+                let s = s.as_ref()?;
+                if s == "auto" {
+                    if (v6 && !has6) || (!v6 && !has4) {
+                        c.err(
+                            &p.key(key),
+                            format!(
+                                "\"auto\" needs an {} range in [vips].pool",
+                                if v6 { "IPv6" } else { "IPv4" }
+                            ),
+                        );
+                    }
+                    return Some(VipSpec::Auto);
+                }
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv6() == v6 => {
+                        if let Some(other) = static_vips.insert(ip, full.clone()) {
+                            c.err(&p.key(key), format!("{ip} is already the VIP of {other}"));
+                        }
+                        Some(VipSpec::Static(ip))
+                    }
+                    Ok(ip) => {
+                        c.err(
+                            &p.key(key),
+                            format!(
+                                "{ip} is not an {} address",
+                                if v6 { "IPv6" } else { "IPv4" }
+                            ),
+                        );
+                        None
+                    }
+                    Err(_) => {
+                        c.err(
+                            &p.key(key),
+                            format!("{s:?}: expected \"auto\" or an address"),
+                        );
+                        None
+                    }
+                }
+            };
+        let mut vip4 = vip("vip4", &raw.vip4, false, &mut c);
+        let vip6 = vip("vip6", &raw.vip6, true, &mut c);
+        if raw.vip4.is_none() && raw.vip6.is_none() {
+            vip4 = Some(VipSpec::Auto);
+            if !has4 {
+                c.err(&p, "no vip4/vip6 given and the pool has no IPv4 range for the default vip4 = \"auto\"");
+            }
+        }
+        if raw.ports.is_empty() {
+            c.err(&p.key("ports"), "a service needs at least one port");
+        }
+        let mut ports = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut pp = BTreeSet::new();
+        for (k, rp) in raw.ports.iter().enumerate() {
+            let q = p.key("ports").idx(k);
+            let protocol = match rp.protocol.as_str() {
+                "tcp" | "TCP" => Protocol::Tcp,
+                "udp" | "UDP" => Protocol::Udp,
+                other => {
+                    c.err(
+                        &q.key("protocol"),
+                        format!("{other:?}: expected \"tcp\" or \"udp\""),
+                    );
+                    Protocol::Tcp
+                }
+            };
+            let port = match u16::try_from(rp.port) {
+                Ok(0) | Err(_) => {
+                    c.err(
+                        &q.key("port"),
+                        format!("{} is not a port (1 to 65535)", rp.port),
+                    );
+                    0
+                }
+                Ok(x) => x,
+            };
+            if !names.insert(rp.name.clone()) {
+                c.err(
+                    &q.key("name"),
+                    format!("port name {:?} is used twice", rp.name),
+                );
+            }
+            if port != 0 && !pp.insert((port, protocol.number())) {
+                c.err(&q.key("port"), format!("{port}/{protocol} is listed twice"));
+            }
+            ports.push(ServicePort {
+                name: rp.name.clone(),
+                port,
+                protocol,
+            });
+        }
+        let mut backends = Vec::new();
+        for (k, rb) in raw.backend.iter().enumerate() {
+            let q = p.key("backend").idx(k);
+            let address = match rb.address.parse::<IpAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.err(
+                        &q.key("address"),
+                        format!("{:?} is not an IP address", rb.address),
+                    );
+                    None
+                }
+            };
+            if !node_names.contains(&rb.node) {
+                let known: Vec<&str> = node_names.iter().map(String::as_str).collect();
+                c.err(
+                    &q.key("node"),
+                    format!(
+                        "unknown node {:?} (known: {})",
+                        rb.node,
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            let mut bports = BTreeMap::new();
+            for (name, target) in &rb.ports {
+                if !names.contains(name) {
+                    c.err(
+                        &q.key("ports").key(name),
+                        format!("{name:?} is not a port name of this service"),
+                    );
+                }
+                match u16::try_from(*target) {
+                    Ok(t) if t != 0 => {
+                        bports.insert(name.clone(), t);
+                    }
+                    _ => c.err(
+                        &q.key("ports").key(name),
+                        format!("{target} is not a port (1 to 65535)"),
+                    ),
+                }
+            }
+            if let Some(a) = address {
+                let fits = if a.is_ipv6() {
+                    vip6.is_some()
+                } else {
+                    vip4.is_some()
+                };
+                if !fits {
+                    c.err(
+                        &q.key("address"),
+                        format!(
+                            "backend {a} is {} but service {full} has no {}",
+                            if a.is_ipv6() { "IPv6" } else { "IPv4" },
+                            if a.is_ipv6() { "vip6" } else { "vip4" }
+                        ),
+                    );
+                }
+                backends.push(Backend {
+                    address: a,
+                    node: rb.node.clone(),
+                    ports: bports,
+                });
+            }
+        }
+        services.push(Service {
+            name: raw.name.clone(),
+            namespace,
+            vip4,
+            vip6,
+            ports,
+            backends,
+        });
+    }
+
+    if !c.problems.is_empty() {
+        c.problems
+            .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
+        return Err(c.problems);
+    }
+    Ok(Config {
+        gateway: Gateway {
+            name: f.gateway.name,
+            identity,
+            state_dir,
+            bpf_pin_dir,
+        },
+        interfaces: Interfaces {
+            legacy: f.interfaces.legacy,
+            mesh: f.interfaces.mesh,
+            xdp_mode,
+        },
+        mesh: Mesh {
+            address,
+            vxlan_port,
+            vtep_mac,
+            vxlan_device,
+        },
+        vips: Vips {
+            pool,
+            device: f.vips.device,
+            announce: f.vips.announce.unwrap_or(true),
+        },
+        nodes,
+        services,
+    })
+}

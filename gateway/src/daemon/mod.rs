@@ -1,0 +1,488 @@
+//! `meshgw run`: the daemon. Data flows one way: config -> catalog -> VIP allocation -> desired
+//! state -> reconcilers (BPF maps, kernel objects). Every pass recomputes the whole desired state
+//! and lets the idempotent reconcilers apply the difference, so a reload, a restart and a periodic
+//! drift repair are the same code path.
+//!
+//! The packet path never waits on this process: programs and maps are pinned, and exiting leaves
+//! them attached and forwarding.
+
+pub mod kernel;
+pub mod status;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use meshgw_common::maps::{GatewayConfig, CFG_F_ENABLED};
+use meshgw_datapath::{AttachMode, Datapath, Program};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::catalog::Catalog;
+use crate::config::{self, Config, XdpMode};
+use crate::desired::{self, Desired};
+use crate::netlink::{announce, sysctl, Netlink};
+use crate::reconcile::bpf::BpfReconciler;
+use crate::vip::{self, VipState};
+use kernel::Devices;
+use status::{unix_now, PortalStatus, Status};
+
+/// How often the daemon re-runs the reconcilers to repair drift (someone deleted a route, a
+/// neighbour expired).
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// A file (reloadable with SIGHUP).
+    File(PathBuf),
+    /// The embedded default (config/default.toml).
+    Embedded,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config> {
+        match self {
+            ConfigSource::File(p) => config::load_file(p).map_err(|e| anyhow::anyhow!("{e}")),
+            ConfigSource::Embedded => config::parse_str(config::DEFAULT_TOML, "<embedded default>")
+                .map_err(|e| anyhow::anyhow!("{e}")),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Embedded => "<embedded default>".into(),
+        }
+    }
+}
+
+struct Daemon {
+    source: ConfigSource,
+    cfg: Config,
+    nl: Netlink,
+    dp: Datapath,
+    bpf: BpfReconciler,
+    dev: Devices,
+    mesh_ip: Ipv4Addr,
+    vtep_mac: [u8; 6],
+    legacy_mac: [u8; 6],
+    announced: BTreeSet<IpAddr>,
+    desired: Desired,
+    started_at: u64,
+    reload_error: Option<String>,
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn attach_mode(m: XdpMode) -> AttachMode {
+    match m {
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Skb => AttachMode::Skb,
+        XdpMode::Auto => AttachMode::Auto,
+    }
+}
+
+impl Daemon {
+    async fn start(source: ConfigSource) -> Result<Daemon> {
+        let cfg = source.load()?;
+        info!(config = %source.describe(), gateway = %cfg.gateway.name, "starting");
+        std::fs::create_dir_all(&cfg.gateway.state_dir)
+            .with_context(|| format!("creating state dir {}", cfg.gateway.state_dir.display()))?;
+        crate::bpffs::ensure_mounted(&cfg.gateway.bpf_pin_dir).context("bpffs")?;
+        let nl = Netlink::connect().context("netlink")?;
+        let dp =
+            Datapath::load_pinned(&cfg.gateway.bpf_pin_dir).context("loading the XDP datapath")?;
+        let mut d = Daemon {
+            source,
+            nl,
+            dp,
+            bpf: BpfReconciler::default(),
+            dev: Devices {
+                legacy: 0,
+                mesh: 0,
+                vips: 0,
+                vxlan: 0,
+            },
+            mesh_ip: Ipv4Addr::UNSPECIFIED,
+            vtep_mac: [0; 6],
+            legacy_mac: [0; 6],
+            announced: BTreeSet::new(),
+            desired: Desired::default(),
+            started_at: unix_now(),
+            reload_error: None,
+            cfg,
+        };
+        d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
+        d.setup_devices().await?;
+        d.reconcile().await?;
+        d.attach()?;
+        Ok(d)
+    }
+
+    /// Interfaces, sysctls and the two devices the gateway owns.
+    async fn setup_devices(&mut self) -> Result<()> {
+        let cfg = &self.cfg;
+        let legacy = self
+            .nl
+            .link(&cfg.interfaces.legacy)
+            .await?
+            .with_context(|| {
+                format!(
+                    "legacy interface {:?} does not exist",
+                    cfg.interfaces.legacy
+                )
+            })?;
+        let mesh =
+            self.nl.link(&cfg.interfaces.mesh).await?.with_context(|| {
+                format!("mesh interface {:?} does not exist", cfg.interfaces.mesh)
+            })?;
+        self.mesh_ip = match cfg.mesh.address {
+            Some(ip) => ip,
+            None => *self
+                .nl
+                .ipv4_addrs(mesh.index)
+                .await?
+                .first()
+                .with_context(|| {
+                    format!(
+                        "mesh interface {} has no IPv4 address and [mesh].address is not set",
+                        mesh.name
+                    )
+                })?,
+        };
+        // The mesh interface's MAC is the natural VTEP MAC to give Cilium (`vtep-mac`).
+        self.vtep_mac = cfg.mesh.vtep_mac.unwrap_or(mesh.mac);
+        self.legacy_mac = legacy.mac;
+        // Forwarding: the kernel slow path needs it, and bpf_fib_lookup refuses to answer without it.
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+        // IPv6 VIPs are answered through proxy NDP on the legacy side.
+        sysctl::set(&format!("net/ipv6/conf/{}/proxy_ndp", legacy.name), "1")?;
+        let spec = meshgw_tunnel::vxlan::VxlanSpec {
+            name: cfg.mesh.vxlan_device.clone(),
+            port: cfg.mesh.vxlan_port,
+            local: Some(self.mesh_ip),
+            lower: Some(mesh.index),
+            mac: Some(self.vtep_mac),
+            mtu: None,
+        };
+        let vxlan = meshgw_tunnel::vxlan::ensure_vxlan(self.nl.handle(), &spec)
+            .await
+            .context("VXLAN device")?;
+        // Replies to the slow path arrive on the VXLAN device but leave by the legacy side: loose
+        // reverse-path filtering, or the kernel drops them.
+        for dev in [
+            legacy.name.as_str(),
+            mesh.name.as_str(),
+            cfg.mesh.vxlan_device.as_str(),
+        ] {
+            sysctl::set(&format!("net/ipv4/conf/{dev}/rp_filter"), "2")?;
+        }
+        // VIPs live on the legacy interface itself unless a separate device is configured: the
+        // kernel then answers ARP and neighbour solicitations for them on exactly that interface.
+        let vips = match &cfg.vips.device {
+            Some(name) => self.nl.ensure_dummy(name).await.context("VIP device")?,
+            None => legacy.index,
+        };
+        self.dev = Devices {
+            legacy: legacy.index,
+            mesh: mesh.index,
+            vips,
+            vxlan,
+        };
+        info!(legacy = %legacy.name, mesh = %mesh.name, mesh_ip = %self.mesh_ip, vtep_mac = %mac_str(self.vtep_mac), "devices ready");
+        Ok(())
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let mode = attach_mode(self.cfg.interfaces.xdp_mode);
+        self.dp
+            .attach(Program::Legacy, self.dev.legacy, mode)
+            .context("attaching XDP to the legacy interface")?;
+        self.dp
+            .attach(Program::Mesh, self.dev.mesh, mode)
+            .context("attaching XDP to the mesh interface")?;
+        Ok(())
+    }
+
+    /// One full pass: catalog -> VIPs -> desired -> reconcilers -> announcements -> status.
+    async fn reconcile(&mut self) -> Result<()> {
+        let cat = Catalog::from_config(&self.cfg);
+        let state_path = VipState::path(&self.cfg.gateway.state_dir);
+        let alloc = vip::allocate(
+            &self.cfg.vips.pool,
+            &cat.vip_requests(),
+            &VipState::load(&state_path),
+        );
+        if let Err(e) = alloc.state().save(&state_path) {
+            warn!(path = %state_path.display(), error = %e, "cannot persist VIP assignments");
+        }
+        let d = desired::compute(&cat, &alloc, self.vtep_mac);
+        for p in &d.problems {
+            warn!(problem = %p, "part of the catalog is not served");
+        }
+        self.dp.set_devices(self.dev.mesh, self.dev.legacy)?;
+        let bpf = self
+            .bpf
+            .apply(&mut self.dp, &d)
+            .context("programming the BPF maps")?;
+        let kernel = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d).await?;
+        self.dp.set_config(&GatewayConfig {
+            mesh_ip: self.mesh_ip.octets(),
+            vni: self.cfg.gateway.identity,
+            vxlan_port: self.cfg.mesh.vxlan_port.to_be(),
+            flags: CFG_F_ENABLED,
+            mesh_ifindex: self.dev.mesh,
+            legacy_ifindex: self.dev.legacy,
+            vtep_mac: self.vtep_mac,
+            _pad: [0; 2],
+        })?;
+        if !bpf.is_empty() || !kernel.is_empty() {
+            info!(
+                bpf_written = bpf.written,
+                bpf_removed = bpf.removed,
+                "reconciled"
+            );
+        }
+        self.announce(&d);
+        self.desired = d;
+        self.publish_status(&cat, &alloc);
+        Ok(())
+    }
+
+    fn announce(&mut self, d: &Desired) {
+        if !self.cfg.vips.announce {
+            self.announced = d.vips.clone();
+            return;
+        }
+        for ip in d.vips.difference(&self.announced) {
+            let r = match ip {
+                IpAddr::V4(v4) => announce::gratuitous_arp(self.dev.legacy, self.legacy_mac, *v4),
+                IpAddr::V6(v6) => announce::unsolicited_na(self.dev.legacy, self.legacy_mac, *v6),
+            };
+            match r {
+                Ok(()) => info!(vip = %ip, "VIP announced"),
+                Err(e) => warn!(vip = %ip, error = %e, "VIP announcement failed"),
+            }
+        }
+        self.announced = d.vips.clone();
+    }
+
+    fn publish_status(&self, cat: &Catalog, alloc: &vip::Allocation) {
+        let portals = cat
+            .services
+            .values()
+            .map(|s| {
+                let vips: Vec<IpAddr> = [false, true]
+                    .iter()
+                    .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
+                    .collect();
+                PortalStatus {
+                    service: s.name.to_string(),
+                    vips,
+                    ports: s
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{} {}/{}",
+                                p.name,
+                                p.port,
+                                if p.proto == 6 { "tcp" } else { "udp" }
+                            )
+                        })
+                        .collect(),
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| format!("{} via {}/{}", b.addr, b.node.cluster, b.node.name))
+                        .collect(),
+                }
+            })
+            .collect();
+        let st = Status {
+            gateway: self.cfg.gateway.name.clone(),
+            pid: std::process::id(),
+            config: self.source.describe(),
+            legacy: self.cfg.interfaces.legacy.clone(),
+            mesh: self.cfg.interfaces.mesh.clone(),
+            mesh_address: self.mesh_ip.to_string(),
+            vtep_mac: mac_str(self.vtep_mac),
+            identity: self.cfg.gateway.identity,
+            portals,
+            nodes: cat
+                .nodes
+                .values()
+                .map(|n| format!("{}/{} {}", n.id.cluster, n.id.name, n.address))
+                .collect(),
+            problems: self.desired.problems.clone(),
+            reconciled_at: unix_now(),
+            started_at: self.started_at,
+            reload_error: self.reload_error.clone(),
+        };
+        if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
+            warn!(error = %e, "cannot write status");
+        }
+    }
+
+    /// SIGHUP: a configuration that fails to load or apply leaves the running one serving.
+    async fn reload(&mut self) {
+        let new = match self.source.load() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "configuration rejected; the running configuration stays in force");
+                self.reload_error = Some(e.to_string());
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.cfg, new);
+        let moved = old.interfaces != self.cfg.interfaces
+            || old.mesh != self.cfg.mesh
+            || old.vips.device != self.cfg.vips.device
+            || old.gateway.bpf_pin_dir != self.cfg.gateway.bpf_pin_dir;
+        if old.gateway.bpf_pin_dir != self.cfg.gateway.bpf_pin_dir
+            || old.gateway.state_dir != self.cfg.gateway.state_dir
+        {
+            warn!("gateway.bpf_pin_dir and gateway.state_dir take effect at the next start; keeping the current ones");
+            self.cfg.gateway.bpf_pin_dir = old.gateway.bpf_pin_dir.clone();
+            self.cfg.gateway.state_dir = old.gateway.state_dir.clone();
+        }
+        let result = async {
+            if moved {
+                if old.mesh.vxlan_device != self.cfg.mesh.vxlan_device {
+                    meshgw_tunnel::vxlan::remove_vxlan(self.nl.handle(), &old.mesh.vxlan_device)
+                        .await?;
+                }
+                if let (Some(dev), true) =
+                    (&old.vips.device, old.vips.device != self.cfg.vips.device)
+                {
+                    self.nl.delete_link(dev).await?;
+                }
+                self.setup_devices().await?;
+                self.attach()?;
+            }
+            self.reconcile().await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.reload_error = None;
+                info!("configuration reloaded");
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "applying the new configuration failed; restoring the previous one");
+                self.reload_error = Some(format!("{e:#}"));
+                self.cfg = old;
+                if let Err(e) = self.reconcile().await {
+                    error!(error = %format!("{e:#}"), "restoring the previous configuration failed");
+                }
+            }
+        }
+    }
+
+    fn ready_file(&self) -> PathBuf {
+        self.cfg.gateway.state_dir.join("ready")
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(source: ConfigSource) -> Result<()> {
+    let mut d = Daemon::start(source).await?;
+    let ready = d.ready_file();
+    std::fs::write(&ready, format!("{}\n", std::process::id()))
+        .with_context(|| ready.display().to_string())?;
+    info!(ready = %ready.display(), "gateway forwarding");
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(RESYNC);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => d.reload().await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                if let Err(e) = d.reconcile().await {
+                    error!(error = %format!("{e:#}"), "periodic reconcile failed");
+                }
+                match crate::reconcile::ct_gc::sweep(&mut d.dp) {
+                    Ok((seen, removed)) if removed > 0 => info!(seen, removed, "expired idle flows"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "connection-tracking sweep failed"),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&ready);
+    info!("stopping; the XDP datapath stays attached and forwarding (meshgw down removes it)");
+    Ok(())
+}
+
+/// `meshgw down`: removes everything the gateway created: the datapath (detached with its pins),
+/// the VIP and VXLAN devices, its routes and proxy entries.
+pub async fn down(source: ConfigSource) -> Result<()> {
+    let cfg = source.load()?;
+    let nl = Netlink::connect()?;
+    let removed = Datapath::remove_pins(&cfg.gateway.bpf_pin_dir)?;
+    info!(removed, pin_dir = %cfg.gateway.bpf_pin_dir.display(), "datapath removed");
+    nl.reconcile_routes(&[]).await?;
+    if let Some(legacy) = nl.link(&cfg.interfaces.legacy).await? {
+        let owned: Vec<ipnet::Ipv6Net> = cfg
+            .vips
+            .pool
+            .iter()
+            .filter_map(|n| {
+                if let ipnet::IpNet::V6(v6) = n {
+                    Some(*v6)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        nl.reconcile_proxy_ndp(legacy.index, &BTreeSet::new(), &owned)
+            .await?;
+        if cfg.vips.device.is_none() {
+            nl.reconcile_addresses_in(legacy.index, &BTreeSet::new(), &cfg.vips.pool)
+                .await?;
+        }
+    }
+    if let Some(dev) = &cfg.vips.device {
+        nl.delete_link(dev).await?;
+    }
+    meshgw_tunnel::vxlan::remove_vxlan(nl.handle(), &cfg.mesh.vxlan_device).await?;
+    let _ = std::fs::remove_file(cfg.gateway.state_dir.join("ready"));
+    Ok(())
+}
+
+/// Loads the configuration `meshgw status` and `meshgw down` refer to.
+pub fn source_for(path: Option<&Path>) -> Result<ConfigSource> {
+    match path {
+        Some(p) => Ok(ConfigSource::File(p.to_path_buf())),
+        None => {
+            let etc = Path::new(crate::DEFAULT_CONFIG_PATH);
+            if etc.exists() {
+                Ok(ConfigSource::File(etc.to_path_buf()))
+            } else {
+                Ok(ConfigSource::Embedded)
+            }
+        }
+    }
+}
+
+/// Fails unless running as root (the datapath and netlink need CAP_BPF and CAP_NET_ADMIN).
+pub fn require_privileges() -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("meshgw run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs)");
+    }
+    Ok(())
+}

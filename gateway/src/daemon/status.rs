@@ -1,0 +1,84 @@
+//! The status the daemon publishes in `<state_dir>/status.json` after every reconcile, read by
+//! `meshgw status` together with the live counters from the pinned statistics map.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One portal as the status shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortalStatus {
+    /// "namespace/name".
+    pub service: String,
+    /// Its VIPs.
+    pub vips: Vec<IpAddr>,
+    /// "name port/proto".
+    pub ports: Vec<String>,
+    /// "addr:port via node".
+    pub backends: Vec<String>,
+}
+
+/// The whole status file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Status {
+    /// Gateway name.
+    pub gateway: String,
+    /// Daemon pid.
+    pub pid: u32,
+    /// Config file in use.
+    pub config: String,
+    /// Legacy interface.
+    pub legacy: String,
+    /// Mesh interface.
+    pub mesh: String,
+    /// Outer VXLAN source.
+    pub mesh_address: String,
+    /// The MAC to give Cilium as vtep-mac.
+    pub vtep_mac: String,
+    /// VNI sent.
+    pub identity: u32,
+    /// Portals.
+    pub portals: Vec<PortalStatus>,
+    /// Known nodes.
+    pub nodes: Vec<String>,
+    /// Problems that leave part of the catalog unserved.
+    pub problems: Vec<String>,
+    /// Unix time of the last reconcile.
+    pub reconciled_at: u64,
+    /// Unix time the daemon started.
+    pub started_at: u64,
+    /// The last configuration reload error, if the running config is older than the file.
+    pub reload_error: Option<String>,
+}
+
+impl Status {
+    /// `<state_dir>/status.json`.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("status.json")
+    }
+
+    /// Writes atomically.
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let p = Self::path(state_dir);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, p)
+    }
+
+    /// Reads the file.
+    pub fn load(state_dir: &Path) -> std::io::Result<Status> {
+        let bytes = std::fs::read(Self::path(state_dir))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

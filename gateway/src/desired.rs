@@ -1,0 +1,260 @@
+//! The desired state of the datapath and of the kernel objects around it, computed from the
+//! catalog and the VIP allocation. Pure: the reconcilers make the system match it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use meshgw_common::maps::{v4_mapped, BackendValue, ServiceKey, FAMILY_V4, FAMILY_V6};
+
+use crate::catalog::{Catalog, NodeId, ServiceName};
+use crate::vip::Allocation;
+
+/// 16-byte map form of an address, and its family tag.
+pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => (v4_mapped(v4.octets()), FAMILY_V4),
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The address a 16-byte map form stands for.
+pub fn addr_from16(a: [u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([a[12], a[13], a[14], a[15]])
+    } else {
+        IpAddr::from(a)
+    }
+}
+
+/// One backend as the datapath sees it: pod address and port, and how to reach its node. Two
+/// services with the same pod and port share the entry (and its id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendSpec {
+    /// Pod address.
+    pub addr: IpAddr,
+    /// Pod port.
+    pub port: u16,
+    /// The node's underlay address.
+    pub node_ip: Ipv4Addr,
+    /// Inner destination MAC towards the node.
+    pub node_mac: [u8; 6],
+}
+
+impl BackendSpec {
+    /// The Maglev name: stable, independent of ids.
+    pub fn maglev_name(&self) -> String {
+        format!("{}:{}@{}", self.addr, self.port, self.node_ip)
+    }
+
+    /// The map value.
+    pub fn value(&self) -> BackendValue {
+        let (addr, family) = addr16(self.addr);
+        BackendValue {
+            addr,
+            port: self.port.to_be(),
+            family,
+            node_ip: self.node_ip.octets(),
+            node_mac: self.node_mac,
+            ..BackendValue::default()
+        }
+    }
+
+    /// Reads a map value back (after a restart).
+    pub fn from_value(v: &BackendValue) -> BackendSpec {
+        BackendSpec {
+            addr: addr_from16(v.addr, v.family),
+            port: u16::from_be(v.port),
+            node_ip: Ipv4Addr::from(v.node_ip),
+            node_mac: v.node_mac,
+        }
+    }
+}
+
+/// A frontend: what (VIP, port, protocol) leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    /// The service.
+    pub service: ServiceName,
+    /// The frontend port's name.
+    pub port_name: String,
+    /// Its backends with their Maglev weights, sorted and without duplicates.
+    pub backends: Vec<(BackendSpec, u32)>,
+}
+
+/// A route towards a node's pod CIDR through the kernel VXLAN device (the slow path).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodRoute {
+    /// The pod CIDR.
+    pub dst: IpNet,
+    /// The node's underlay address (VXLAN destination).
+    pub node_ip: Ipv4Addr,
+    /// The node's router address of the CIDR's family, used as next hop.
+    pub via: Option<IpAddr>,
+    /// Inner MAC towards the node (the next hop's permanent neighbour entry).
+    pub mac: [u8; 6],
+}
+
+/// Everything the reconcilers enforce.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Frontends by map key.
+    pub frontends: BTreeMap<ServiceKey, Frontend>,
+    /// Known nodes (VXLAN sources accepted on the mesh side).
+    pub nodes: BTreeSet<Ipv4Addr>,
+    /// VIP addresses to own.
+    pub vips: BTreeSet<IpAddr>,
+    /// Pod-CIDR routes.
+    pub routes: Vec<PodRoute>,
+    /// Problems that leave part of the catalog unserved (reported, never fatal).
+    pub problems: Vec<String>,
+}
+
+/// Computes the desired state. `default_mac` is the inner MAC for nodes without one (Cilium's
+/// overlay ignores the inner destination MAC, so the gateway's own VTEP MAC serves).
+pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desired {
+    let mut d = Desired::default();
+    for (svc, v6, why) in &alloc.failures {
+        d.problems.push(format!(
+            "{svc}: no {} VIP: {why}",
+            if *v6 { "IPv6" } else { "IPv4" }
+        ));
+    }
+    let node_of = |id: &NodeId| cat.nodes.get(id);
+    for n in cat.nodes.values() {
+        d.nodes.insert(n.address);
+        for cidr in &n.pod_cidrs {
+            let via = n
+                .router_ips
+                .iter()
+                .copied()
+                .find(|r| r.is_ipv4() == matches!(cidr, IpNet::V4(_)));
+            d.routes.push(PodRoute {
+                dst: *cidr,
+                node_ip: n.address,
+                via,
+                mac: n.mac.unwrap_or(default_mac),
+            });
+        }
+    }
+    d.routes.sort();
+    for svc in cat.services.values() {
+        for v6 in [false, true] {
+            let Some(vip) = alloc.vips.get(&(svc.name.clone(), v6)).copied() else {
+                continue;
+            };
+            d.vips.insert(vip);
+            let (vaddr, family) = addr16(vip);
+            for port in &svc.ports {
+                let mut backends = Vec::new();
+                for b in svc.backends.iter().filter(|b| b.addr.is_ipv6() == v6) {
+                    let Some(node) = node_of(&b.node) else {
+                        d.problems.push(format!(
+                            "{}: backend {} names unknown node {}/{}",
+                            svc.name, b.addr, b.node.cluster, b.node.name
+                        ));
+                        continue;
+                    };
+                    let spec = BackendSpec {
+                        addr: b.addr,
+                        port: b.target_port(port),
+                        node_ip: node.address,
+                        node_mac: node.mac.unwrap_or(default_mac),
+                    };
+                    backends.push((spec, b.weight.max(1)));
+                }
+                backends.sort();
+                backends.dedup_by(|a, b| a.0 == b.0);
+                let key = ServiceKey {
+                    addr: vaddr,
+                    port: port.port.to_be(),
+                    proto: port.proto,
+                    family,
+                };
+                d.frontends.insert(
+                    key,
+                    Frontend {
+                        service: svc.name.clone(),
+                        port_name: port.name.clone(),
+                        backends,
+                    },
+                );
+            }
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vip::{allocate, VipState};
+
+    fn demo() -> Desired {
+        let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")
+            .expect("demo config");
+        let cat = Catalog::from_config(&cfg);
+        let alloc = allocate(&cfg.vips.pool, &cat.vip_requests(), &VipState::default());
+        compute(&cat, &alloc, [2, 0, 0, 0, 0, 1])
+    }
+
+    #[test]
+    fn demo_has_a_frontend_per_family_and_port() {
+        let d = demo();
+        assert_eq!(d.frontends.len(), 4, "{:?}", d.frontends.keys());
+        for (k, fe) in &d.frontends {
+            assert_eq!(fe.backends.len(), 2, "{k:?}");
+            for (b, _) in &fe.backends {
+                assert_eq!(b.addr.is_ipv4(), k.family == FAMILY_V4, "no NAT46/64");
+                let want = if k.proto == 6 { 8080 } else { 5353 };
+                assert_eq!(b.port, want, "target port mapped by port name");
+            }
+        }
+        assert_eq!(
+            d.vips,
+            [
+                "10.200.0.10".parse().unwrap(),
+                "fd00:200::10".parse().unwrap()
+            ]
+            .into()
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn demo_routes_use_the_router_of_the_cidr_family() {
+        let d = demo();
+        assert_eq!(d.routes.len(), 4);
+        for r in &d.routes {
+            let via = r.via.expect("router ip");
+            assert_eq!(via.is_ipv4(), matches!(r.dst, IpNet::V4(_)));
+            assert!(r.dst.contains(&via), "{via} inside {}", r.dst);
+        }
+        assert_eq!(d.nodes.len(), 2);
+    }
+
+    #[test]
+    fn backend_values_round_trip() {
+        for addr in ["10.244.1.10", "fd00:244:1::10"] {
+            let b = BackendSpec {
+                addr: addr.parse().unwrap(),
+                port: 8080,
+                node_ip: Ipv4Addr::new(172, 18, 0, 11),
+                node_mac: [2, 0xaa, 0, 0, 0, 1],
+            };
+            assert_eq!(BackendSpec::from_value(&b.value()), b);
+        }
+    }
+
+    #[test]
+    fn unknown_node_is_a_problem_not_a_crash() {
+        let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")
+            .expect("demo");
+        let mut cat = Catalog::from_config(&cfg);
+        cat.nodes.clear();
+        let alloc = allocate(&cfg.vips.pool, &cat.vip_requests(), &VipState::default());
+        let d = compute(&cat, &alloc, [0; 6]);
+        assert!(!d.problems.is_empty());
+        assert!(d.frontends.values().all(|f| f.backends.is_empty()));
+    }
+}

@@ -1,0 +1,207 @@
+//! Makes the BPF maps match the desired datapath. Ids (service ids index the Maglev tables,
+//! backend ids are what connection tracking remembers) are read back from the pinned maps on
+//! start, so a restarted daemon gives every existing backend the id it had and tracked flows keep
+//! their backend. Order is make-before-break: new backends and tables are in place before a
+//! service points at them, and nothing is removed until nothing points at it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use meshgw_common::maps::{MaglevTable, NodeKey, NodeValue, ServiceKey, ServiceValue};
+use meshgw_datapath::{Datapath, DatapathError};
+use tracing::debug;
+
+use super::Changes;
+use crate::desired::{BackendSpec, Desired};
+use crate::lb::maglev;
+
+/// Remembers which id each backend and frontend has.
+#[derive(Debug, Default)]
+pub struct BpfReconciler {
+    backend_ids: HashMap<BackendSpec, u32>,
+    service_ids: HashMap<ServiceKey, u32>,
+}
+
+fn free_id(used: &BTreeSet<u32>) -> u32 {
+    // Smallest id ≥ 1 not in use; 0 means "no backend" in the Maglev tables.
+    let mut want = 1;
+    for id in used {
+        if *id > want {
+            break;
+        }
+        if *id == want {
+            want += 1;
+        }
+    }
+    want
+}
+
+impl BpfReconciler {
+    /// Recovers the ids already in the (possibly pinned) maps.
+    pub fn recover(dp: &mut Datapath) -> Result<Self, DatapathError> {
+        let mut r = BpfReconciler::default();
+        for item in dp.backends()?.iter() {
+            let (id, v) = item.map_err(|source| DatapathError::Map {
+                name: "MGW_BACKENDS",
+                source,
+            })?;
+            r.backend_ids.insert(BackendSpec::from_value(&v), id);
+        }
+        for item in dp.services()?.iter() {
+            let (k, v) = item.map_err(|source| DatapathError::Map {
+                name: "MGW_SERVICES",
+                source,
+            })?;
+            r.service_ids.insert(k, v.service_id);
+        }
+        debug!(
+            backends = r.backend_ids.len(),
+            services = r.service_ids.len(),
+            "recovered datapath ids"
+        );
+        Ok(r)
+    }
+
+    /// Applies `d` to the maps; returns what changed.
+    pub fn apply(&mut self, dp: &mut Datapath, d: &Desired) -> Result<Changes, DatapathError> {
+        let mut ch = Changes::default();
+        let merr = |name: &'static str| move |source| DatapathError::Map { name, source };
+
+        // 1. Backends: allocate ids for new ones and write them.
+        let wanted: BTreeSet<BackendSpec> = d
+            .frontends
+            .values()
+            .flat_map(|f| f.backends.iter().map(|(b, _)| *b))
+            .collect();
+        let mut used: BTreeSet<u32> = self.backend_ids.values().copied().collect();
+        {
+            let mut backends = dp.backends()?;
+            for spec in &wanted {
+                let id = match self.backend_ids.get(spec) {
+                    Some(id) => *id,
+                    None => {
+                        let id = free_id(&used);
+                        used.insert(id);
+                        self.backend_ids.insert(*spec, id);
+                        id
+                    }
+                };
+                let v = spec.value();
+                if backends.get(&id, 0).ok() != Some(v) {
+                    backends.insert(id, v, 0).map_err(merr("MGW_BACKENDS"))?;
+                    ch.written += 1;
+                }
+            }
+        }
+
+        // 2. Maglev tables and service entries.
+        let mut svc_used: BTreeSet<u32> = self.service_ids.values().copied().collect();
+        for (key, fe) in &d.frontends {
+            let id = match self.service_ids.get(key) {
+                Some(id) => *id,
+                None => {
+                    let id = free_id(&svc_used);
+                    svc_used.insert(id);
+                    self.service_ids.insert(*key, id);
+                    id
+                }
+            };
+            let names: Vec<(String, u32)> = fe
+                .backends
+                .iter()
+                .map(|(b, w)| (b.maglev_name(), *w))
+                .collect();
+            let mut table = MaglevTable::filled(0);
+            if let Some(slots) = maglev::table(&names) {
+                for (slot, idx) in table.slots.iter_mut().zip(slots) {
+                    *slot = self
+                        .backend_ids
+                        .get(&fe.backends[idx].0)
+                        .copied()
+                        .unwrap_or(0);
+                }
+            }
+            {
+                let mut maglev = dp.maglev()?;
+                let same = maglev.get(&id, 0).is_ok_and(|t| t.slots == table.slots);
+                if !same {
+                    maglev.insert(id, table, 0).map_err(merr("MGW_MAGLEV"))?;
+                    ch.written += 1;
+                }
+            }
+            let v = ServiceValue {
+                service_id: id,
+                backend_count: fe.backends.len() as u32,
+                ..Default::default()
+            };
+            let mut services = dp.services()?;
+            if services.get(key, 0).ok() != Some(v) {
+                services.insert(*key, v, 0).map_err(merr("MGW_SERVICES"))?;
+                ch.written += 1;
+            }
+        }
+
+        // 3. Frontends no longer wanted, then their tables.
+        let stale: Vec<(ServiceKey, u32)> = self
+            .service_ids
+            .iter()
+            .filter(|(k, _)| !d.frontends.contains_key(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (key, id) in stale {
+            if dp.services()?.remove(&key).is_ok() {
+                ch.removed += 1;
+            }
+            let _ = dp.maglev()?.remove(&id);
+            self.service_ids.remove(&key);
+        }
+
+        // 4. Backends nothing points at. Tracked flows that used them move on their next packet.
+        let stale: Vec<(BackendSpec, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(b, _)| !wanted.contains(b))
+            .map(|(b, id)| (*b, *id))
+            .collect();
+        for (spec, id) in stale {
+            if dp.backends()?.remove(&id).is_ok() {
+                ch.removed += 1;
+            }
+            self.backend_ids.remove(&spec);
+        }
+
+        // 5. Nodes.
+        let mut nodes = dp.nodes()?;
+        let existing: BTreeMap<NodeKey, NodeValue> = nodes.iter().filter_map(Result::ok).collect();
+        for ip in &d.nodes {
+            let k = NodeKey { ip: ip.octets() };
+            if !existing.contains_key(&k) {
+                nodes
+                    .insert(k, NodeValue::default(), 0)
+                    .map_err(merr("MGW_NODES"))?;
+                ch.written += 1;
+            }
+        }
+        for k in existing.keys() {
+            if !d.nodes.contains(&Ipv4Addr::from(k.ip)) {
+                let _ = nodes.remove(k);
+                ch.removed += 1;
+            }
+        }
+        Ok(ch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_id;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn free_id_fills_holes_and_never_returns_zero() {
+        assert_eq!(free_id(&BTreeSet::new()), 1);
+        assert_eq!(free_id(&[1, 2, 4].into_iter().collect()), 3);
+        assert_eq!(free_id(&[2, 3].into_iter().collect()), 1);
+        assert_eq!(free_id(&[1, 2, 3].into_iter().collect()), 4);
+    }
+}

@@ -1,0 +1,173 @@
+//! Connection-tracking expiry. The map is an LRU, so it never overflows, but idle flows should
+//! still end: a client port reused hours later deserves a fresh backend choice, and the flow
+//! tables the operator sees should be real. Timeouts follow Cilium's defaults.
+//!
+//! A forward entry (client -> VIP) expires on its own idleness; its reverse entry (backend ->
+//! client) lives as long as the forward one exists, because replies can be rarer than requests
+//! (a one-way UDP stream) and a reply that misses its reverse entry would leave without the VIP.
+
+use std::collections::HashSet;
+
+use meshgw_common::maps::{CtEntry, CtKey, CT_DIR_FORWARD, CT_DIR_REVERSE, CT_F_CLOSING};
+use meshgw_common::parse::IPPROTO_TCP;
+use meshgw_datapath::{Datapath, DatapathError};
+
+/// Idle time after which a TCP flow ends (Cilium: 6 h).
+pub const TCP_IDLE_NS: u64 = 6 * 3600 * 1_000_000_000;
+/// Idle time after which a TCP flow that saw FIN or RST ends (Cilium: 10 s).
+pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+/// Idle time after which a UDP flow ends (Cilium: 60 s).
+pub const UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
+
+fn timeout(k: &CtKey, e: &CtEntry) -> u64 {
+    if k.proto != IPPROTO_TCP {
+        UDP_IDLE_NS
+    } else if e.flags & CT_F_CLOSING != 0 {
+        TCP_CLOSING_NS
+    } else {
+        TCP_IDLE_NS
+    }
+}
+
+/// The forward key a reverse entry belongs to.
+pub fn forward_of(k: &CtKey, e: &CtEntry) -> CtKey {
+    CtKey {
+        src: k.dst,
+        dst: e.nat_addr,
+        sport: k.dport,
+        dport: e.nat_port,
+        dir: CT_DIR_FORWARD,
+        ..*k
+    }
+}
+
+/// Which entries to delete at monotonic time `now_ns`.
+pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
+    let mut out = Vec::new();
+    let mut live_forward: HashSet<CtKey> = HashSet::new();
+    for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_FORWARD) {
+        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k, e) {
+            out.push(*k);
+        } else {
+            live_forward.insert(*k);
+        }
+    }
+    for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_REVERSE) {
+        if !live_forward.contains(&forward_of(k, e)) {
+            out.push(*k);
+        }
+    }
+    out
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sweeps the map; returns (entries seen, entries removed).
+pub fn sweep(dp: &mut Datapath) -> Result<(usize, usize), DatapathError> {
+    let mut ct = dp.ct()?;
+    let entries: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).collect();
+    let dead = expired(&entries, monotonic_ns());
+    let mut removed = 0;
+    for k in &dead {
+        if ct.remove(k).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok((entries.len(), removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgw_common::parse::IPPROTO_UDP;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pair(proto: u8, fwd_seen: u64, rev_seen: u64, flags: u32) -> [(CtKey, CtEntry); 2] {
+        let client = [1u8; 16];
+        let vip = [2u8; 16];
+        let pod = [3u8; 16];
+        let fk = CtKey {
+            src: client,
+            dst: vip,
+            sport: 1000,
+            dport: 80,
+            proto,
+            family: 6,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        };
+        let rk = CtKey {
+            src: pod,
+            dst: client,
+            sport: 8080,
+            dport: 1000,
+            proto,
+            family: 6,
+            dir: CT_DIR_REVERSE,
+            _pad: 0,
+        };
+        let fe = CtEntry {
+            last_seen_ns: fwd_seen,
+            flags,
+            ..Default::default()
+        };
+        let re = CtEntry {
+            last_seen_ns: rev_seen,
+            nat_addr: vip,
+            nat_port: 80,
+            ..Default::default()
+        };
+        [(fk, fe), (rk, re)]
+    }
+
+    #[test]
+    fn reverse_key_maps_back_to_its_forward_key() {
+        let [(fk, _), (rk, re)] = pair(IPPROTO_TCP, 0, 0, 0);
+        assert_eq!(forward_of(&rk, &re), fk);
+    }
+
+    #[test]
+    fn live_flows_stay_even_when_replies_are_rare() {
+        let now = 10_000 * S;
+        let e = pair(IPPROTO_UDP, now - 5 * S, now - 5_000 * S, 0);
+        assert!(expired(&e, now).is_empty());
+    }
+
+    #[test]
+    fn idle_udp_goes_with_its_reverse_entry() {
+        let now = 10_000 * S;
+        let e = pair(IPPROTO_UDP, now - 61 * S, now - 61 * S, 0);
+        assert_eq!(expired(&e, now).len(), 2);
+    }
+
+    #[test]
+    fn closing_tcp_ends_quickly_established_tcp_does_not() {
+        let now = 100_000 * S;
+        assert_eq!(
+            expired(&pair(IPPROTO_TCP, now - 11 * S, now, CT_F_CLOSING), now).len(),
+            2
+        );
+        assert!(expired(&pair(IPPROTO_TCP, now - 3_600 * S, now, 0), now).is_empty());
+        assert_eq!(
+            expired(&pair(IPPROTO_TCP, now - 7 * 3_600 * S, now, 0), now).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn orphaned_reverse_entries_go() {
+        let now = 100 * S;
+        let [_, rev] = pair(IPPROTO_TCP, 0, now, 0);
+        assert_eq!(expired(&[rev], now), vec![rev.0]);
+    }
+}

@@ -1,0 +1,99 @@
+//! `meshgw status`: the daemon's published status plus live counters read from the pinned
+//! statistics map (the datapath keeps counting even while the daemon is down).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuArray};
+use meshgw_common::maps::names;
+use meshgw_common::stats::Counter;
+
+use crate::daemon::status::{unix_now, Status};
+use crate::daemon::ConfigSource;
+
+fn counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>> {
+    let path = pin_dir.join("maps").join(names::STATS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?;
+    let mut out = Vec::new();
+    for c in Counter::ALL {
+        out.push((c, map.get(&(c as u32), 0)?.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// Prints the status of the gateway the configuration names.
+pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
+    let cfg = match src {
+        ConfigSource::File(p) => crate::config::load_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ConfigSource::Embedded => {
+            crate::config::parse_str(crate::config::DEFAULT_TOML, "<embedded default>")
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    let st = Status::load(&cfg.gateway.state_dir).with_context(|| {
+        format!(
+            "no status in {} (is the gateway running?)",
+            cfg.gateway.state_dir.display()
+        )
+    })?;
+    let running = cfg.gateway.state_dir.join("ready").exists()
+        && Path::new(&format!("/proc/{}", st.pid)).exists();
+    let ctrs = counters(&cfg.gateway.bpf_pin_dir).unwrap_or_default();
+    if json {
+        let c: serde_json::Map<String, serde_json::Value> = ctrs
+            .iter()
+            .map(|(c, v)| (c.name().to_string(), (*v).into()))
+            .collect();
+        let v = serde_json::json!({ "running": running, "status": st, "counters": c });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "gateway {}  ({}, pid {})",
+        st.gateway,
+        if running { "running" } else { "NOT running" },
+        st.pid
+    );
+    println!("  config       {}", st.config);
+    println!("  legacy       {}", st.legacy);
+    println!(
+        "  mesh         {}  address {}  vtep-mac {}  identity/VNI {}",
+        st.mesh, st.mesh_address, st.vtep_mac, st.identity
+    );
+    println!(
+        "  reconciled   {} s ago",
+        unix_now().saturating_sub(st.reconciled_at)
+    );
+    if let Some(e) = &st.reload_error {
+        println!("  LAST RELOAD FAILED (old config still serving): {e}");
+    }
+    println!("portals");
+    for p in &st.portals {
+        let vips: Vec<String> = p.vips.iter().map(|v| v.to_string()).collect();
+        println!(
+            "  {:<32} {:<28} {}",
+            p.service,
+            vips.join(", "),
+            p.ports.join(", ")
+        );
+        for b in &p.backends {
+            println!("      backend {b}");
+        }
+    }
+    println!("nodes");
+    for n in &st.nodes {
+        println!("  {n}");
+    }
+    if !st.problems.is_empty() {
+        println!("problems");
+        for p in &st.problems {
+            println!("  {p}");
+        }
+    }
+    println!("datapath counters");
+    for (c, v) in ctrs.iter().filter(|(_, v)| *v > 0) {
+        println!("  {:<20} {v}", c.name());
+    }
+    Ok(())
+}

@@ -18,7 +18,7 @@ CONFIG="$ROOT/config/demo.toml"
 LAB="$ROOT/scripts/lab.sh"
 # Must match [gateway] state_dir and bpf_pin_dir in config/demo.toml.
 GW_STATE_DIR=/run/meshgw/demo
-GW_PIN_DIR=/sys/fs/bpf/meshgw/demo
+GW_PIN_DIR=/run/meshgw/bpffs/demo
 READY_TIMEOUT=30
 LOG_DIR="/run/meshgw-lab/$P"
 GW_LOG="$LOG_DIR/meshgw.log"

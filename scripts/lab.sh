@@ -232,9 +232,20 @@ EOF
   die "pod server pod-$n does not answer after 10 s; see $STATE_DIR/pod-$n.out"
 }
 
+# The gateway pins its maps and links on a bpffs mounted here, in the root mount namespace:
+# `ip netns exec` remounts /sys, which detaches /sys/fs/bpf, so pins made under /sys/fs/bpf from
+# inside a lab namespace would vanish with the process that made them. Shared by all labs.
+LAB_BPFFS=/run/meshgw/bpffs
+
+ensure_bpffs() {
+  mkdir -p "$LAB_BPFFS"
+  mountpoint -q "$LAB_BPFFS" || mount -t bpf bpf "$LAB_BPFFS"
+}
+
 cmd_up() {
   need_root; need_tools
   mkdir -p "$STATE_DIR"
+  ensure_bpffs
   local ns n
   for ns in "${ALL_NS[@]}"; do ensure_ns "$ns"; done
   up_legacy

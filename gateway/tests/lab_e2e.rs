@@ -200,17 +200,41 @@ fn restart_is_idempotent() {
         }
     };
     flows(&lab);
-    let vips_before = lab::addresses(&gw, "meshgw-vips");
+    // VIPs are host addresses on the legacy interface, beside its own addresses.
+    let vips_before = lab::addresses(&gw, "legacy");
+    for vip in ["10.200.0.10/32", "fd00:200::10/128"] {
+        assert_eq!(
+            vips_before.iter().filter(|a| *a == vip).count(),
+            1,
+            "{vip} once on legacy: {vips_before:?}"
+        );
+    }
     let routes_before = non_kernel_routes(&gw);
-    eprintln!("meshgw-vips addresses: {vips_before:?}");
+    eprintln!("legacy addresses: {vips_before:?}");
     eprintln!("routes: {routes_before:#?}");
 
+    // A connection held across the restart: the pinned datapath forwards it while no daemon runs.
+    let mut held = LineConn::connect_in(&legacy, vip4_http()).expect("connect to the VIP");
+    let backend = held.ping().expect("first ping");
     let status = lab.stop_gateway();
     assert!(
         status.success(),
         "SIGTERM should stop the gateway cleanly: {status}"
     );
+    assert_eq!(
+        held.ping().expect("ping with the daemon stopped"),
+        backend,
+        "the datapath must keep forwarding while the daemon is down"
+    );
+    let fresh = lab::in_netns(&legacy, || lab::tcp_once(vip4_http()))
+        .expect("a new connection with the daemon stopped");
+    assert!(fresh.1 == "pod-1" || fresh.1 == "pod-2", "{fresh:?}");
     lab.start_gateway();
+    assert_eq!(
+        held.ping().expect("ping after the restart"),
+        backend,
+        "the held connection keeps its backend across the restart"
+    );
     flows(&lab);
     let counts = tally("UDP/IPv4", udp_many(&legacy, vip4_dns(), 4), |who| who);
     assert!(
@@ -218,11 +242,11 @@ fn restart_is_idempotent() {
         "{counts:?}"
     );
 
-    let vips_after = lab::addresses(&gw, "meshgw-vips");
+    let vips_after = lab::addresses(&gw, "legacy");
     let routes_after = non_kernel_routes(&gw);
     assert_eq!(
         vips_after, vips_before,
-        "addresses on meshgw-vips changed across the restart"
+        "addresses on legacy changed across the restart"
     );
     assert_eq!(
         routes_after, routes_before,

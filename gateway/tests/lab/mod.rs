@@ -309,7 +309,7 @@ impl Lab {
             prefix: name.clone(),
             config: dir.join("gateway.toml"),
             state_dir: PathBuf::from(format!("/run/meshgw/{name}")),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/meshgw/{name}")),
+            pin_dir: PathBuf::from(format!("/run/meshgw/bpffs/{name}")),
             log: dir.join("meshgw.log"),
             dir,
             name,
@@ -564,7 +564,7 @@ fn sweep_stale_labs() {
     let mut stale = std::collections::BTreeSet::new();
     for dir in [
         "/run/netns",
-        "/sys/fs/bpf/meshgw",
+        "/run/meshgw/bpffs",
         "/run/meshgw",
         "/run/meshgw-e2e",
     ] {
@@ -593,7 +593,7 @@ fn sweep_stale_labs() {
             .arg("down")
             .env("LAB_PREFIX", &name)
             .output();
-        let _ = fs::remove_dir_all(format!("/sys/fs/bpf/meshgw/{name}"));
+        let _ = fs::remove_dir_all(format!("/run/meshgw/bpffs/{name}"));
         let _ = fs::remove_dir_all(format!("/run/meshgw/{name}"));
         let _ = fs::remove_dir_all(format!("/run/meshgw-e2e/{name}"));
     }

@@ -4,6 +4,7 @@
 # CI runs without a login shell profile: cargo and rustup live in ~/.cargo/bin.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
+SHELL := /bin/bash
 CARGO ?= cargo
 LAB_PREFIX ?= mgw
 export LAB_PREFIX
@@ -28,7 +29,10 @@ demo: build
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
+	@# One closing line with the totals over every test binary (cargo's own last line is only the last binary's).
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
 
 ## lab-up / lab-down / lab-check: the namespace lab alone (LAB_PREFIX=... to pick the prefix)
 lab-up:

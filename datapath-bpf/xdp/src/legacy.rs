@@ -15,30 +15,13 @@ use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
 use crate::encap::encapsulate;
 use crate::fib::{self, Fib};
 use crate::lookup;
-use crate::maps::{Scratch, CONFIG, DEVMAP, SCRATCH};
-use crate::stats::count;
-
-#[inline(always)]
-fn pass(c: Counter) -> u32 {
-    count(c);
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn drop(c: Counter) -> u32 {
-    count(c);
-    xdp_action::XDP_DROP
-}
+use crate::maps::{with_scratch, Scratch, CONFIG, DEVMAP};
+use crate::stats::{count, drop, pass};
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     count(Counter::LegacyRx);
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return pass(Counter::LegacyPass);
-    };
-    // SAFETY: the per-CPU scratch value is ours alone for this invocation.
-    let s = unsafe { &mut *s };
-    handle(ctx, s)
+    with_scratch(ctx, Counter::LegacyPass, handle)
 }
 
 #[inline(never)]

@@ -69,3 +69,18 @@ pub struct Scratch {
 
 #[map(name = "MGW_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs `handle` with this CPU's scratch memory; without it (never, in practice: a one-entry
+/// per-CPU array always has its entry) the packet goes to the kernel, counted as `fallback`.
+#[inline(always)]
+pub fn with_scratch(
+    ctx: &aya_ebpf::programs::XdpContext,
+    fallback: meshgw_common::stats::Counter,
+    handle: fn(&aya_ebpf::programs::XdpContext, &mut Scratch) -> u32,
+) -> u32 {
+    match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: the per-CPU scratch value is ours alone for this invocation.
+        Some(s) => handle(ctx, unsafe { &mut *s }),
+        None => crate::stats::pass(fallback),
+    }
+}

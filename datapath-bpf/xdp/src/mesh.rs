@@ -18,24 +18,13 @@ use meshgw_common::stats::Counter;
 use crate::ct::{self, CT_F_VLAN};
 use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
 use crate::fib::{self, Fib};
-use crate::maps::{Scratch, CONFIG, CT, DEVMAP, NODES, SCRATCH};
-use crate::stats::count;
-
-#[inline(always)]
-fn pass(c: Counter) -> u32 {
-    count(c);
-    xdp_action::XDP_PASS
-}
+use crate::maps::{with_scratch, Scratch, CONFIG, CT, DEVMAP, NODES};
+use crate::stats::{count, pass};
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     count(Counter::MeshRx);
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return pass(Counter::MeshPass);
-    };
-    // SAFETY: the per-CPU scratch value is ours alone for this invocation.
-    let s = unsafe { &mut *s };
-    handle(ctx, s)
+    with_scratch(ctx, Counter::MeshPass, handle)
 }
 
 #[inline(never)]

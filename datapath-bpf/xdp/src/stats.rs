@@ -1,4 +1,7 @@
-//! Counter increments: per-CPU slots, so a plain add is race-free and needs no atomics.
+//! Counter increments (per-CPU slots, so a plain add is race-free and needs no atomics), and the
+//! verdicts that count as they decide.
+
+use aya_ebpf::bindings::xdp_action;
 
 use crate::maps::STATS;
 use meshgw_common::stats::Counter;
@@ -9,4 +12,18 @@ pub fn count(c: Counter) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and the pointer is non-null.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts `c` and hands the packet to the kernel.
+#[inline(always)]
+pub fn pass(c: Counter) -> u32 {
+    count(c);
+    xdp_action::XDP_PASS
+}
+
+/// Counts `c` and drops the packet.
+#[inline(always)]
+pub fn drop(c: Counter) -> u32 {
+    count(c);
+    xdp_action::XDP_DROP
 }

@@ -29,6 +29,69 @@ pub struct Config {
     pub nodes: Vec<Node>,
     /// `[[service]]`.
     pub services: Vec<Service>,
+    /// `[[cluster]]`: Cluster Mesh APIs to import from.
+    pub clusters: Vec<ClusterSpec>,
+    /// `[[portal]]`: which imported services become portals.
+    pub portals: Vec<PortalSelector>,
+    /// `[dns]`.
+    pub dns: Dns,
+}
+
+/// Where a cluster's Cluster Mesh API is and how to authenticate to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// Cilium's own clustermesh config file (YAML: endpoints, trusted-ca-file, cert-file, key-file).
+    CiliumConfig(PathBuf),
+    /// The same, inline.
+    Inline {
+        /// `https://host:port` URLs.
+        endpoints: Vec<String>,
+        /// CA that signed the server certificate.
+        ca_file: PathBuf,
+        /// Client certificate.
+        cert_file: PathBuf,
+        /// Client key.
+        key_file: PathBuf,
+    },
+}
+
+/// `[[cluster]]`: one remote cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// The cluster's name (as in `cilium/state/.../<cluster>/...`).
+    pub name: String,
+    /// Connection details.
+    pub source: ClusterSource,
+    /// TLS server name to verify, when it differs from the dialled host.
+    pub server_name: Option<String>,
+}
+
+/// `[[portal]]`: selects imported global services for portals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortalSelector {
+    /// Glob on the cluster name.
+    pub cluster: String,
+    /// Glob on the namespace.
+    pub namespace: String,
+    /// Glob on the service name.
+    pub name: String,
+    /// Labels the service must carry (all of them).
+    pub labels: BTreeMap<String, String>,
+    /// VIP pin (only for a selector naming one service exactly).
+    pub vip4: Option<VipSpec>,
+    /// VIP pin (only for a selector naming one service exactly).
+    pub vip6: Option<VipSpec>,
+}
+
+/// `[dns]`: the responder for portal names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    /// Whether to serve.
+    pub enabled: bool,
+    /// Addresses to listen on (default: the legacy interface's addresses, port 53).
+    pub listen: Option<Vec<std::net::SocketAddr>>,
+    /// Names are `<service>.<namespace>.<domain>`.
+    pub domain: String,
 }
 
 /// `[gateway]`: identity and where state lives.
@@ -88,6 +151,8 @@ pub struct Vips {
     pub device: Option<String>,
     /// Send gratuitous ARP / unsolicited NA when a VIP appears.
     pub announce: bool,
+    /// How long a withdrawn imported service keeps its VIP and backends, for flows to drain.
+    pub withdraw_grace_seconds: u64,
 }
 
 /// `[[node]]`: a mesh node (VXLAN peer).
@@ -242,6 +307,43 @@ mod raw {
         pub node: Vec<Node>,
         #[serde(default)]
         pub service: Vec<Service>,
+        #[serde(default)]
+        pub cluster: Vec<Cluster>,
+        #[serde(default)]
+        pub portal: Vec<Portal>,
+        pub dns: Option<Dns>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cluster {
+        pub name: String,
+        pub config_file: Option<PathBuf>,
+        pub endpoints: Option<Vec<String>>,
+        pub trusted_ca_file: Option<PathBuf>,
+        pub cert_file: Option<PathBuf>,
+        pub key_file: Option<PathBuf>,
+        pub server_name: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Portal {
+        pub cluster: Option<String>,
+        pub namespace: Option<String>,
+        pub name: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        pub vip4: Option<String>,
+        pub vip6: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dns {
+        pub enabled: Option<bool>,
+        pub listen: Option<Vec<String>>,
+        pub domain: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -276,6 +378,7 @@ mod raw {
         pub pool: Vec<String>,
         pub device: Option<String>,
         pub announce: Option<bool>,
+        pub withdraw_grace_seconds: Option<u64>,
     }
 
     #[derive(Deserialize)]

@@ -475,6 +475,199 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         });
     }
 
+    // [[cluster]]
+    let mut clusters = Vec::new();
+    let mut cluster_names = BTreeSet::new();
+    for (n, raw) in f.cluster.iter().enumerate() {
+        let p = root("cluster").idx(n);
+        if !is_label(&raw.name, 63) && !raw.name.contains('.') {
+            c.err(
+                &p.key("name"),
+                format!("{:?} is not a cluster name", raw.name),
+            );
+        }
+        if !cluster_names.insert(raw.name.clone()) {
+            c.err(
+                &p.key("name"),
+                format!("cluster {:?} is defined twice", raw.name),
+            );
+        }
+        let inline = raw.endpoints.is_some()
+            || raw.trusted_ca_file.is_some()
+            || raw.cert_file.is_some()
+            || raw.key_file.is_some();
+        let absolute = |c: &mut Ctx<'_>, key: &str, path: &Option<PathBuf>| -> Option<PathBuf> {
+            match path {
+                Some(pb) if pb.is_absolute() => Some(pb.clone()),
+                Some(pb) => {
+                    c.err(
+                        &p.key(key),
+                        format!("{} must be an absolute path", pb.display()),
+                    );
+                    None
+                }
+                None => {
+                    c.err(
+                        &p.key(key),
+                        format!("{key} is needed when the connection is given inline"),
+                    );
+                    None
+                }
+            }
+        };
+        let source = match (&raw.config_file, inline) {
+            (Some(_), true) => {
+                c.err(
+                    &p.key("config_file"),
+                    "give either config_file (Cilium's clustermesh YAML) or endpoints + trusted_ca_file + cert_file + key_file, not both",
+                );
+                None
+            }
+            (Some(file), false) => absolute(&mut c, "config_file", &Some(file.clone()))
+                .map(ClusterSource::CiliumConfig),
+            (None, true) => {
+                let endpoints = raw.endpoints.clone().unwrap_or_default();
+                if endpoints.is_empty() {
+                    c.err(
+                        &p.key("endpoints"),
+                        "at least one https:// endpoint is needed",
+                    );
+                }
+                for (k, e) in endpoints.iter().enumerate() {
+                    if !e.starts_with("https://") {
+                        c.err(
+                            &p.key("endpoints").idx(k),
+                            format!("{e:?}: the Cluster Mesh API is reached over mutual TLS: use https://host:port"),
+                        );
+                    }
+                }
+                let ca = absolute(&mut c, "trusted_ca_file", &raw.trusted_ca_file);
+                let cert = absolute(&mut c, "cert_file", &raw.cert_file);
+                let key = absolute(&mut c, "key_file", &raw.key_file);
+                match (ca, cert, key) {
+                    (Some(ca_file), Some(cert_file), Some(key_file)) => {
+                        Some(ClusterSource::Inline {
+                            endpoints,
+                            ca_file,
+                            cert_file,
+                            key_file,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            (None, false) => {
+                c.err(
+                    &p,
+                    "needs config_file, or endpoints + trusted_ca_file + cert_file + key_file",
+                );
+                None
+            }
+        };
+        if let Some(source) = source {
+            clusters.push(ClusterSpec {
+                name: raw.name.clone(),
+                source,
+                server_name: raw.server_name.clone(),
+            });
+        }
+    }
+
+    // [[portal]]
+    let mut portals = Vec::new();
+    for (n, raw) in f.portal.iter().enumerate() {
+        let p = root("portal").idx(n);
+        let glob_of = |c: &mut Ctx<'_>, key: &str, v: &Option<String>| -> String {
+            let g = v.clone().unwrap_or_else(|| "*".into());
+            if let Err(e) = glob::Pattern::new(&g) {
+                c.err(&p.key(key), format!("{g:?} is not a glob pattern: {e}"));
+            }
+            g
+        };
+        let cluster = glob_of(&mut c, "cluster", &raw.cluster);
+        let namespace = glob_of(&mut c, "namespace", &raw.namespace);
+        let name = glob_of(&mut c, "name", &raw.name);
+        let exact = |g: &str| !g.contains(['*', '?', '[']);
+        let pinned = raw.vip4.is_some() || raw.vip6.is_some();
+        if pinned
+            && !(exact(&namespace) && exact(&name) && raw.namespace.is_some() && raw.name.is_some())
+        {
+            c.err(
+                &p.key(if raw.vip4.is_some() { "vip4" } else { "vip6" }),
+                "a VIP pin needs a selector that names one service exactly (namespace and name without wildcards)",
+            );
+        }
+        let full = format!("{namespace}/{name}");
+        let mut pin =
+            |key: &str, v: &Option<String>, v6: bool, c: &mut Ctx<'_>| -> Option<VipSpec> {
+                let s = v.as_ref()?;
+                if s == "auto" {
+                    return Some(VipSpec::Auto);
+                }
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv6() == v6 => {
+                        if let Some(other) = static_vips.insert(ip, full.clone()) {
+                            c.err(&p.key(key), format!("{ip} is already the VIP of {other}"));
+                        }
+                        Some(VipSpec::Static(ip))
+                    }
+                    _ => {
+                        c.err(
+                            &p.key(key),
+                            format!(
+                                "{s:?}: expected \"auto\" or an {} address",
+                                if v6 { "IPv6" } else { "IPv4" }
+                            ),
+                        );
+                        None
+                    }
+                }
+            };
+        let vip4 = pin("vip4", &raw.vip4, false, &mut c);
+        let vip6 = pin("vip6", &raw.vip6, true, &mut c);
+        portals.push(PortalSelector {
+            cluster,
+            namespace,
+            name,
+            labels: raw.labels.clone(),
+            vip4,
+            vip6,
+        });
+    }
+
+    // [dns]
+    let d = root("dns");
+    let raw_dns = f.dns.unwrap_or(raw::Dns {
+        enabled: None,
+        listen: None,
+        domain: None,
+    });
+    let domain = raw_dns.domain.unwrap_or_else(|| "mesh.local".into());
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || !domain.split('.').all(|l| is_label(l, 63)) {
+        c.err(&d.key("domain"), format!("{domain:?} is not a DNS domain"));
+    }
+    let listen = raw_dns.listen.map(|v| {
+        v.iter()
+            .enumerate()
+            .filter_map(|(k, s)| match s.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.err(
+                        &d.key("listen").idx(k),
+                        format!("{s:?} is not an address:port (e.g. \"10.100.0.1:53\" or \"[fd00::1]:53\")"),
+                    );
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let dns = Dns {
+        enabled: raw_dns.enabled.unwrap_or(true),
+        listen,
+        domain,
+    };
+
     if !c.problems.is_empty() {
         c.problems
             .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
@@ -502,8 +695,12 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
             pool,
             device: f.vips.device,
             announce: f.vips.announce.unwrap_or(true),
+            withdraw_grace_seconds: f.vips.withdraw_grace_seconds.unwrap_or(30),
         },
         nodes,
         services,
+        clusters,
+        portals,
+        dns,
     })
 }

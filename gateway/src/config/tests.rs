@@ -231,3 +231,129 @@ fn an_unreadable_file_is_a_clear_error() {
         "{e}"
     );
 }
+
+const CLUSTERS: &str = r#"
+[[cluster]]
+name = "cluster3"
+config_file = "/var/lib/cilium/clustermesh/cluster3"
+server_name = "cluster3.mesh.cilium.io"
+
+[[cluster]]
+name = "cluster4"
+endpoints = ["https://10.0.4.1:2379"]
+trusted_ca_file = "/etc/meshgw/c4/ca.crt"
+cert_file = "/etc/meshgw/c4/client.crt"
+key_file = "/etc/meshgw/c4/client.key"
+
+[[portal]]
+namespace = "shop"
+name = "web-*"
+
+[[portal]]
+labels = { "io.cilium/portal" = "true" }
+
+[[portal]]
+namespace = "shop"
+name = "checkout"
+vip4 = "10.200.0.50"
+
+[dns]
+domain = "Mesh.Example."
+listen = ["10.100.0.1:53", "[fd00:100::1]:53"]
+"#;
+
+#[test]
+fn clusters_portals_and_dns_parse() {
+    let c = parse_str(&format!("{MINIMAL}{CLUSTERS}"), "c.toml").unwrap();
+    assert_eq!(c.clusters.len(), 2);
+    assert_eq!(
+        c.clusters[0].source,
+        ClusterSource::CiliumConfig("/var/lib/cilium/clustermesh/cluster3".into())
+    );
+    assert_eq!(
+        c.clusters[0].server_name.as_deref(),
+        Some("cluster3.mesh.cilium.io")
+    );
+    assert!(
+        matches!(&c.clusters[1].source, ClusterSource::Inline { endpoints, .. } if endpoints.len() == 1)
+    );
+    assert_eq!(c.portals.len(), 3);
+    assert_eq!(
+        (c.portals[0].cluster.as_str(), c.portals[0].name.as_str()),
+        ("*", "web-*")
+    );
+    assert_eq!(
+        c.portals[2].vip4,
+        Some(VipSpec::Static("10.200.0.50".parse().unwrap()))
+    );
+    assert_eq!(c.dns.domain, "mesh.example");
+    assert_eq!(c.dns.listen.as_ref().map(Vec::len), Some(2));
+    assert_eq!(c.vips.withdraw_grace_seconds, 30);
+}
+
+#[test]
+fn dns_defaults() {
+    let c = parse_str(MINIMAL, "m.toml").unwrap();
+    assert!(c.dns.enabled);
+    assert_eq!(c.dns.domain, "mesh.local");
+    assert_eq!(
+        c.dns.listen, None,
+        "default: the legacy interface's addresses"
+    );
+}
+
+#[test]
+fn cluster_and_portal_mistakes_point_at_their_keys() {
+    let t = format!("{MINIMAL}{CLUSTERS}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            t.replace(
+                "server_name = \"cluster3.mesh.cilium.io\"",
+                "endpoints = [\"https://x:2379\"]",
+            ),
+            "cluster[0].config_file",
+            "config_file = \"/var/lib/cilium",
+        ),
+        (
+            t.replace("\"https://10.0.4.1:2379\"", "\"http://10.0.4.1:2379\""),
+            "cluster[1].endpoints[0]",
+            "http://10.0.4.1",
+        ),
+        (
+            t.replace("\"/etc/meshgw/c4/ca.crt\"", "\"c4/ca.crt\""),
+            "cluster[1].trusted_ca_file",
+            "c4/ca.crt",
+        ),
+        (
+            t.replace("name = \"web-*\"", "name = \"web-[\""),
+            "portal[0].name",
+            "web-[",
+        ),
+        (
+            t.replace("name = \"checkout\"", "name = \"check*\""),
+            "portal[2].vip4",
+            "10.200.0.50",
+        ),
+        (
+            t.replace("domain = \"Mesh.Example.\"", "domain = \"mesh_example\""),
+            "dns.domain",
+            "mesh_example",
+        ),
+        (
+            t.replace("\"10.100.0.1:53\"", "\"10.100.0.1\""),
+            "dns.listen[0]",
+            "\"10.100.0.1\"",
+        ),
+    ];
+    for (text, key, needle) in cases {
+        let first = needle.lines().next().unwrap_or(needle);
+        at(&text, key, line_of(&text, first));
+    }
+    // A duplicate is reported where it repeats, not at the first definition.
+    let dup = t.replace("name = \"cluster4\"", "name = \"cluster3\"");
+    at(
+        &dup,
+        "cluster[1].name",
+        line_of(&dup, "https://10.0.4.1") - 1,
+    );
+}

@@ -6,7 +6,11 @@ const MESHGW: &str = env!("CARGO_BIN_EXE_meshgw");
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn check(files: &[&str]) -> (bool, String, String) {
-    let out = Command::new(MESHGW).arg("check").args(files).output().expect("run meshgw");
+    let out = Command::new(MESHGW)
+        .arg("check")
+        .args(files)
+        .output()
+        .expect("run meshgw");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -21,7 +25,10 @@ fn shipped_configs_pass() {
     let (ok, out, err) = check(&[&demo, &default]);
     assert!(ok, "{err}");
     assert!(out.contains("demo.toml: ok (1 services, 2 nodes)"), "{out}");
-    assert!(out.contains("default.toml: ok (0 services, 0 nodes)"), "{out}");
+    assert!(
+        out.contains("default.toml: ok (0 services, 0 nodes)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -38,7 +45,12 @@ fn every_problem_is_printed_with_file_line_and_key() {
     let (ok, _, err) = check(&[path.to_str().expect("utf-8")]);
     std::fs::remove_dir_all(&dir).expect("cleanup");
     assert!(!ok, "a bad file must fail");
-    let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).expect("needle") + 1;
+    let line = |needle: &str| {
+        bad.lines()
+            .position(|l| l.contains(needle))
+            .expect("needle")
+            + 1
+    };
     for (key, needle) in [
         ("mesh.vxlan_port", "vxlan_port = 0"),
         ("service[0].ports[1].protocol", "sctp"),
@@ -61,5 +73,8 @@ fn unknown_key_is_rejected() {
     let (ok, _, err) = check(&[path.to_str().expect("utf-8")]);
     std::fs::remove_file(&path).expect("cleanup");
     assert!(!ok);
-    assert!(err.contains("interfaces.legacy_vlan") && err.contains("unknown field"), "{err}");
+    assert!(
+        err.contains("interfaces.legacy_vlan") && err.contains("unknown field"),
+        "{err}"
+    );
 }

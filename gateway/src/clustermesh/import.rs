@@ -1,0 +1,236 @@
+//! From the clusters' exported services to catalog portals: which services are selected
+//! (a `[[portal]]` selector or the `io.cilium/portal` label), how backends of the same
+//! namespace/name in several clusters merge into one service (as Cilium's global services do),
+//! which node hosts each backend, and how long a withdrawn service keeps its VIP.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::kvstore::{ClusterService, KvNode, L4Protocol};
+use super::state::ClusterState;
+use crate::catalog::{Backend, Node, NodeId, Port, Service, ServiceName};
+use crate::config::{PortalSelector, VipSpec};
+use crate::vip::Request;
+
+/// What the clusters contribute to the catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Selected services, merged across clusters.
+    pub services: BTreeMap<ServiceName, Service>,
+    /// Every node with an IPv4 underlay address.
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// What could not be imported, and why.
+    pub problems: Vec<String>,
+}
+
+fn glob(p: &str, s: &str) -> bool {
+    glob::Pattern::new(p).is_ok_and(|g| g.matches(s))
+}
+
+fn matches(sel: &PortalSelector, cluster: &str, svc: &ClusterService) -> bool {
+    glob(&sel.cluster, cluster)
+        && glob(&sel.namespace, &svc.namespace)
+        && glob(&sel.name, &svc.name)
+        && sel.labels.iter().all(|(k, v)| svc.labels.get(k) == Some(v))
+}
+
+/// Whether the service is a portal, and the selector pinning its VIPs if one does.
+fn selection<'a>(
+    portals: &'a [PortalSelector],
+    cluster: &str,
+    svc: &ClusterService,
+) -> Option<Option<&'a PortalSelector>> {
+    let mut hit = svc.portal_marker();
+    let mut pin = None;
+    for sel in portals.iter().filter(|s| matches(s, cluster, svc)) {
+        hit = true;
+        if pin.is_none() && (sel.vip4.is_some() || sel.vip6.is_some()) {
+            pin = Some(sel);
+        }
+    }
+    hit.then_some(pin)
+}
+
+fn proto(p: L4Protocol) -> Option<u8> {
+    match p {
+        L4Protocol::Tcp => Some(6),
+        L4Protocol::Udp => Some(17),
+        _ => None,
+    }
+}
+
+/// The node of `cluster` hosting `ip`: the one whose pod CIDR contains it, else the one the ipcache
+/// names as the endpoint's host.
+fn node_of(state: &ClusterState, ip: IpAddr) -> Option<&KvNode> {
+    state
+        .nodes()
+        .find(|n| n.pod_cidrs().iter().any(|c| c.contains(&ip)))
+        .or_else(|| {
+            let host = state.ip_pairs().find(|p| p.ip == ip)?.host_ip?;
+            state
+                .nodes()
+                .find(|n| n.internal_ipv4().map(IpAddr::V4) == Some(host))
+        })
+}
+
+fn request(pin: Option<&Option<VipSpec>>, wanted: bool) -> Option<Request> {
+    match pin.and_then(|p| p.as_ref()) {
+        Some(VipSpec::Static(ip)) => Some(Request::Static(*ip)),
+        Some(VipSpec::Auto) => Some(Request::Auto),
+        None => wanted.then_some(Request::Auto),
+    }
+}
+
+/// Builds the imported part of the catalog. `has4`/`has6`: whether the VIP pool can give a VIP of
+/// that family (a service gets an `auto` VIP of each family it has backends of).
+pub fn import(
+    clusters: &BTreeMap<String, ClusterState>,
+    portals: &[PortalSelector],
+    has4: bool,
+    has6: bool,
+) -> Imported {
+    let mut out = Imported::default();
+    let mut pins: BTreeMap<ServiceName, &PortalSelector> = BTreeMap::new();
+    for (cluster, state) in clusters {
+        for n in state.nodes() {
+            let Some(address) = n.internal_ipv4() else {
+                out.problems.push(format!(
+                    "node {cluster}/{} has no IPv4 InternalIP: it cannot be a VXLAN peer",
+                    n.name
+                ));
+                continue;
+            };
+            let id = NodeId {
+                cluster: cluster.clone(),
+                name: n.name.clone(),
+            };
+            let node = Node {
+                id: id.clone(),
+                address,
+                pod_cidrs: n.pod_cidrs(),
+                router_ips: n.cilium_internal_ips(),
+                mac: None,
+            };
+            out.nodes.insert(id, node);
+        }
+        for svc in state.services() {
+            if !svc.is_shared() {
+                continue;
+            }
+            let Some(pin) = selection(portals, cluster, svc) else {
+                continue;
+            };
+            let name = ServiceName {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            };
+            if let Some(p) = pin {
+                pins.insert(name.clone(), p);
+            }
+            let entry = out.services.entry(name.clone()).or_insert_with(|| Service {
+                name: name.clone(),
+                vip4: None,
+                vip6: None,
+                ports: Vec::new(),
+                backends: Vec::new(),
+            });
+            for ports in svc.frontends.values() {
+                for (pname, pc) in ports {
+                    let Some(pr) = proto(pc.protocol) else {
+                        out.problems.push(format!("{name} in {cluster}: port {pname} uses {:?}, which portals do not carry", pc.protocol));
+                        continue;
+                    };
+                    if !entry.ports.iter().any(|p| p.name == *pname) {
+                        entry.ports.push(Port {
+                            name: pname.clone(),
+                            port: pc.port,
+                            proto: pr,
+                        });
+                    }
+                }
+            }
+            for (ip, ports) in &svc.backends {
+                let Some(node) = node_of(state, *ip) else {
+                    out.problems.push(format!(
+                        "{name}: backend {ip} in {cluster}: no known node hosts it"
+                    ));
+                    continue;
+                };
+                entry.backends.push(Backend {
+                    addr: *ip,
+                    ports: ports.iter().map(|(n, pc)| (n.clone(), pc.port)).collect(),
+                    node: NodeId {
+                        cluster: cluster.clone(),
+                        name: node.name.clone(),
+                    },
+                    weight: 1,
+                });
+            }
+        }
+    }
+    for svc in out.services.values_mut() {
+        svc.ports.sort_by(|a, b| a.name.cmp(&b.name));
+        svc.backends
+            .sort_by(|a, b| (a.addr, &a.node).cmp(&(b.addr, &b.node)));
+        let pin = pins.get(&svc.name);
+        let v4 = svc.backends.iter().any(|b| b.addr.is_ipv4());
+        let v6 = svc.backends.iter().any(|b| b.addr.is_ipv6());
+        svc.vip4 = request(pin.map(|p| &p.vip4), has4 && v4);
+        svc.vip6 = request(pin.map(|p| &p.vip6), has6 && v6);
+    }
+    out
+}
+
+/// Keeps withdrawn services (VIP and last backends) for a grace period, so established flows drain
+/// before the VIP goes and its ARP/ND answers stop.
+#[derive(Debug, Default)]
+pub struct Grace {
+    withdrawn: BTreeMap<ServiceName, (Instant, Service)>,
+    last: BTreeMap<ServiceName, Service>,
+}
+
+impl Grace {
+    /// The services to serve now: `current`, plus those withdrawn less than `grace` ago.
+    pub fn apply(
+        &mut self,
+        current: BTreeMap<ServiceName, Service>,
+        now: Instant,
+        grace: Duration,
+    ) -> BTreeMap<ServiceName, Service> {
+        for (name, svc) in std::mem::take(&mut self.last) {
+            if !current.contains_key(&name) {
+                info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
+                self.withdrawn.insert(name, (now + grace, svc));
+            }
+        }
+        self.withdrawn.retain(|name, (deadline, _)| {
+            let keep = !current.contains_key(name) && *deadline > now;
+            if !keep && !current.contains_key(name) {
+                info!(service = %name, "grace period over; VIP released");
+            }
+            keep
+        });
+        self.last = current.clone();
+        let mut out = current;
+        for (name, (_, svc)) in &self.withdrawn {
+            out.entry(name.clone()).or_insert_with(|| svc.clone());
+        }
+        out
+    }
+
+    /// When the next withdrawn service expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.withdrawn.values().map(|(d, _)| *d).min()
+    }
+
+    /// Services in their grace period.
+    pub fn draining(&self) -> impl Iterator<Item = &ServiceName> {
+        self.withdrawn.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+use super::*;
+use crate::clustermesh::state::KvEvent;
+use std::collections::BTreeMap;
+
+fn node(cluster: &str, name: &str, ip: &str, cidr: &str) -> (String, String) {
+    (
+        format!("cilium/state/nodes/v1/{cluster}/{name}"),
+        format!(
+            r#"{{"Name":"{name}","Cluster":"{cluster}","IPAddresses":[{{"Type":"InternalIP","IP":"{ip}"}},{{"Type":"CiliumInternalIP","IP":"{}"}}],"IPv4AllocCIDR":"{cidr}","ClusterID":3}}"#,
+            cidr.replace(".0/24", ".1")
+        ),
+    )
+}
+
+fn service(
+    cluster: &str,
+    ns: &str,
+    name: &str,
+    backend: &str,
+    labels: &str,
+    shared: bool,
+) -> (String, String) {
+    (
+        format!("cilium/state/services/v1/{cluster}/{ns}/{name}"),
+        format!(
+            r#"{{"cluster":"{cluster}","namespace":"{ns}","name":"{name}","frontends":{{"10.96.0.10":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"backends":{{"{backend}":{{"http":{{"Protocol":"TCP","Port":8080}}}}}},"labels":{labels},"selector":{{}},"includeExternal":true,"shared":{shared},"clusterID":3}}"#
+        ),
+    )
+}
+
+fn state(cluster: &str, kvs: &[(String, String)]) -> ClusterState {
+    let mut s = ClusterState::new(cluster);
+    for (k, v) in kvs {
+        s.apply(KvEvent::Put {
+            key: k.clone(),
+            value: v.as_bytes().to_vec(),
+        });
+    }
+    s
+}
+
+fn sel(cluster: &str, namespace: &str, name: &str) -> PortalSelector {
+    PortalSelector {
+        cluster: cluster.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        labels: BTreeMap::new(),
+        vip4: None,
+        vip6: None,
+    }
+}
+
+fn echo() -> ServiceName {
+    ServiceName {
+        namespace: "default".into(),
+        name: "echo".into(),
+    }
+}
+
+fn two_clusters() -> BTreeMap<String, ClusterState> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "c1".to_string(),
+        state(
+            "c1",
+            &[
+                node("c1", "n1", "172.18.0.11", "10.244.1.0/24"),
+                service("c1", "default", "echo", "10.244.1.10", "{}", true),
+            ],
+        ),
+    );
+    m.insert(
+        "c2".to_string(),
+        state(
+            "c2",
+            &[
+                node("c2", "n2", "172.18.0.12", "10.245.1.0/24"),
+                service("c2", "default", "echo", "10.245.1.10", "{}", true),
+            ],
+        ),
+    );
+    m
+}
+
+#[test]
+fn same_service_in_two_clusters_merges_backends() {
+    let imp = import(&two_clusters(), &[sel("*", "default", "ech*")], true, false);
+    let svc = &imp.services[&echo()];
+    assert_eq!(svc.backends.len(), 2);
+    assert_eq!(
+        svc.backends[0].node,
+        NodeId {
+            cluster: "c1".into(),
+            name: "n1".into()
+        }
+    );
+    assert_eq!(
+        svc.backends[1].node,
+        NodeId {
+            cluster: "c2".into(),
+            name: "n2".into()
+        }
+    );
+    assert_eq!(
+        svc.ports,
+        vec![Port {
+            name: "http".into(),
+            port: 80,
+            proto: 6
+        }]
+    );
+    assert_eq!(svc.backends[0].ports.get("http"), Some(&8080));
+    assert_eq!(svc.vip4, Some(Request::Auto));
+    assert_eq!(svc.vip6, None, "no IPv6 backends, no IPv6 VIP");
+    assert_eq!(imp.nodes.len(), 2);
+    assert!(imp.problems.is_empty(), "{:?}", imp.problems);
+}
+
+#[test]
+fn only_selected_shared_services_become_portals() {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "c1".to_string(),
+        state(
+            "c1",
+            &[
+                node("c1", "n1", "172.18.0.11", "10.244.1.0/24"),
+                service("c1", "default", "echo", "10.244.1.10", "{}", true),
+                service(
+                    "c1",
+                    "shop",
+                    "cart",
+                    "10.244.1.11",
+                    r#"{"io.cilium/portal":"true"}"#,
+                    true,
+                ),
+                service(
+                    "c1",
+                    "shop",
+                    "private",
+                    "10.244.1.12",
+                    r#"{"io.cilium/portal":"true"}"#,
+                    false,
+                ),
+            ],
+        ),
+    );
+    let imp = import(&m, &[], true, true);
+    let names: Vec<String> = imp.services.keys().map(|n| n.to_string()).collect();
+    assert_eq!(
+        names,
+        ["shop/cart"],
+        "the label selects; unshared and unselected are not portals"
+    );
+    let imp = import(&m, &[sel("c9", "*", "*")], true, true);
+    assert_eq!(
+        imp.services.len(),
+        1,
+        "a selector for another cluster selects nothing more"
+    );
+    let imp = import(&m, &[sel("c*", "default", "*")], true, true);
+    assert_eq!(imp.services.len(), 2);
+}
+
+#[test]
+fn a_pin_gives_the_static_vip() {
+    let mut p = sel("*", "default", "echo");
+    p.vip4 = Some(VipSpec::Static("10.200.0.50".parse().unwrap()));
+    let imp = import(&two_clusters(), &[p], true, false);
+    assert_eq!(
+        imp.services[&echo()].vip4,
+        Some(Request::Static("10.200.0.50".parse().unwrap()))
+    );
+}
+
+#[test]
+fn a_backend_without_a_node_is_a_problem() {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "c1".to_string(),
+        state(
+            "c1",
+            &[service("c1", "default", "echo", "10.9.9.9", "{}", true)],
+        ),
+    );
+    let imp = import(&m, &[sel("*", "*", "*")], true, false);
+    assert!(imp.services[&echo()].backends.is_empty());
+    assert!(
+        imp.problems.iter().any(|p| p.contains("10.9.9.9")),
+        "{:?}",
+        imp.problems
+    );
+}
+
+#[test]
+fn withdrawn_services_stay_for_the_grace_period() {
+    let grace = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let mut g = Grace::default();
+    let full = import(&two_clusters(), &[sel("*", "*", "*")], true, false).services;
+    assert_eq!(g.apply(full.clone(), t0, grace).len(), 1);
+    let served = g.apply(BTreeMap::new(), t0 + Duration::from_secs(1), grace);
+    assert!(served.contains_key(&echo()), "kept while draining");
+    assert_eq!(g.draining().count(), 1);
+    assert!(g.next_deadline().is_some());
+    assert!(
+        g.apply(BTreeMap::new(), t0 + Duration::from_secs(32), grace)
+            .is_empty(),
+        "released after the grace"
+    );
+    assert_eq!(g.next_deadline(), None);
+    // Coming back during the grace cancels it.
+    g.apply(full.clone(), t0, grace);
+    g.apply(BTreeMap::new(), t0 + Duration::from_secs(1), grace);
+    g.apply(full, t0 + Duration::from_secs(2), grace);
+    assert_eq!(g.draining().count(), 0);
+}

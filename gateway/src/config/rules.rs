@@ -87,6 +87,49 @@ fn iface(c: &mut Ctx<'_>, path: KeyPath, s: &str) {
     }
 }
 
+/// Parses a VIP request (`"auto"` or an address of family `v6`) at `path`: `auto` needs a pool
+/// range of its family, and a static VIP may belong to one service (`owner`) only.
+fn vip_spec(
+    c: &mut Ctx<'_>,
+    path: &KeyPath,
+    v: &Option<String>,
+    v6: bool,
+    (has4, has6): (bool, bool),
+    static_vips: &mut BTreeMap<IpAddr, String>,
+    owner: &str,
+) -> Option<VipSpec> {
+    let s = v.as_ref()?;
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    if s == "auto" {
+        if (v6 && !has6) || (!v6 && !has4) {
+            c.err(
+                path,
+                format!("\"auto\" needs an {family} range in [vips].pool"),
+            );
+        }
+        return Some(VipSpec::Auto);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv6() == v6 => {
+            if let Some(other) = static_vips.insert(ip, owner.to_string()) {
+                c.err(path, format!("{ip} is already the VIP of {other}"));
+            }
+            Some(VipSpec::Static(ip))
+        }
+        Ok(ip) => {
+            c.err(path, format!("{ip} is not an {family} address"));
+            None
+        }
+        Err(_) => {
+            c.err(
+                path,
+                format!("{s:?}: expected \"auto\" or an {family} address"),
+            );
+            None
+        }
+    }
+}
+
 /// Turns the raw file into a [`Config`], or every problem found.
 pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
     let mut c = Ctx {
@@ -303,49 +346,25 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         if !seen.insert(full.clone()) {
             c.err(&p.key("name"), format!("service {full} is defined twice"));
         }
-        let mut vip =
-            |key: &str, s: &Option<String>, v6: bool, c: &mut Ctx<'_>| -> Option<VipSpec> {
-                let s = s.as_ref()?;
-                if s == "auto" {
-                    if (v6 && !has6) || (!v6 && !has4) {
-                        c.err(
-                            &p.key(key),
-                            format!(
-                                "\"auto\" needs an {} range in [vips].pool",
-                                if v6 { "IPv6" } else { "IPv4" }
-                            ),
-                        );
-                    }
-                    return Some(VipSpec::Auto);
-                }
-                match s.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_ipv6() == v6 => {
-                        if let Some(other) = static_vips.insert(ip, full.clone()) {
-                            c.err(&p.key(key), format!("{ip} is already the VIP of {other}"));
-                        }
-                        Some(VipSpec::Static(ip))
-                    }
-                    Ok(ip) => {
-                        c.err(
-                            &p.key(key),
-                            format!(
-                                "{ip} is not an {} address",
-                                if v6 { "IPv6" } else { "IPv4" }
-                            ),
-                        );
-                        None
-                    }
-                    Err(_) => {
-                        c.err(
-                            &p.key(key),
-                            format!("{s:?}: expected \"auto\" or an address"),
-                        );
-                        None
-                    }
-                }
-            };
-        let mut vip4 = vip("vip4", &raw.vip4, false, &mut c);
-        let vip6 = vip("vip6", &raw.vip6, true, &mut c);
+        let pool_has = (has4, has6);
+        let mut vip4 = vip_spec(
+            &mut c,
+            &p.key("vip4"),
+            &raw.vip4,
+            false,
+            pool_has,
+            &mut static_vips,
+            &full,
+        );
+        let vip6 = vip_spec(
+            &mut c,
+            &p.key("vip6"),
+            &raw.vip6,
+            true,
+            pool_has,
+            &mut static_vips,
+            &full,
+        );
         if raw.vip4.is_none() && raw.vip6.is_none() {
             vip4 = Some(VipSpec::Auto);
             if !has4 {
@@ -598,33 +617,25 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
             );
         }
         let full = format!("{namespace}/{name}");
-        let mut pin =
-            |key: &str, v: &Option<String>, v6: bool, c: &mut Ctx<'_>| -> Option<VipSpec> {
-                let s = v.as_ref()?;
-                if s == "auto" {
-                    return Some(VipSpec::Auto);
-                }
-                match s.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_ipv6() == v6 => {
-                        if let Some(other) = static_vips.insert(ip, full.clone()) {
-                            c.err(&p.key(key), format!("{ip} is already the VIP of {other}"));
-                        }
-                        Some(VipSpec::Static(ip))
-                    }
-                    _ => {
-                        c.err(
-                            &p.key(key),
-                            format!(
-                                "{s:?}: expected \"auto\" or an {} address",
-                                if v6 { "IPv6" } else { "IPv4" }
-                            ),
-                        );
-                        None
-                    }
-                }
-            };
-        let vip4 = pin("vip4", &raw.vip4, false, &mut c);
-        let vip6 = pin("vip6", &raw.vip6, true, &mut c);
+        let pool_has = (has4, has6);
+        let vip4 = vip_spec(
+            &mut c,
+            &p.key("vip4"),
+            &raw.vip4,
+            false,
+            pool_has,
+            &mut static_vips,
+            &full,
+        );
+        let vip6 = vip_spec(
+            &mut c,
+            &p.key("vip6"),
+            &raw.vip6,
+            true,
+            pool_has,
+            &mut static_vips,
+            &full,
+        );
         portals.push(PortalSelector {
             cluster,
             namespace,

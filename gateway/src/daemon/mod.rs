@@ -225,7 +225,15 @@ impl Daemon {
         if let Err(e) = alloc.state().save(&state_path) {
             warn!(path = %state_path.display(), error = %e, "cannot persist VIP assignments");
         }
-        let d = desired::compute(&cat, &alloc, self.vtep_mac);
+        let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
+        if !self.cfg.clusters.is_empty() {
+            // Said on every pass, so nobody mistakes a silent gateway for an empty mesh.
+            d.problems.push(
+                "[[cluster]] is configured, but this build does not import from Cluster Mesh yet \
+                 (its connection layer is still to land); only [[service]] entries are served"
+                    .into(),
+            );
+        }
         for p in &d.problems {
             warn!(problem = %p, "part of the catalog is not served");
         }

@@ -73,6 +73,8 @@ struct Daemon {
     desired: Desired,
     started_at: u64,
     reload_error: Option<String>,
+    /// The persisted VIP assignments, as last written.
+    vip_state: Option<VipState>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -118,6 +120,7 @@ impl Daemon {
             desired: Desired::default(),
             started_at: unix_now(),
             reload_error: None,
+            vip_state: None,
             cfg,
         };
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
@@ -217,13 +220,19 @@ impl Daemon {
     async fn reconcile(&mut self) -> Result<()> {
         let cat = Catalog::from_config(&self.cfg);
         let state_path = VipState::path(&self.cfg.gateway.state_dir);
-        let alloc = vip::allocate(
-            &self.cfg.vips.pool,
-            &cat.vip_requests(),
-            &VipState::load(&state_path),
-        );
-        if let Err(e) = alloc.state().save(&state_path) {
-            warn!(path = %state_path.display(), error = %e, "cannot persist VIP assignments");
+        // Read once per process; written only when an assignment changes, not on every pass.
+        let held = self
+            .vip_state
+            .get_or_insert_with(|| VipState::load(&state_path));
+        let alloc = vip::allocate(&self.cfg.vips.pool, &cat.vip_requests(), held);
+        let now_held = alloc.state();
+        if now_held != *held {
+            match now_held.save(&state_path) {
+                Ok(()) => *held = now_held,
+                Err(e) => {
+                    warn!(path = %state_path.display(), error = %e, "cannot persist VIP assignments")
+                }
+            }
         }
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
         if !self.cfg.clusters.is_empty() {

@@ -176,6 +176,42 @@ impl Catalog {
         Catalog { services, nodes }
     }
 
+    /// Adds what the Cluster Mesh import produced. A `[[service]]` of the TOML wins over an
+    /// imported service of the same namespace/name (the operator said so explicitly). An
+    /// imported node whose underlay address is a `[[node]]` of the TOML takes the MAC and router
+    /// addresses given there where the kvstore has none (Cilium does not export the inner MAC a
+    /// kernel VXLAN peer needs). Returns what was overridden, for the status.
+    pub fn merge_imported(
+        &mut self,
+        services: BTreeMap<ServiceName, Service>,
+        nodes: BTreeMap<NodeId, Node>,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        for (id, mut node) in nodes {
+            if let Some(st) = self
+                .nodes
+                .values()
+                .find(|n| n.id.cluster == STATIC_CLUSTER && n.address == node.address)
+            {
+                node.mac = node.mac.or(st.mac);
+                if node.router_ips.is_empty() {
+                    node.router_ips = st.router_ips.clone();
+                }
+            }
+            self.nodes.insert(id, node);
+        }
+        for (name, svc) in services {
+            if self.services.contains_key(&name) {
+                notes.push(format!(
+                    "{name}: a [[service]] of the configuration overrides the imported global service"
+                ));
+                continue;
+            }
+            self.services.insert(name, svc);
+        }
+        notes
+    }
+
     /// VIP requests of every service, for the allocator.
     pub fn vip_requests(&self) -> BTreeMap<(ServiceName, bool), Request> {
         let mut r = BTreeMap::new();
@@ -188,5 +224,78 @@ impl Catalog {
             }
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Catalog {
+        let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")
+            .expect("demo config");
+        Catalog::from_config(&cfg)
+    }
+
+    fn imported_node(cluster: &str, name: &str, addr: [u8; 4]) -> (NodeId, Node) {
+        let id = NodeId {
+            cluster: cluster.into(),
+            name: name.into(),
+        };
+        let node = Node {
+            id: id.clone(),
+            address: Ipv4Addr::from(addr),
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            router_ips: Vec::new(),
+            mac: None,
+        };
+        (id, node)
+    }
+
+    #[test]
+    fn static_services_win_and_static_nodes_lend_their_mac() {
+        let mut cat = demo();
+        let echo = ServiceName {
+            namespace: "default".into(),
+            name: "echo".into(),
+        };
+        let web = ServiceName {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let mut services = BTreeMap::new();
+        for name in [&echo, &web] {
+            services.insert(
+                name.clone(),
+                Service {
+                    name: name.clone(),
+                    vip4: Some(Request::Auto),
+                    vip6: None,
+                    ports: Vec::new(),
+                    backends: Vec::new(),
+                },
+            );
+        }
+        let static_echo = cat.services[&echo].clone();
+        let nodes = BTreeMap::from([
+            imported_node("cluster1", "node-1", [172, 18, 0, 11]),
+            imported_node("cluster1", "node-9", [172, 18, 0, 99]),
+        ]);
+        let notes = cat.merge_imported(services, nodes);
+        assert_eq!(cat.services[&echo], static_echo, "the [[service]] wins");
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("default/echo"), "{notes:?}");
+        assert!(cat.services.contains_key(&web));
+        let n1 = &cat.nodes[&NodeId {
+            cluster: "cluster1".into(),
+            name: "node-1".into(),
+        }];
+        assert_eq!(n1.mac, Some([2, 0xaa, 0, 0, 0, 1]));
+        assert_eq!(n1.router_ips.len(), 2, "router IPs from the [[node]] too");
+        let n9 = &cat.nodes[&NodeId {
+            cluster: "cluster1".into(),
+            name: "node-9".into(),
+        }];
+        assert_eq!(n9.mac, None, "no [[node]] at that address");
     }
 }

@@ -138,6 +138,22 @@ pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desir
         }
     }
     d.routes.sort();
+    // The same node may be known twice (a `[[node]]` of the TOML and its imported self); one route
+    // per CIDR, and a CIDR two different nodes claim is reported rather than flapped.
+    let mut conflicts = Vec::new();
+    d.routes.dedup_by(|later, first| {
+        if later.dst != first.dst {
+            return false;
+        }
+        if later.node_ip != first.node_ip {
+            conflicts.push(format!(
+                "pod CIDR {} is claimed by nodes {} and {}; routing it to {}",
+                first.dst, first.node_ip, later.node_ip, first.node_ip
+            ));
+        }
+        true
+    });
+    d.problems.extend(conflicts);
     for svc in cat.services.values() {
         for v6 in [false, true] {
             let Some(vip) = alloc.vips.get(&(svc.name.clone(), v6)).copied() else {
@@ -189,6 +205,44 @@ pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desir
 mod tests {
     use super::*;
     use crate::vip::{allocate, VipState};
+
+    #[test]
+    fn a_node_known_twice_gets_one_route_and_a_conflict_is_reported() {
+        let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")
+            .expect("demo config");
+        let mut cat = Catalog::from_config(&cfg);
+        let mut twin = cat.nodes.values().next().unwrap().clone();
+        twin.id.cluster = "cluster1".into();
+        let mut rival = twin.clone();
+        rival.id.name = "rival".into();
+        rival.address = Ipv4Addr::new(172, 18, 0, 99);
+        rival.pod_cidrs.truncate(1);
+        cat.nodes.insert(twin.id.clone(), twin.clone());
+        let alloc = allocate(&cfg.vips.pool, &cat.vip_requests(), &VipState::default());
+        let d = compute(&cat, &alloc, [2, 0, 0, 0, 0, 1]);
+        let dsts: Vec<_> = d.routes.iter().map(|r| r.dst).collect();
+        let mut unique = dsts.clone();
+        unique.dedup();
+        assert_eq!(dsts, unique, "one route per CIDR");
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+
+        cat.nodes.insert(rival.id.clone(), rival.clone());
+        let d = compute(&cat, &alloc, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            d.routes
+                .iter()
+                .filter(|r| r.dst == rival.pod_cidrs[0])
+                .count(),
+            1
+        );
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains(&rival.pod_cidrs[0].to_string())),
+            "{:?}",
+            d.problems
+        );
+    }
 
     fn demo() -> Desired {
         let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")

@@ -5,13 +5,11 @@
 
 mod bpffs;
 mod catalog;
-// Wired into the daemon together with the etcd client (issue 3 in progress); until then only its
-// unit tests use it.
-#[allow(dead_code)]
 mod clustermesh;
 mod config;
 mod daemon;
 mod desired;
+mod dns;
 mod lb;
 mod netlink;
 mod reconcile;

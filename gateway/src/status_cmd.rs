@@ -68,14 +68,56 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
     if let Some(e) = &st.reload_error {
         println!("  LAST RELOAD FAILED (old config still serving): {e}");
     }
+    if !st.dns.is_empty() {
+        println!("  dns          {}", st.dns.join(", "));
+    }
+    if !st.clusters.is_empty() {
+        println!("clusters");
+    }
+    for c in &st.clusters {
+        let age = c
+            .last_event_age_s
+            .map_or_else(|| "never".to_string(), |a| format!("{a} s ago"));
+        println!(
+            "  {:<20} {:<12} {:<9} services {:<5} nodes {:<4} ips {:<5} last event {age}",
+            c.name,
+            if c.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            if c.synced { "synced" } else { "syncing" },
+            c.services,
+            c.nodes,
+            c.ips,
+        );
+        if c.stale > 0 {
+            println!(
+                "      {} entries kept until the sync canary confirms them",
+                c.stale
+            );
+        }
+        if c.skipped > 0 {
+            println!(
+                "      {} malformed values skipped; last: {}",
+                c.skipped,
+                c.last_skipped.as_deref().unwrap_or("?")
+            );
+        }
+        if let (false, Some(e)) = (c.connected, &c.last_error) {
+            println!("      error: {e}");
+        }
+    }
     println!("portals");
     for p in &st.portals {
         let vips: Vec<String> = p.vips.iter().map(|v| v.to_string()).collect();
         println!(
-            "  {:<32} {:<28} {}",
+            "  {:<32} {:<28} {}  [{}{}]",
             p.service,
             vips.join(", "),
-            p.ports.join(", ")
+            p.ports.join(", "),
+            p.source,
+            if p.draining { ", DRAINING" } else { "" }
         );
         for b in &p.backends {
             println!("      backend {b}");

@@ -114,8 +114,29 @@ pub fn allocate(
     requests: &BTreeMap<(ServiceName, bool), Request>,
     prev: &VipState,
 ) -> Allocation {
+    allocate_reserving(pool, requests, prev, false)
+}
+
+/// [`allocate`], and with `reserve_absent` the VIPs `prev` holds for services that make no
+/// request now stay out of the automatic pool: while a cluster has not finished its first sync
+/// after a start, its services are missing only because they are not listed yet, and a new
+/// service must not take their VIPs.
+pub fn allocate_reserving(
+    pool: &[IpNet],
+    requests: &BTreeMap<(ServiceName, bool), Request>,
+    prev: &VipState,
+    reserve_absent: bool,
+) -> Allocation {
     let mut out = Allocation::default();
     let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
+    if reserve_absent {
+        let requested: BTreeSet<String> = requests.keys().map(|(s, _)| s.to_string()).collect();
+        for (svc, ips) in &prev.assigned {
+            if !requested.contains(svc) {
+                taken.extend(ips.iter().copied());
+            }
+        }
+    }
     // Static pins first: they win over anything automatic.
     for (key, req) in requests {
         if let Request::Static(ip) = req {
@@ -206,6 +227,31 @@ impl Allocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absent_services_keep_their_vips_reserved_while_warming_up() {
+        let pool: Vec<IpNet> = vec!["10.0.0.0/30".parse().unwrap()];
+        let mut prev = VipState::default();
+        // The only two usable addresses of the /30, held by `a` and `b` before a restart.
+        prev.assigned
+            .insert("default/a".into(), vec!["10.0.0.1".parse().unwrap()]);
+        prev.assigned
+            .insert("default/b".into(), vec!["10.0.0.2".parse().unwrap()]);
+        let mut req = BTreeMap::new();
+        req.insert((svc("c"), false), Request::Auto);
+        let warm = allocate_reserving(&pool, &req, &prev, true);
+        assert!(warm.vips.is_empty(), "{warm:?}");
+        assert_eq!(warm.failures.len(), 1);
+        let cold = allocate_reserving(&pool, &req, &prev, false);
+        assert_eq!(cold.vips.len(), 1);
+        // A service that is present keeps its own VIP either way.
+        req.insert((svc("a"), false), Request::Auto);
+        let warm = allocate_reserving(&pool, &req, &prev, true);
+        assert_eq!(
+            warm.vips.get(&(svc("a"), false)),
+            Some(&"10.0.0.1".parse().unwrap())
+        );
+    }
 
     fn svc(n: &str) -> ServiceName {
         ServiceName {

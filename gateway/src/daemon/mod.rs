@@ -7,31 +7,41 @@
 //! them attached and forwarding.
 
 pub mod kernel;
+pub mod names;
 pub mod status;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use meshgw_common::maps::{GatewayConfig, CFG_F_ENABLED};
 use meshgw_datapath::{AttachMode, Datapath, Program};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, STATIC_CLUSTER};
+use crate::clustermesh::client::ClientEvent;
+use crate::clustermesh::import::{self, Grace};
+use crate::clustermesh::supervisor::Supervisor;
 use crate::config::{self, Config, XdpMode};
 use crate::desired::{self, Desired};
 use crate::netlink::{announce, sysctl, Netlink};
 use crate::reconcile::bpf::BpfReconciler;
 use crate::vip::{self, VipState};
 use kernel::Devices;
-use status::{unix_now, PortalStatus, Status};
+use names::Names;
+use status::{unix_now, ClusterStatus, PortalStatus, Status};
 
 /// How often the daemon re-runs the reconcilers to repair drift (someone deleted a route, a
 /// neighbour expired).
 const RESYNC: Duration = Duration::from_secs(10);
+
+/// How long cluster events are gathered before one reconcile applies them: a relist delivers
+/// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Where the configuration comes from.
 #[derive(Clone, Debug)]
@@ -75,6 +85,15 @@ struct Daemon {
     reload_error: Option<String>,
     /// The persisted VIP assignments, as last written.
     vip_state: Option<VipState>,
+    /// One etcd client per configured cluster, and what each has told.
+    clusters: Supervisor,
+    /// Withdrawn imported services in their grace period.
+    grace: Grace,
+    /// Clusters that completed a sync since the start: until all have, VIPs held for services
+    /// not seen yet stay reserved.
+    synced_once: BTreeSet<String>,
+    /// The portal name responder.
+    names: Names,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -93,7 +112,10 @@ fn attach_mode(m: XdpMode) -> AttachMode {
 }
 
 impl Daemon {
-    async fn start(source: ConfigSource) -> Result<Daemon> {
+    async fn start(
+        source: ConfigSource,
+        events: mpsc::Sender<(String, ClientEvent)>,
+    ) -> Result<Daemon> {
         let cfg = source.load()?;
         info!(config = %source.describe(), gateway = %cfg.gateway.name, "starting");
         std::fs::create_dir_all(&cfg.gateway.state_dir)
@@ -121,12 +143,18 @@ impl Daemon {
             started_at: unix_now(),
             reload_error: None,
             vip_state: None,
+            clusters: Supervisor::new(events),
+            grace: Grace::default(),
+            synced_once: BTreeSet::new(),
+            names: Names::default(),
             cfg,
         };
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
         d.setup_devices().await?;
+        d.names.ensure(&d.cfg, &d.nl, d.dev.legacy).await;
         d.reconcile().await?;
         d.attach()?;
+        d.clusters.configure(&d.cfg.clusters);
         Ok(d)
     }
 
@@ -218,14 +246,48 @@ impl Daemon {
 
     /// One full pass: catalog -> VIPs -> desired -> reconcilers -> announcements -> status.
     async fn reconcile(&mut self) -> Result<()> {
-        let cat = Catalog::from_config(&self.cfg);
+        let mut cat = Catalog::from_config(&self.cfg);
+        let mut notes = Vec::new();
+        if !self.cfg.clusters.is_empty() {
+            let pool = &self.cfg.vips.pool;
+            let has4 = pool.iter().any(|n| matches!(n, ipnet::IpNet::V4(_)));
+            let has6 = pool.iter().any(|n| matches!(n, ipnet::IpNet::V6(_)));
+            let imported = import::import(&self.clusters.states, &self.cfg.portals, has4, has6);
+            let grace = Duration::from_secs(self.cfg.vips.withdraw_grace_seconds);
+            let services = self.grace.apply(imported.services, Instant::now(), grace);
+            notes.extend(imported.problems);
+            notes.extend(cat.merge_imported(services, imported.nodes));
+            for (name, st) in &self.clusters.states {
+                if st.is_synced() {
+                    self.synced_once.insert(name.clone());
+                }
+            }
+        }
+        let warming = self
+            .cfg
+            .clusters
+            .iter()
+            .any(|c| !self.synced_once.contains(&c.name));
         let state_path = VipState::path(&self.cfg.gateway.state_dir);
         // Read once per process; written only when an assignment changes, not on every pass.
         let held = self
             .vip_state
             .get_or_insert_with(|| VipState::load(&state_path));
-        let alloc = vip::allocate(&self.cfg.vips.pool, &cat.vip_requests(), held);
-        let now_held = alloc.state();
+        let alloc = if warming {
+            vip::allocate_reserving(&self.cfg.vips.pool, &cat.vip_requests(), held, true)
+        } else {
+            vip::allocate(&self.cfg.vips.pool, &cat.vip_requests(), held)
+        };
+        let mut now_held = alloc.state();
+        if warming {
+            // Services not listed yet keep their VIPs in the file as in the allocator.
+            for (svc, ips) in &held.assigned {
+                now_held
+                    .assigned
+                    .entry(svc.clone())
+                    .or_insert_with(|| ips.clone());
+            }
+        }
         if now_held != *held {
             match now_held.save(&state_path) {
                 Ok(()) => *held = now_held,
@@ -235,14 +297,9 @@ impl Daemon {
             }
         }
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
-        if !self.cfg.clusters.is_empty() {
-            // Said on every pass, so nobody mistakes a silent gateway for an empty mesh.
-            d.problems.push(
-                "[[cluster]] is configured, but this build does not import from Cluster Mesh yet \
-                 (its connection layer is still to land); only [[service]] entries are served"
-                    .into(),
-            );
-        }
+        d.problems.extend(notes);
+        d.problems.extend(self.names.update(&cat, &alloc));
+        d.problems.extend(self.names.error.clone());
         for p in &d.problems {
             warn!(problem = %p, "part of the catalog is not served");
         }
@@ -294,10 +351,14 @@ impl Daemon {
     }
 
     fn publish_status(&self, cat: &Catalog, alloc: &vip::Allocation) {
+        let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
         let portals = cat
             .services
             .values()
             .map(|s| {
+                let mut from: Vec<&str> =
+                    s.backends.iter().map(|b| b.node.cluster.as_str()).collect();
+                from.dedup();
                 let vips: Vec<IpAddr> = [false, true]
                     .iter()
                     .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
@@ -322,6 +383,17 @@ impl Daemon {
                         .iter()
                         .map(|b| format!("{} via {}/{}", b.addr, b.node.cluster, b.node.name))
                         .collect(),
+                    source: if self
+                        .cfg
+                        .services
+                        .iter()
+                        .any(|c| c.namespace == s.name.namespace && c.name == s.name.name)
+                    {
+                        STATIC_CLUSTER.to_string()
+                    } else {
+                        from.join(",")
+                    },
+                    draining: draining.contains(&s.name),
                 }
             })
             .collect();
@@ -335,6 +407,8 @@ impl Daemon {
             vtep_mac: mac_str(self.vtep_mac),
             identity: self.cfg.gateway.identity,
             portals,
+            clusters: self.cluster_status(),
+            dns: self.names.listening(),
             nodes: cat
                 .nodes
                 .values()
@@ -348,6 +422,40 @@ impl Daemon {
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
         }
+    }
+
+    fn cluster_status(&self) -> Vec<ClusterStatus> {
+        let now = Instant::now();
+        self.clusters
+            .states
+            .iter()
+            .map(|(name, st)| {
+                let stats = st.stats();
+                let conn = self
+                    .clusters
+                    .connections
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default();
+                let last = [stats.last_event, conn.last_event]
+                    .into_iter()
+                    .flatten()
+                    .max();
+                ClusterStatus {
+                    name: name.clone(),
+                    connected: conn.connected,
+                    synced: st.is_synced(),
+                    services: stats.services,
+                    nodes: stats.nodes,
+                    ips: stats.ips,
+                    stale: stats.stale,
+                    skipped: stats.skipped,
+                    last_skipped: st.last_skipped().map(|(k, why)| format!("{k}: {why}")),
+                    last_event_age_s: last.map(|t| now.saturating_duration_since(t).as_secs()),
+                    last_error: conn.last_error,
+                }
+            })
+            .collect()
     }
 
     /// SIGHUP: a configuration that fails to load or apply leaves the running one serving.
@@ -386,11 +494,15 @@ impl Daemon {
                 self.setup_devices().await?;
                 self.attach()?;
             }
+            self.names
+                .ensure(&self.cfg, &self.nl, self.dev.legacy)
+                .await;
             self.reconcile().await
         }
         .await;
         match result {
             Ok(()) => {
+                self.clusters.configure(&self.cfg.clusters);
                 self.reload_error = None;
                 info!("configuration reloaded");
             }
@@ -410,9 +522,17 @@ impl Daemon {
     }
 }
 
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(source: ConfigSource) -> Result<()> {
-    let mut d = Daemon::start(source).await?;
+    let (events_tx, mut events) = mpsc::channel(4096);
+    let mut d = Daemon::start(source, events_tx).await?;
     let ready = d.ready_file();
     std::fs::write(&ready, format!("{}\n", std::process::id()))
         .with_context(|| ready.display().to_string())?;
@@ -422,8 +542,30 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(RESYNC);
     tick.tick().await;
+    // When gathered cluster events are due to be applied.
+    let mut due: Option<Instant> = None;
     loop {
+        let grace_due = d.grace.next_deadline();
         tokio::select! {
+            Some((cluster, ev)) = events.recv() => {
+                d.clusters.handle(&cluster, ev);
+                // Take what else is queued now: a relist arrives as a burst.
+                while let Ok((cluster, ev)) = events.try_recv() {
+                    d.clusters.handle(&cluster, ev);
+                }
+                due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+            }
+            _ = sleep_until(due) => {
+                due = None;
+                if let Err(e) = d.reconcile().await {
+                    error!(error = %format!("{e:#}"), "reconcile after Cluster Mesh events failed");
+                }
+            }
+            _ = sleep_until(grace_due) => {
+                if let Err(e) = d.reconcile().await {
+                    error!(error = %format!("{e:#}"), "reconcile at the end of a grace period failed");
+                }
+            }
             _ = hup.recv() => d.reload().await,
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -439,6 +581,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             }
         }
     }
+    d.clusters.shutdown();
     let _ = std::fs::remove_file(&ready);
     info!("stopping; the XDP datapath stays attached and forwarding (meshgw down removes it)");
     Ok(())

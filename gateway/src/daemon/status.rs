@@ -17,6 +17,39 @@ pub struct PortalStatus {
     pub ports: Vec<String>,
     /// "addr:port via node".
     pub backends: Vec<String>,
+    /// Where it comes from: "config" or the clusters exporting it.
+    #[serde(default)]
+    pub source: String,
+    /// Withdrawn by every cluster; kept until the grace period ends, for flows to drain.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// One remote cluster's connection and import.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub name: String,
+    /// Whether the etcd connection is up.
+    pub connected: bool,
+    /// Whether services and nodes are complete (listed, and the sync canaries seen).
+    pub synced: bool,
+    /// Services the cluster exports (all of them, portals or not).
+    pub services: usize,
+    /// Nodes.
+    pub nodes: usize,
+    /// IP identity pairs (ipcache).
+    pub ips: usize,
+    /// Entries kept only until the sync canary confirms their deletion.
+    pub stale: usize,
+    /// Malformed values skipped so far.
+    pub skipped: u64,
+    /// The last skipped key and why.
+    pub last_skipped: Option<String>,
+    /// Seconds since the last event from this cluster.
+    pub last_event_age_s: Option<u64>,
+    /// The last connection error.
+    pub last_error: Option<String>,
 }
 
 /// The whole status file.
@@ -40,6 +73,12 @@ pub struct Status {
     pub identity: u32,
     /// Portals.
     pub portals: Vec<PortalStatus>,
+    /// Remote clusters.
+    #[serde(default)]
+    pub clusters: Vec<ClusterStatus>,
+    /// Where the name responder listens (empty when disabled or failed; see problems).
+    #[serde(default)]
+    pub dns: Vec<String>,
     /// Known nodes.
     pub nodes: Vec<String>,
     /// Problems that leave part of the catalog unserved.

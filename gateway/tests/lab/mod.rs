@@ -364,6 +364,13 @@ impl Lab {
             .unwrap_or_else(|e| panic!("{}: {e}", self.config.display()));
     }
 
+    /// The daemon's published status (`<state_dir>/status.json`), as last written.
+    pub fn status(&self) -> Value {
+        let p = self.state_dir.join("status.json");
+        let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
     /// Starts the daemon in the gateway namespace and waits for its ready file.
     pub fn start_gateway(&mut self) {
         assert!(self.gateway.is_none(), "gateway already running");

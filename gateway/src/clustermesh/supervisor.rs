@@ -1,0 +1,162 @@
+//! Runs one client task per configured cluster and keeps each cluster's state and connection
+//! status up to date from their events. The daemon owns it and reads the states when it
+//! reconciles.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::client::{self, ClientEvent, ClusterEndpoint};
+use super::kvstore;
+use super::state::{Applied, ClusterState, KvEvent};
+use crate::config::{ClusterSource, ClusterSpec};
+
+/// One cluster's connection as the status shows it.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    /// Whether the client is connected now.
+    pub connected: bool,
+    /// The last connection error.
+    pub last_error: Option<String>,
+    /// When the last event arrived.
+    pub last_event: Option<Instant>,
+}
+
+/// The clusters: their states, connections and client tasks.
+pub struct Supervisor {
+    /// Each cluster's view of the kvstore.
+    pub states: BTreeMap<String, ClusterState>,
+    /// Each cluster's connection.
+    pub connections: BTreeMap<String, Connection>,
+    specs: Vec<ClusterSpec>,
+    tx: mpsc::Sender<(String, ClientEvent)>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+/// Builds a client endpoint from the configuration.
+pub fn endpoint(spec: &ClusterSpec) -> Result<ClusterEndpoint, client::ClientError> {
+    let mut ep = match &spec.source {
+        ClusterSource::CiliumConfig(path) => ClusterEndpoint::from_cilium_config(&spec.name, path)?,
+        ClusterSource::Inline {
+            endpoints,
+            ca_file,
+            cert_file,
+            key_file,
+        } => ClusterEndpoint {
+            cluster: spec.name.clone(),
+            endpoints: endpoints.clone(),
+            ca_file: ca_file.clone(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            server_name: None,
+        },
+    };
+    if spec.server_name.is_some() {
+        ep.server_name = spec.server_name.clone();
+    }
+    Ok(ep)
+}
+
+/// The prefixes a read-only peer lists and watches for `cluster`.
+fn prefixes(cluster: &str) -> Vec<String> {
+    let mut p = kvstore::prefixes(cluster, false);
+    p.push(kvstore::cluster_config_key(cluster));
+    p.push(format!("cilium/synced/{cluster}/"));
+    p
+}
+
+impl Supervisor {
+    /// A supervisor sending client events to `tx` (the daemon's loop feeds them back to
+    /// [`Supervisor::handle`]).
+    pub fn new(tx: mpsc::Sender<(String, ClientEvent)>) -> Self {
+        Supervisor {
+            states: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            specs: Vec::new(),
+            tx,
+            stop: None,
+        }
+    }
+
+    /// (Re)starts the client tasks when the cluster list changed. States of clusters that stay
+    /// are kept; a cluster's state is replaced by its next full list anyway.
+    pub fn configure(&mut self, specs: &[ClusterSpec]) {
+        if specs == self.specs.as_slice() && self.stop.is_some() {
+            return;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        self.specs = specs.to_vec();
+        self.states
+            .retain(|name, _| specs.iter().any(|s| s.name == *name));
+        self.connections
+            .retain(|name, _| specs.iter().any(|s| s.name == *name));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        for spec in specs {
+            self.states
+                .entry(spec.name.clone())
+                .or_insert_with(|| ClusterState::new(&spec.name));
+            let conn = self.connections.entry(spec.name.clone()).or_default();
+            match endpoint(spec) {
+                Ok(ep) => {
+                    info!(cluster = %spec.name, endpoints = ?ep.endpoints, "connecting to the Cluster Mesh API");
+                    tokio::spawn(client::run_cluster(
+                        ep,
+                        prefixes(&spec.name),
+                        self.tx.clone(),
+                        stop_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    warn!(cluster = %spec.name, error = %e, "cluster not started");
+                    conn.last_error = Some(e.to_string());
+                }
+            }
+        }
+        self.stop = Some(stop_tx);
+    }
+
+    /// Applies one client event; returns whether the catalog may have changed.
+    pub fn handle(&mut self, cluster: &str, ev: ClientEvent) -> bool {
+        let Some(state) = self.states.get_mut(cluster) else {
+            return false;
+        };
+        let conn = self.connections.entry(cluster.to_string()).or_default();
+        conn.last_event = Some(Instant::now());
+        match ev {
+            ClientEvent::Connected => {
+                conn.connected = true;
+                conn.last_error = None;
+                // Canaries and lists of the previous connection no longer count: a restarted API
+                // server's first list may be partial until its canaries are written again.
+                state.reconnected();
+                false
+            }
+            ClientEvent::Disconnected { error } => {
+                warn!(cluster, error = %error, "Cluster Mesh API connection lost");
+                conn.connected = false;
+                conn.last_error = Some(error);
+                false
+            }
+            ClientEvent::Listed {
+                prefix, entries, ..
+            } => state.replace_prefix(&prefix, entries),
+            ClientEvent::Put { key, value } => {
+                matches!(state.apply(KvEvent::Put { key, value }), Applied::Changed)
+            }
+            ClientEvent::Delete { key } => {
+                matches!(state.apply(KvEvent::Delete { key }), Applied::Changed)
+            }
+        }
+    }
+
+    /// Stops every client task.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}

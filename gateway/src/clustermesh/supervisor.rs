@@ -59,12 +59,45 @@ pub fn endpoint(spec: &ClusterSpec) -> Result<ClusterEndpoint, client::ClientErr
     Ok(ep)
 }
 
-/// The prefixes a read-only peer lists and watches for `cluster`.
+/// The prefixes a read-only peer lists and watches for `cluster`: the config and the sync
+/// canaries first (so the data lists that follow may already delete what they lack), then
+/// Cilium's own layout and KVStoreMesh's cached one (whichever the server fills).
 fn prefixes(cluster: &str) -> Vec<String> {
-    let mut p = kvstore::prefixes(cluster, false);
-    p.push(kvstore::cluster_config_key(cluster));
-    p.push(format!("cilium/synced/{cluster}/"));
+    let mut p = vec![
+        kvstore::cluster_config_key(cluster),
+        // `cilium/synced/<cluster>/`
+        kvstore::synced_key(cluster, ""),
+    ];
+    p.extend(kvstore::prefixes(cluster, false));
+    p.extend(kvstore::prefixes(cluster, true));
     p
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn canaries_are_listed_before_the_data_and_both_layouts_are_watched() {
+        let p = super::prefixes("cluster1");
+        assert_eq!(p[0], "cilium/cluster-config/cluster1");
+        assert_eq!(p[1], "cilium/synced/cluster1/");
+        assert!(
+            p.contains(&"cilium/state/services/v1/cluster1/".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"cilium/cache/services/v1/cluster1/".to_string()),
+            "{p:?}"
+        );
+        // A cluster's own etcd keeps its ipcache and identities without a cluster segment.
+        assert!(
+            p.contains(&"cilium/state/ip/v1/default/".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"cilium/cache/ip/v1/cluster1/".to_string()),
+            "{p:?}"
+        );
+    }
 }
 
 impl Supervisor {

@@ -73,33 +73,6 @@ fn prefixes(cluster: &str) -> Vec<String> {
     p
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn canaries_are_listed_before_the_data_and_both_layouts_are_watched() {
-        let p = super::prefixes("cluster1");
-        assert_eq!(p[0], "cilium/cluster-config/cluster1");
-        assert_eq!(p[1], "cilium/synced/cluster1/");
-        assert!(
-            p.contains(&"cilium/state/services/v1/cluster1/".to_string()),
-            "{p:?}"
-        );
-        assert!(
-            p.contains(&"cilium/cache/services/v1/cluster1/".to_string()),
-            "{p:?}"
-        );
-        // A cluster's own etcd keeps its ipcache and identities without a cluster segment.
-        assert!(
-            p.contains(&"cilium/state/ip/v1/default/".to_string()),
-            "{p:?}"
-        );
-        assert!(
-            p.contains(&"cilium/cache/ip/v1/cluster1/".to_string()),
-            "{p:?}"
-        );
-    }
-}
-
 impl Supervisor {
     /// A supervisor sending client events to `tx` (the daemon's loop feeds them back to
     /// [`Supervisor::handle`]).
@@ -191,5 +164,32 @@ impl Supervisor {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn canaries_are_listed_before_the_data_and_both_layouts_are_watched() {
+        let p = super::prefixes("cluster1");
+        assert_eq!(p[0], "cilium/cluster-config/cluster1");
+        assert_eq!(p[1], "cilium/synced/cluster1/");
+        assert!(
+            p.contains(&"cilium/state/services/v1/cluster1/".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"cilium/cache/services/v1/cluster1/".to_string()),
+            "{p:?}"
+        );
+        // A cluster's own etcd keeps its ipcache and identities without a cluster segment.
+        assert!(
+            p.contains(&"cilium/state/ip/v1/default/".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&"cilium/cache/ip/v1/cluster1/".to_string()),
+            "{p:?}"
+        );
     }
 }

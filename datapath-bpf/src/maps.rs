@@ -2,12 +2,13 @@
 
 use std::mem::size_of;
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::Pod;
 use meshgw_common::maps::{
-    names, BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue,
-    ServiceKey, ServiceValue, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_MAGLEV, MAX_NODES,
-    MAX_SERVICES,
+    names, BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS,
+    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 
@@ -50,8 +51,25 @@ impl MapLayout {
             names::CT => l(size_of::<CtKey>(), Some(size_of::<CtEntry>()), CT_MAX),
             names::DEVMAP => l(4, None, 2),
             names::STATS => l(4, Some(8), COUNTER_SLOTS),
+            names::IDENTITIES => l(20, Some(4), MAX_IDENTITY_PREFIXES),
+            names::POLICY => l(
+                size_of::<PolicyKey>(),
+                Some(size_of::<PolicyValue>()),
+                MAX_POLICY,
+            ),
             _ => return None,
         })
+    }
+}
+
+/// The identity trie's key for a prefix.
+pub fn identity_key(net: ipnet::IpNet) -> Key<[u8; 16]> {
+    match net {
+        ipnet::IpNet::V4(n) => Key::new(
+            u32::from(n.prefix_len()) + 96,
+            meshgw_common::maps::v4_mapped(n.network().octets()),
+        ),
+        ipnet::IpNet::V6(n) => Key::new(u32::from(n.prefix_len()), n.network().octets()),
     }
 }
 
@@ -142,6 +160,20 @@ impl Datapath {
     /// Connection tracking.
     pub fn ct(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>, DatapathError> {
         self.hash_map(names::CT)
+    }
+
+    /// Policy entries.
+    pub fn policy(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, PolicyKey, PolicyValue>, DatapathError> {
+        self.hash_map(names::POLICY)
+    }
+
+    /// Source identities by prefix (keys: 16-byte addresses, IPv4-mapped with the prefix length
+    /// plus 96; see [`identity_key`]).
+    pub fn identities(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], u32>, DatapathError> {
+        let name = names::IDENTITIES;
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// The counters, summed over CPUs, in [`Counter::ALL`] order.

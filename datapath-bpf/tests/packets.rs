@@ -633,3 +633,137 @@ fn established_flows_stay_on_their_backend_and_move_only_when_it_is_gone() {
         assert_eq!(dp.counter(Counter::CtReselected).unwrap(), 1);
     });
 }
+
+#[test]
+fn policy_admits_by_source_identity_and_port_and_drops_the_rest() {
+    use meshgw_common::maps::{PolicyKey, PolicyValue, CFG_F_POLICY, ID_ANY, POLICY_ALLOW};
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        // The pod behind VIP4:80 has identity 1000; 10.100.0.0/25 (holding CLIENT4 = .2) is
+        // identity 70000, and .128/25 falls back to world.
+        let mut b = backend(v4_mapped(POD4), 8080, FAMILY_V4);
+        b.identity = 1000;
+        dp.backends().unwrap().insert(1, b, 0).unwrap();
+        dp.identities()
+            .unwrap()
+            .insert(
+                &meshgw_datapath::identity_key("10.100.0.0/25".parse().unwrap()),
+                70_000,
+                0,
+            )
+            .unwrap();
+        let allow = |src: u32, dport: u16, proto: u8| {
+            (
+                PolicyKey {
+                    src,
+                    dst: 1000,
+                    dport: dport.to_be(),
+                    proto,
+                    _pad: 0,
+                },
+                PolicyValue {
+                    verdict: POLICY_ALLOW,
+                },
+            )
+        };
+        let (k, v) = allow(70_000, 8080, 6);
+        dp.policy().unwrap().insert(k, v, 0).unwrap();
+        let mut cfg = dp.config().unwrap();
+        cfg.flags |= CFG_F_POLICY;
+        dp.set_config(&cfg).unwrap();
+
+        let good = tcp4(CLIENT4, 40_001, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let bad = tcp4(
+            [10, 100, 0, 200],
+            40_001,
+            VIP4,
+            80,
+            CLIENT_MAC,
+            LEGACY_MAC,
+            false,
+        );
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &good, 1).unwrap(),
+            action::REDIRECT,
+        );
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &bad, 1).unwrap(),
+            action::DROP,
+        );
+        assert_eq!(dp.counter(Counter::DropPolicy).unwrap(), 1);
+        assert_eq!(dp.counter(Counter::PolicyAllowed).unwrap(), 1);
+        // The denied flow left no tracking entry; the admitted one did, with its identity.
+        let ct: Vec<_> = dp
+            .ct()
+            .unwrap()
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, e)| e.src_identity)
+            .collect();
+        assert_eq!(
+            ct,
+            [70_000, 70_000],
+            "forward and reverse entries of the admitted flow"
+        );
+
+        // The verdict is cached: with the rule gone the tracked flow still passes, a new one not.
+        dp.policy().unwrap().remove(&k).unwrap();
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &good, 1).unwrap(),
+            action::REDIRECT,
+        );
+        let new = tcp4(CLIENT4, 40_002, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &new, 1).unwrap(),
+            action::DROP,
+        );
+
+        // An any-source L4 rule admits world; a rule for another port does not.
+        let (k, v) = allow(ID_ANY, 9999, 6);
+        dp.policy().unwrap().insert(k, v, 0).unwrap();
+        let world = tcp4(
+            [10, 100, 0, 201],
+            40_003,
+            VIP4,
+            80,
+            CLIENT_MAC,
+            LEGACY_MAC,
+            false,
+        );
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &world, 1).unwrap(),
+            action::DROP,
+        );
+        let (k, v) = allow(ID_ANY, 8080, 6);
+        dp.policy().unwrap().insert(k, v, 0).unwrap();
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &world, 1).unwrap(),
+            action::REDIRECT,
+        );
+        // Without the policy flag nothing is looked up: everything passes as before.
+        cfg.flags &= !CFG_F_POLICY;
+        dp.set_config(&cfg).unwrap();
+        let other = tcp4(
+            [10, 100, 0, 202],
+            40_004,
+            VIP4,
+            80,
+            CLIENT_MAC,
+            LEGACY_MAC,
+            false,
+        );
+        dp.policy().unwrap().remove(&k).unwrap();
+        expect_action(
+            &dp,
+            &dp.run(Program::Legacy, &other, 1).unwrap(),
+            action::REDIRECT,
+        );
+    });
+}

@@ -24,6 +24,19 @@ pub const MAX_MAGLEV: u32 = 65_536;
 pub const MAX_NODES: u32 = 16_384;
 /// Connection-tracking entries (forward and reverse entries both count); LRU-evicted when full.
 pub const CT_MAX: u32 = 524_288;
+/// Prefixes with a source identity (legacy prefixes and policy CIDRs).
+pub const MAX_IDENTITY_PREFIXES: u32 = 16_384;
+/// Policy entries.
+pub const MAX_POLICY: u32 = 65_536;
+
+/// In a [`PolicyKey`], any source identity, or any port and protocol.
+pub const ID_ANY: u32 = 0;
+/// Cilium's reserved `world` identity: a legacy source no configured prefix covers.
+pub const ID_WORLD: u32 = 2;
+/// A [`PolicyKey`] protocol meaning any protocol (with port 0: any port).
+pub const PROTO_ANY: u8 = 0;
+/// [`PolicyValue`]: allowed.
+pub const POLICY_ALLOW: u32 = 1;
 
 /// Map names as they appear in the object file and as file names under the bpffs pin directory.
 pub mod names {
@@ -43,8 +56,15 @@ pub mod names {
     pub const DEVMAP: &str = "MGW_DEVMAP";
     /// Per-CPU `u64` counters indexed by [`crate::stats::Counter`].
     pub const STATS: &str = "MGW_STATS";
+    /// LPM trie: source address (16 bytes, IPv4-mapped; prefix length + 96 for IPv4) ->
+    /// security identity (`u32`).
+    pub const IDENTITIES: &str = "MGW_IDENTITIES";
+    /// [`super::PolicyKey`] -> [`super::PolicyValue`].
+    pub const POLICY: &str = "MGW_POLICY";
     /// Every map the programs use, for pinning.
-    pub const ALL: [&str; 8] = [CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS];
+    pub const ALL: [&str; 10] = [
+        CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY,
+    ];
 }
 
 /// Program names (the Rust function names in the XDP crate).
@@ -85,6 +105,35 @@ pub struct GatewayConfig {
 }
 /// The programs forward only when this flag is set; until then everything passes to the kernel.
 pub const CFG_F_ENABLED: u16 = 1;
+/// Policy is enforced: new flows need an allow entry in `MGW_POLICY`. Without it no policy
+/// lookup is made at all.
+pub const CFG_F_POLICY: u16 = 2;
+
+/// A policy entry: (source identity, destination identity, destination port, protocol). The
+/// datapath tries, in order, the exact key, any port of that protocol... see the lookup order in
+/// the XDP crate's policy stage; [`ID_ANY`] and [`PROTO_ANY`] are the wildcards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Source identity, or [`ID_ANY`].
+    pub src: u32,
+    /// Destination identity (the backend's).
+    pub dst: u32,
+    /// Destination port (the backend's), network order; 0 with [`PROTO_ANY`].
+    pub dport: u16,
+    /// IP protocol, or [`PROTO_ANY`].
+    pub proto: u8,
+    /// Padding, always zero.
+    pub _pad: u8,
+}
+
+/// A policy verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// [`POLICY_ALLOW`].
+    pub verdict: u32,
+}
 
 /// A frontend: (VIP, port, protocol).
 #[repr(C)]
@@ -154,6 +203,8 @@ pub struct BackendValue {
     pub node_mac: [u8; 6],
     /// Padding, always zero.
     pub _pad: [u8; 2],
+    /// The pod's security identity (0 when unknown), the destination of policy lookups.
+    pub identity: u32,
 }
 
 /// A mesh node, by its underlay IPv4 address.
@@ -234,8 +285,8 @@ pub struct CtEntry {
     pub peer_mac: [u8; 6],
     /// Reverse: the gateway's own MAC on the legacy side (the forward packets' destination).
     pub local_mac: [u8; 6],
-    /// Padding, always zero.
-    pub _pad: [u8; 4],
+    /// The client's security identity when the flow was admitted (0 without policy).
+    pub src_identity: u32,
 }
 
 macro_rules! assert_size {
@@ -247,11 +298,13 @@ assert_size!(GatewayConfig, 28);
 assert_size!(ServiceKey, 20);
 assert_size!(ServiceValue, 16);
 assert_size!(MaglevTable, 4096);
-assert_size!(BackendValue, 32);
+assert_size!(BackendValue, 36);
 assert_size!(NodeKey, 4);
 assert_size!(NodeValue, 8);
 assert_size!(CtKey, 40);
 assert_size!(CtEntry, 80);
+assert_size!(PolicyKey, 12);
+assert_size!(PolicyValue, 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -267,6 +320,8 @@ mod pod {
     unsafe impl aya::Pod for NodeValue {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
 }
 
 /// Stores an IPv4 address as IPv4-mapped IPv6 bytes.

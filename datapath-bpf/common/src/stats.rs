@@ -38,14 +38,22 @@ pub enum Counter {
     MeshUnknownNode = 15,
     /// Dropped: the encapsulated packet would exceed the mesh path's MTU (the FIB's MTU check).
     DropTooBig = 16,
+    /// Dropped: the first packet of a flow was denied by policy (no connection is tracked).
+    DropPolicy = 17,
+    /// New flows a policy allowed (only counted while policy is enforced).
+    PolicyAllowed = 18,
 }
 
-/// Number of counter slots.
-pub const COUNTER_SLOTS: u32 = 17;
+/// Slots in the counters array: room to grow, so that a release adding counters reuses the
+/// pinned array of the previous one.
+pub const COUNTER_SLOTS: u32 = 64;
+
+/// Counters defined by this release.
+pub const COUNTER_COUNT: usize = 19;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+    pub const ALL: [Counter; COUNTER_COUNT] = [
         Counter::LegacyRx,
         Counter::LegacyPass,
         Counter::VipForwarded,
@@ -63,6 +71,8 @@ impl Counter {
         Counter::DropReplyFib,
         Counter::MeshUnknownNode,
         Counter::DropTooBig,
+        Counter::DropPolicy,
+        Counter::PolicyAllowed,
     ];
 
     /// A stable snake_case name, for status output and metrics.
@@ -85,6 +95,8 @@ impl Counter {
             Counter::DropReplyFib => "drop_reply_fib",
             Counter::MeshUnknownNode => "mesh_unknown_node",
             Counter::DropTooBig => "drop_too_big",
+            Counter::DropPolicy => "drop_policy",
+            Counter::PolicyAllowed => "policy_allowed",
         }
     }
 }

@@ -10,6 +10,7 @@ use meshgw_common::parse::{Flow, IPPROTO_TCP, TCP_FIN, TCP_RST};
 use meshgw_common::stats::Counter;
 
 use crate::lookup;
+use crate::policy;
 use crate::maps::{Scratch, CT};
 use crate::stats::count;
 
@@ -78,11 +79,23 @@ pub struct ClientL2 {
     pub local_mac: [u8; 6],
 }
 
-/// Finds the flow's backend, creating or repairing the entries as needed. A BPF subprogram of its
-/// own (not inlined) so that its frame does not add to the caller's; the entry under construction
-/// lives in the scratch map.
+/// What [`backend_for`] decided.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// `s.backend` holds the flow's backend.
+    Backend,
+    /// The service has no usable backend.
+    NoBackend,
+    /// Policy denies the new flow; nothing was tracked.
+    Denied,
+}
+
+/// Finds the flow's backend, creating or repairing the entries as needed; with `policy`, a new
+/// flow is first checked against it. A BPF subprogram of its own (not inlined) so that its frame
+/// does not add to the caller's; the entry under construction lives in the scratch map.
 #[inline(never)]
-pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32) -> bool {
+pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool) -> Admit {
     let f = &s.flow;
     let key = forward_key(f);
     let t = now();
@@ -92,7 +105,7 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32) -> bool {
         if let Some(b) = lookup::backend(id) {
             touch(fwd, f, t);
             s.backend = b;
-            return true;
+            return Admit::Backend;
         }
         // The backend was removed: move the flow, as Cilium does, rather than black-hole it.
         count(Counter::CtReselected);
@@ -100,7 +113,17 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32) -> bool {
         count(Counter::CtCreated);
     }
     let Some((id, b)) = lookup::maglev(svc, hash) else {
-        return false;
+        return Admit::NoBackend;
+    };
+    let src_identity = if policy {
+        let src = policy::source_identity(&f.src);
+        if !policy::admits(src, b.identity, b.port, f.proto) {
+            return Admit::Denied;
+        }
+        count(Counter::PolicyAllowed);
+        src
+    } else {
+        0
     };
     let l2 = &s.l2;
     let e = &mut s.entry;
@@ -115,6 +138,7 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32) -> bool {
         flags: if f.vlan { CT_F_VLAN } else { 0 },
         peer_mac: l2.peer_mac,
         local_mac: l2.local_mac,
+        src_identity,
         ..CtEntry::default()
     };
     // Reverse first: a reply can only exist once the forward packet left, never the other way.
@@ -129,5 +153,5 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32) -> bool {
     e.bytes = f.l3_len as u64;
     let _ = CT.insert(&key, &*e, 0);
     s.backend = b;
-    true
+    Admit::Backend
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use meshgw_common::encap::{EncapParams, BLOCK_LEN};
 use meshgw_common::hash::{flow_hash, vxlan_source_port};
-use meshgw_common::maps::{v4_mapped, CFG_F_ENABLED, DEV_MESH, FAMILY_V4};
+use meshgw_common::maps::{v4_mapped, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4};
 use meshgw_common::parse::{
     load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -54,8 +54,10 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     s.l2.local_mac.copy_from_slice(&macs[0..6]);
     s.l2.peer_mac.copy_from_slice(&macs[6..12]);
     let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-    if !ct::backend_for(s, &svc, hash) {
-        return drop(Counter::DropNoBackend);
+    match ct::backend_for(s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
+        ct::Admit::Backend => {}
+        ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
+        ct::Admit::Denied => return drop(Counter::DropPolicy),
     }
     let f = &s.flow;
     let b = s.backend;

@@ -6,7 +6,7 @@
 //!
 //! Everything else is `XDP_PASS`: the kernel stays the slow path and the final judge of validity.
 //! Stages live in their own modules, as in Cilium's `bpf/`: parsing and rewriting (pure, in
-//! `meshgw-common`), [`ct`] and [`lookup`], [`encap`], [`fib`].
+//! `meshgw-common`), [`ct`] and [`lookup`], [`policy`], [`encap`], [`fib`].
 #![no_std]
 #![no_main]
 
@@ -18,6 +18,7 @@ mod legacy;
 mod lookup;
 mod maps;
 mod mesh;
+mod policy;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

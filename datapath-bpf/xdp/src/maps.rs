@@ -3,12 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use meshgw_common::encap::{EncapParams, BLOCK_LEN};
 use meshgw_common::maps::{
-    BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue, ServiceKey,
-    ServiceValue, CT_MAX, MAX_BACKENDS, MAX_MAGLEV, MAX_NODES, MAX_SERVICES,
+    BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, CT_MAX, MAX_BACKENDS, MAX_IDENTITY_PREFIXES,
+    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES,
 };
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
@@ -40,6 +41,14 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX,
 
 #[map(name = "MGW_DEVMAP")]
 pub static DEVMAP: DevMap = DevMap::with_max_entries(2, 0);
+
+#[map(name = "MGW_IDENTITIES")]
+pub static IDENTITIES: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_IDENTITY_PREFIXES, BPF_F_NO_PREALLOC);
+
+#[map(name = "MGW_POLICY")]
+pub static POLICY: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(MAX_POLICY, BPF_F_NO_PREALLOC);
 
 #[map(name = "MGW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

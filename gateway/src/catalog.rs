@@ -61,6 +61,11 @@ pub struct Backend {
     pub node: NodeId,
     /// Maglev weight (≥ 1).
     pub weight: u32,
+    /// The pod's security identity as its cluster numbers it (from the ipcache); `None` for
+    /// static backends, which get a gateway-local identity from their labels.
+    pub identity: Option<u32>,
+    /// The pod's labels, as policy endpoint selectors see them.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Backend {
@@ -167,6 +172,8 @@ impl Catalog {
                             ports: b.ports.clone(),
                             node: node_id(&b.node),
                             weight: 1,
+                            identity: None,
+                            labels: b.labels.clone(),
                         })
                         .collect(),
                 };

@@ -35,6 +35,19 @@ pub struct Config {
     pub portals: Vec<PortalSelector>,
     /// `[dns]`.
     pub dns: Dns,
+    /// `[[legacy_prefix]]`: labels of legacy sources, for policy.
+    pub legacy_prefixes: Vec<LegacyPrefix>,
+    /// `[policy].files`: CiliumNetworkPolicy YAML files (globs allowed).
+    pub policy_files: Vec<String>,
+}
+
+/// `[[legacy_prefix]]`: the labels (and so the security identity) of legacy sources in a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyPrefix {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a cluster's Cluster Mesh API is and how to authenticate to it.
@@ -227,6 +240,8 @@ pub struct Backend {
     pub node: String,
     /// Target port per service port name.
     pub ports: BTreeMap<String, u16>,
+    /// The pod's labels (what policies' endpoint selectors match).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[[service]]`: a static service.
@@ -312,6 +327,23 @@ mod raw {
         #[serde(default)]
         pub portal: Vec<Portal>,
         pub dns: Option<Dns>,
+        #[serde(default)]
+        pub legacy_prefix: Vec<LegacyPrefix>,
+        pub policy: Option<Policy>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LegacyPrefix {
+        pub prefix: String,
+        pub labels: BTreeMap<String, String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Policy {
+        #[serde(default)]
+        pub files: Vec<String>,
     }
 
     #[derive(Deserialize)]
@@ -420,6 +452,8 @@ mod raw {
         pub node: String,
         #[serde(default)]
         pub ports: BTreeMap<String, u32>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
     }
 }
 

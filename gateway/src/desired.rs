@@ -39,6 +39,8 @@ pub struct BackendSpec {
     pub node_ip: Ipv4Addr,
     /// Inner destination MAC towards the node.
     pub node_mac: [u8; 6],
+    /// The pod's security identity (policy destination), 0 when unknown.
+    pub identity: u32,
 }
 
 impl BackendSpec {
@@ -56,6 +58,7 @@ impl BackendSpec {
             family,
             node_ip: self.node_ip.octets(),
             node_mac: self.node_mac,
+            identity: self.identity,
             ..BackendValue::default()
         }
     }
@@ -67,6 +70,7 @@ impl BackendSpec {
             port: u16::from_be(v.port),
             node_ip: Ipv4Addr::from(v.node_ip),
             node_mac: v.node_mac,
+            identity: v.identity,
         }
     }
 }
@@ -108,6 +112,12 @@ pub struct Desired {
     pub routes: Vec<PodRoute>,
     /// Problems that leave part of the catalog unserved (reported, never fatal).
     pub problems: Vec<String>,
+    /// Source identities of legacy prefixes (and policy CIDRs).
+    pub identities: BTreeMap<IpNet, u32>,
+    /// Policy allow entries.
+    pub policy: BTreeSet<meshgw_common::maps::PolicyKey>,
+    /// Whether policy is enforced at all (some policy is loaded).
+    pub policy_enforced: bool,
 }
 
 /// Computes the desired state. `default_mac` is the inner MAC for nodes without one (Cilium's
@@ -176,6 +186,7 @@ pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desir
                         port: b.target_port(port),
                         node_ip: node.address,
                         node_mac: node.mac.unwrap_or(default_mac),
+                        identity: b.identity.unwrap_or(0),
                     };
                     backends.push((spec, b.weight.max(1)));
                 }
@@ -295,6 +306,7 @@ mod tests {
                 port: 8080,
                 node_ip: Ipv4Addr::new(172, 18, 0, 11),
                 node_mac: [2, 0xaa, 0, 0, 0, 1],
+                identity: 0,
             };
             assert_eq!(BackendSpec::from_value(&b.value()), b);
         }

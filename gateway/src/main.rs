@@ -12,6 +12,7 @@ mod desired;
 mod dns;
 mod lb;
 mod netlink;
+mod policy;
 mod reconcile;
 mod status_cmd;
 mod vip;
@@ -80,12 +81,19 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
         match config::load_file(f) {
-            Ok(c) => println!(
-                "{}: ok ({} services, {} nodes)",
-                f.display(),
-                c.services.len(),
-                c.nodes.len()
-            ),
+            Ok(c) => match policy::cnp::load(&c.policy_files) {
+                Ok(p) => println!(
+                    "{}: ok ({} services, {} nodes, {} policies)",
+                    f.display(),
+                    c.services.len(),
+                    c.nodes.len(),
+                    p.len()
+                ),
+                Err(e) => {
+                    ok = false;
+                    eprintln!("{}: [policy].files: {e}", f.display());
+                }
+            },
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");

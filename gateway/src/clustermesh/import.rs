@@ -159,6 +159,15 @@ pub fn import(
                     ));
                     continue;
                 };
+                // The pod's identity and labels, where the cluster exports its ipcache.
+                let identity = state
+                    .ip_pairs()
+                    .find(|p| p.ip == *ip && p.mask.is_none())
+                    .map(|p| p.id);
+                let labels = identity
+                    .and_then(|id| state.identity_labels(id))
+                    .cloned()
+                    .unwrap_or_default();
                 entry.backends.push(Backend {
                     addr: *ip,
                     ports: ports.iter().map(|(n, pc)| (n.clone(), pc.port)).collect(),
@@ -167,6 +176,8 @@ pub fn import(
                         name: node.name.clone(),
                     },
                     weight: 1,
+                    identity,
+                    labels,
                 });
             }
         }

@@ -481,6 +481,7 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
                     address: a,
                     node: rb.node.clone(),
                     ports: bports,
+                    labels: rb.labels.clone(),
                 });
             }
         }
@@ -679,6 +680,41 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         domain,
     };
 
+    // [[legacy_prefix]]
+    let mut legacy_prefixes = Vec::new();
+    let mut seen_prefixes = BTreeSet::new();
+    for (n, raw) in f.legacy_prefix.iter().enumerate() {
+        let q = root("legacy_prefix").idx(n);
+        match raw.prefix.parse::<IpNet>() {
+            Ok(net) if net.trunc() != net => c.err(
+                &q.key("prefix"),
+                format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+            ),
+            Ok(net) => {
+                if !seen_prefixes.insert(net) {
+                    c.err(&q.key("prefix"), format!("{net} is listed twice"));
+                }
+                if raw.labels.is_empty() {
+                    c.err(&q.key("labels"), "give at least one label");
+                }
+                legacy_prefixes.push(LegacyPrefix {
+                    prefix: net,
+                    labels: raw.labels.clone(),
+                });
+            }
+            Err(_) => c.err(
+                &q.key("prefix"),
+                format!("{:?} is not a prefix (e.g. \"10.20.0.0/24\")", raw.prefix),
+            ),
+        }
+    }
+    let policy_files = f.policy.map(|p| p.files).unwrap_or_default();
+    for (n, pat) in policy_files.iter().enumerate() {
+        if let Err(e) = glob::Pattern::new(pat) {
+            c.err(&root("policy").key("files").idx(n), format!("{pat:?}: {e}"));
+        }
+    }
+
     if !c.problems.is_empty() {
         c.problems
             .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
@@ -713,5 +749,7 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         clusters,
         portals,
         dns,
+        legacy_prefixes,
+        policy_files,
     })
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use meshgw_common::maps::{GatewayConfig, CFG_F_ENABLED};
+use meshgw_common::maps::{GatewayConfig, CFG_F_ENABLED, CFG_F_POLICY};
 use meshgw_datapath::{AttachMode, Datapath, Program};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -29,6 +29,9 @@ use crate::clustermesh::supervisor::Supervisor;
 use crate::config::{self, Config, XdpMode};
 use crate::desired::{self, Desired};
 use crate::netlink::{announce, sysctl, Netlink};
+use crate::policy::cnp::{self, Policy};
+use crate::policy::compile;
+use crate::policy::identity::LocalIdentities;
 use crate::reconcile::bpf::BpfReconciler;
 use crate::vip::{self, VipState};
 use kernel::Devices;
@@ -94,6 +97,10 @@ struct Daemon {
     synced_once: BTreeSet<String>,
     /// The portal name responder.
     names: Names,
+    /// Policies in force (from `[policy].files`).
+    policies: Vec<Policy>,
+    /// Gateway-local identities, read once, written when one is added.
+    local_ids: Option<LocalIdentities>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -117,7 +124,8 @@ impl Daemon {
         events: mpsc::Sender<(String, ClientEvent)>,
     ) -> Result<Daemon> {
         let cfg = source.load()?;
-        info!(config = %source.describe(), gateway = %cfg.gateway.name, "starting");
+        let policies = cnp::load(&cfg.policy_files).context("policy")?;
+        info!(config = %source.describe(), gateway = %cfg.gateway.name, policies = policies.len(), "starting");
         std::fs::create_dir_all(&cfg.gateway.state_dir)
             .with_context(|| format!("creating state dir {}", cfg.gateway.state_dir.display()))?;
         crate::bpffs::ensure_mounted(&cfg.gateway.bpf_pin_dir).context("bpffs")?;
@@ -147,6 +155,8 @@ impl Daemon {
             grace: Grace::default(),
             synced_once: BTreeSet::new(),
             names: Names::default(),
+            policies,
+            local_ids: None,
             cfg,
         };
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
@@ -296,7 +306,23 @@ impl Daemon {
                 }
             }
         }
+        let ids_path = LocalIdentities::path(&self.cfg.gateway.state_dir);
+        let ids = self
+            .local_ids
+            .get_or_insert_with(|| LocalIdentities::load(&ids_path));
+        let compiled = compile::compile(&self.policies, &self.cfg.legacy_prefixes, &cat, ids);
+        if let Err(e) = ids.save_if_changed(&ids_path) {
+            warn!(path = %ids_path.display(), error = %e, "cannot persist identities");
+        }
+        for svc in cat.services.values_mut() {
+            for b in &mut svc.backends {
+                b.identity = compiled.backend_identity.get(&b.addr).copied();
+            }
+        }
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
+        d.identities = compiled.prefixes;
+        d.policy = compiled.entries;
+        d.policy_enforced = compiled.enforced;
         d.problems.extend(notes);
         d.problems.extend(self.names.update(&cat, &alloc));
         d.problems.extend(self.names.error.clone());
@@ -313,7 +339,7 @@ impl Daemon {
             mesh_ip: self.mesh_ip.octets(),
             vni: self.cfg.gateway.identity,
             vxlan_port: self.cfg.mesh.vxlan_port.to_be(),
-            flags: CFG_F_ENABLED,
+            flags: CFG_F_ENABLED | if d.policy_enforced { CFG_F_POLICY } else { 0 },
             mesh_ifindex: self.dev.mesh,
             legacy_ifindex: self.dev.legacy,
             vtep_mac: self.vtep_mac,
@@ -460,14 +486,23 @@ impl Daemon {
 
     /// SIGHUP: a configuration that fails to load or apply leaves the running one serving.
     async fn reload(&mut self) {
-        let new = match self.source.load() {
+        let loaded = self.source.load().and_then(|c| {
+            let p = cnp::load(&c.policy_files).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((c, p))
+        });
+        let (new, new_policies) = match loaded {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "configuration rejected; the running configuration stays in force");
                 self.reload_error = Some(e.to_string());
+                // A pass with the running configuration publishes the error in the status.
+                if let Err(e) = self.reconcile().await {
+                    error!(error = %format!("{e:#}"), "reconcile after a rejected reload failed");
+                }
                 return;
             }
         };
+        let old_policies = std::mem::replace(&mut self.policies, new_policies);
         let old = std::mem::replace(&mut self.cfg, new);
         let moved = old.interfaces != self.cfg.interfaces
             || old.mesh != self.cfg.mesh
@@ -510,6 +545,7 @@ impl Daemon {
                 error!(error = %format!("{e:#}"), "applying the new configuration failed; restoring the previous one");
                 self.reload_error = Some(format!("{e:#}"));
                 self.cfg = old;
+                self.policies = old_policies;
                 if let Err(e) = self.reconcile().await {
                     error!(error = %format!("{e:#}"), "restoring the previous configuration failed");
                 }

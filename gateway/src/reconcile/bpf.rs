@@ -7,8 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use meshgw_common::maps::{MaglevTable, NodeKey, NodeValue, ServiceKey, ServiceValue};
-use meshgw_datapath::{Datapath, DatapathError};
+use aya::maps::lpm_trie::Key;
+use meshgw_common::maps::{
+    MaglevTable, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, POLICY_ALLOW,
+};
+use meshgw_datapath::{identity_key, Datapath, DatapathError};
 use tracing::debug;
 
 use super::Changes;
@@ -170,7 +173,54 @@ impl BpfReconciler {
             self.backend_ids.remove(&spec);
         }
 
-        // 5. Nodes.
+        // 5. Source identities and policy entries: new ones first, stale ones after, so a
+        // changed policy never has a moment with neither the old nor the new allow entry.
+        {
+            let mut trie = dp.identities()?;
+            let want: BTreeMap<(u32, [u8; 16]), u32> = d
+                .identities
+                .iter()
+                .map(|(net, id)| {
+                    let k = identity_key(*net);
+                    ((k.prefix_len(), k.data()), *id)
+                })
+                .collect();
+            let have: Vec<(u32, [u8; 16])> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| (k.prefix_len(), k.data()))
+                .collect();
+            for ((plen, data), id) in &want {
+                let k = Key::new(*plen, *data);
+                if trie.get(&k, 0).ok() != Some(*id) {
+                    trie.insert(&k, *id, 0).map_err(merr("MGW_IDENTITIES"))?;
+                    ch.written += 1;
+                }
+            }
+            for (plen, data) in have {
+                if !want.contains_key(&(plen, data)) {
+                    let _ = trie.remove(&Key::new(plen, data));
+                    ch.removed += 1;
+                }
+            }
+        }
+        {
+            let mut pol = dp.policy()?;
+            let have: BTreeSet<PolicyKey> = pol.keys().filter_map(Result::ok).collect();
+            let allow = PolicyValue {
+                verdict: POLICY_ALLOW,
+            };
+            for k in d.policy.difference(&have) {
+                pol.insert(*k, allow, 0).map_err(merr("MGW_POLICY"))?;
+                ch.written += 1;
+            }
+            for k in have.difference(&d.policy) {
+                let _ = pol.remove(k);
+                ch.removed += 1;
+            }
+        }
+
+        // 6. Nodes.
         let mut nodes = dp.nodes()?;
         let existing: BTreeMap<NodeKey, NodeValue> = nodes.iter().filter_map(Result::ok).collect();
         for ip in &d.nodes {

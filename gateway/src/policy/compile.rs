@@ -1,0 +1,221 @@
+//! From policies, legacy prefixes and the catalog to what the datapath enforces: a security
+//! identity per source prefix and per backend, and the allow entries. Pure.
+//!
+//! Source identities are hierarchical, as Cilium's CIDR identities are: an address takes the
+//! identity of its longest matching prefix, and that identity carries the labels of every
+//! configured prefix containing it (a `fromCIDR: 10.0.0.0/8` rule matches a host of a labelled
+//! `10.20.0.0/24` too).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use meshgw_common::maps::{PolicyKey, ID_ANY, ID_WORLD, PROTO_ANY};
+
+use super::cnp::{Peers, Policy, PortSpec, Proto, Selector};
+use super::identity::LocalIdentities;
+use crate::catalog::Catalog;
+use crate::config::LegacyPrefix;
+
+/// A label set, normalized: Kubernetes label sources (`k8s:`, `any:`, ...) stripped.
+pub type Labels = BTreeMap<String, String>;
+
+/// The namespace label Cilium gives every pod.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// The label of the `world` identity.
+pub const WORLD_LABEL: &str = "reserved:world";
+
+fn norm_key(k: &str) -> &str {
+    for src in ["k8s:", "any:", "unspec:", "container:"] {
+        if let Some(rest) = k.strip_prefix(src) {
+            return rest;
+        }
+    }
+    k
+}
+
+/// Labels with their sources stripped.
+pub fn normalize(l: &BTreeMap<String, String>) -> Labels {
+    l.iter()
+        .map(|(k, v)| (norm_key(k).to_string(), v.clone()))
+        .collect()
+}
+
+fn selects(sel: &Selector, labels: &Labels) -> bool {
+    sel.match_labels
+        .iter()
+        .all(|(k, v)| labels.get(norm_key(k)) == Some(v))
+}
+
+/// What the datapath enforces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Source prefix -> identity (the LPM trie).
+    pub prefixes: BTreeMap<IpNet, u32>,
+    /// Allow entries.
+    pub entries: BTreeSet<PolicyKey>,
+    /// Backend address -> identity (the policy destination).
+    pub backend_identity: BTreeMap<IpAddr, u32>,
+    /// Identity -> labels, for the status and flow log.
+    pub labels: BTreeMap<u32, Labels>,
+    /// Whether any policy is loaded (the datapath checks new flows only then).
+    pub enforced: bool,
+}
+
+fn key(src: u32, dst: u32, p: PortSpec) -> Vec<PolicyKey> {
+    let k = |proto: u8| PolicyKey {
+        src,
+        dst,
+        dport: p.port.to_be(),
+        proto,
+        _pad: 0,
+    };
+    match (p.port, p.proto) {
+        (0, _) => vec![PolicyKey {
+            dport: 0,
+            ..k(PROTO_ANY)
+        }],
+        (_, Proto::Tcp) => vec![k(6)],
+        (_, Proto::Udp) => vec![k(17)],
+        (_, Proto::Any) => vec![k(6), k(17)],
+    }
+}
+
+/// Compiles `policies` for the sources in `legacy` and the backends of `cat`.
+pub fn compile(
+    policies: &[Policy],
+    legacy: &[LegacyPrefix],
+    cat: &Catalog,
+    ids: &mut LocalIdentities,
+) -> Compiled {
+    let mut out = Compiled {
+        enforced: !policies.is_empty(),
+        ..Compiled::default()
+    };
+    out.labels.insert(
+        ID_WORLD,
+        Labels::from([(WORLD_LABEL.into(), String::new())]),
+    );
+
+    // Sources: every labelled prefix and every policy CIDR, each with the labels of all the
+    // configured prefixes containing it.
+    let mut cidrs: BTreeSet<IpNet> = BTreeSet::new();
+    for p in policies {
+        for r in p.ingress.iter().flatten() {
+            if let Peers::Some { cidrs: c, .. } = &r.from {
+                cidrs.extend(c.iter().copied());
+            }
+        }
+    }
+    let mut all: BTreeSet<IpNet> = legacy.iter().map(|l| l.prefix).collect();
+    all.extend(cidrs.iter().copied());
+    for p in &all {
+        let mut labels = Labels::new();
+        let mut containing: Vec<&LegacyPrefix> =
+            legacy.iter().filter(|l| l.prefix.contains(p)).collect();
+        // Longer prefixes override the values of shorter ones.
+        containing.sort_by_key(|l| l.prefix.prefix_len());
+        for l in containing {
+            labels.extend(normalize(&l.labels));
+        }
+        for c in cidrs.iter().filter(|c| c.contains(p)) {
+            labels.insert(format!("cidr:{c}"), String::new());
+        }
+        let id = ids.get("src", &labels);
+        out.prefixes.insert(*p, id);
+        out.labels.insert(id, labels);
+    }
+
+    // Destinations: every backend's identity and labels.
+    let mut dst_labels: BTreeMap<u32, (String, Labels)> = BTreeMap::new();
+    for svc in cat.services.values() {
+        for b in &svc.backends {
+            let mut labels = normalize(&b.labels);
+            labels
+                .entry(NAMESPACE_LABEL.into())
+                .or_insert_with(|| svc.name.namespace.clone());
+            let id = match b.identity {
+                Some(id) => id,
+                None => ids.get("dst", &labels),
+            };
+            out.backend_identity.insert(b.addr, id);
+            let ns = labels[NAMESPACE_LABEL].clone();
+            out.labels.insert(id, labels.clone());
+            dst_labels.insert(id, (ns, labels));
+        }
+    }
+
+    let sources: Vec<(u32, &Labels)> = out
+        .prefixes
+        .values()
+        .map(|id| (*id, &out.labels[id]))
+        .collect();
+    let world = &out.labels[&ID_WORLD];
+    let mut enforced_dst = BTreeSet::new();
+    for p in policies {
+        let Some(rules) = &p.ingress else { continue };
+        let dsts: Vec<u32> = dst_labels
+            .iter()
+            .filter(|(_, (ns, l))| {
+                p.namespace.as_ref().is_none_or(|n| n == ns) && selects(&p.selector, l)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        enforced_dst.extend(dsts.iter().copied());
+        for r in rules {
+            let srcs: Vec<u32> = match &r.from {
+                Peers::Any => vec![ID_ANY],
+                Peers::Some { endpoints, cidrs } => {
+                    let mut s = BTreeSet::new();
+                    for sel in endpoints {
+                        // `{}` selects every labelled source; world only by its label.
+                        for (id, l) in &sources {
+                            if selects(sel, l) {
+                                s.insert(*id);
+                            }
+                        }
+                        if !sel.match_labels.is_empty() && selects(sel, world) {
+                            s.insert(ID_WORLD);
+                        }
+                    }
+                    for c in cidrs {
+                        let label = format!("cidr:{c}");
+                        for (id, l) in &sources {
+                            if l.contains_key(&label) {
+                                s.insert(*id);
+                            }
+                        }
+                    }
+                    s.into_iter().collect()
+                }
+            };
+            let ports = if r.ports.is_empty() {
+                vec![PortSpec {
+                    port: 0,
+                    proto: Proto::Any,
+                }]
+            } else {
+                r.ports.clone()
+            };
+            for d in &dsts {
+                for s in &srcs {
+                    for p in &ports {
+                        out.entries.extend(key(*s, *d, *p));
+                    }
+                }
+            }
+        }
+    }
+    // Destinations no policy selects stay open to everyone.
+    for d in dst_labels.keys().filter(|d| !enforced_dst.contains(d)) {
+        out.entries.extend(key(
+            ID_ANY,
+            *d,
+            PortSpec {
+                port: 0,
+                proto: Proto::Any,
+            },
+        ));
+    }
+    out
+}

@@ -10,19 +10,7 @@ use std::time::Duration;
 
 use lab::{poll, Lab, LineConn};
 
-const L3_RULE: &str = r#"apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "l3-rule"
-spec:
-  endpointSelector:
-    matchLabels:
-      run: nginx
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        client: good
-"#;
+const L3_RULE: &str = include_str!("../../config/policies/l3-rule.yaml");
 
 /// An HTTP request from `src` on the legacy host to the VIP; Some(body) when answered.
 fn http_from(lab: &Lab, src: &str) -> Option<String> {

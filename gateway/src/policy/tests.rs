@@ -9,21 +9,8 @@ use super::identity::{LocalIdentities, LOCAL_BASE};
 use crate::catalog::Catalog;
 use crate::config::LegacyPrefix;
 
-/// The l3-rule shape from Cilium's documentation, with the labels of this gateway's example.
-const L3_RULE: &str = r#"
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "l3-rule"
-spec:
-  endpointSelector:
-    matchLabels:
-      run: nginx
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        client: good
-"#;
+/// The shipped example policy (Cilium's l3-rule with this gateway's labels).
+const L3_RULE: &str = include_str!("../../../config/policies/l3-rule.yaml");
 
 fn parse(text: &str) -> Result<Vec<cnp::Policy>, PolicyError> {
     cnp::parse(Path::new("p.yaml"), text)

@@ -24,9 +24,12 @@ fn shipped_configs_pass() {
     let default = format!("{REPO}/config/default.toml");
     let (ok, out, err) = check(&[&demo, &default]);
     assert!(ok, "{err}");
-    assert!(out.contains("demo.toml: ok (1 services, 2 nodes)"), "{out}");
     assert!(
-        out.contains("default.toml: ok (0 services, 0 nodes)"),
+        out.contains("demo.toml: ok (1 services, 2 nodes, 0 policies)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("default.toml: ok (0 services, 0 nodes, 0 policies)"),
         "{out}"
     );
 }

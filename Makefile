@@ -9,7 +9,8 @@ CARGO ?= cargo
 LAB_PREFIX ?= mgw
 export LAB_PREFIX
 
-.PHONY: all deps build demo test fmt-check clippy cargo-test lab-up lab-down lab-check clean
+.PHONY: all deps build demo test fmt-check clippy cargo-test lab-up lab-down lab-check clean \
+	image-deps release-bin image image-check vm-test vm-smoke
 
 all: build
 
@@ -34,6 +35,43 @@ test: deps
 	@# One closing line with the totals over every test binary (cargo's own last line is only the last binary's).
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
 
+## image-deps: QEMU, OVMF, mmdebstrap, GRUB, mtools... for the appliance (not part of plain deps)
+image-deps:
+	bash appliance-image/deps.sh
+
+release-bin: deps
+	$(CARGO) build --release -p meshgw
+
+# The appliance (appliance-image/build.sh): rebuilt only when the daemon or the recipe changed.
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+IMAGE_DIR := appliance-image/out
+IMAGE_QCOW2 := $(IMAGE_DIR)/meshgw-$(IMAGE_VERSION).qcow2
+IMAGE_INPUTS := target/release/meshgw config/default.toml config/README.md README.md \
+	$(wildcard appliance-image/*.sh appliance-image/*.py) $(shell find appliance-image/overlay -type f 2>/dev/null)
+
+$(IMAGE_QCOW2): $(IMAGE_INPUTS)
+	bash appliance-image/build.sh
+
+## image: meshgw-<version>.{qcow2,raw,ova} and SHA256SUMS in appliance-image/out/ (needs root)
+image: image-deps release-bin
+	$(MAKE) --no-print-directory $(IMAGE_QCOW2)
+
+## image-check: the OVA checker's own tests, then the built OVA checked (XML, disk, NICs, digests)
+image-check: image
+	python3 appliance-image/test_ova.py
+	python3 appliance-image/ova.py check $(IMAGE_DIR)/meshgw-$(IMAGE_VERSION).ova \
+		--capacity $$(stat -c %s $(IMAGE_DIR)/meshgw-$(IMAGE_VERSION).raw)
+	cd $(IMAGE_DIR) && sha256sum -c SHA256SUMS
+
+## vm-test: the appliance under QEMU with taps, a legacy host, a mesh node + pod, a real etcd:
+## BIOS boot, traffic through the portal VIP, console, power-down, UEFI boot, same VIP
+vm-test: image-check
+	bash vm-tests/run.sh
+
+## vm-smoke: the first boot of vm-test only
+vm-smoke: image-check
+	VMTEST_SMOKE=1 bash vm-tests/run.sh
+
 ## lab-up / lab-down / lab-check: the namespace lab alone (LAB_PREFIX=... to pick the prefix)
 lab-up:
 	bash scripts/lab.sh up
@@ -48,4 +86,4 @@ lab-check:
 clean:
 	-bash scripts/lab.sh down
 	$(CARGO) clean
-	rm -rf datapath-bpf/xdp/target
+	rm -rf datapath-bpf/xdp/target appliance-image/out vm-tests/out

@@ -12,6 +12,8 @@
 # Boot 1 (SeaBIOS): the legacy host resolves web.default.mesh.local through the VM's DNS, reaches
 # pod-1 through the portal VIP; the serial console shows the dashboard with the unit active.
 # Then an ACPI power-down and boot 2 (OVMF/UEFI) on the same disk: the same VIP, forwarding again.
+# Boot 3: a fresh disk without any seed boots the shipped default config, and the console says
+# how to configure the appliance.
 #
 # KVM is used when it works (probed with a bounded boot), TCG otherwise; VMTEST_ACCEL=kvm|tcg
 # forces one. VMTEST_SMOKE=1 runs boot 1 only. Anything that cannot run fails, never skips.
@@ -231,11 +233,13 @@ start_vm() {  # accel firmware(bios|uefi) serial-log
     fwargs=(-drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" -drive "if=pflash,format=raw,file=$W/OVMF_VARS.fd")
   fi
   rm -f "$W/qmp.sock"
+  local seed=(-drive "file=$W/seed.img,if=virtio,format=raw,readonly=on")
+  [ "${NO_SEED:-0}" = 1 ] && seed=()
   ip netns exec "$NS_SW" qemu-system-x86_64 -accel "$accel" -m 2048 -smp 2 -display none \
     -monitor none -qmp "unix:$W/qmp.sock,server=on,wait=off" "${fwargs[@]}" \
     -chardev "file,id=ser0,path=$serial" -serial chardev:ser0 \
     -drive "file=$W/disk.qcow2,if=virtio,cache=unsafe,discard=unmap" \
-    -drive "file=$W/seed.img,if=virtio,format=raw,readonly=on" \
+    "${seed[@]}" \
     -netdev "tap,id=n0,ifname=$P-tl,script=no,downscript=no" -device "virtio-net-pci,netdev=n0,mac=$MAC_LEGACY" \
     -netdev "tap,id=n1,ifname=$P-tm,script=no,downscript=no" -device "virtio-net-pci,netdev=n1,mac=$MAC_MESH" \
     </dev/null >>"$W/qemu.out" 2>&1 &
@@ -358,6 +362,28 @@ if [ "$SMOKE" != 1 ] && [ -n "$VIP1" ]; then
   fi
 fi
 stop_vm
+
+if [ "$SMOKE" != 1 ]; then
+  # --- Boot 3: a fresh disk and no seed at all: the shipped default config, and the console
+  # tells the operator how to configure the appliance.
+  log "boot 3 (BIOS, fresh disk, no cloud-init data)"
+  qemu-img create -q -f qcow2 -F qcow2 -b "$(readlink -f "$IMAGE")" "$W/disk.qcow2"
+  NO_SEED=1 start_vm "$ACCEL" bios "$W/serial-3.log"
+  if wait_serial "$W/serial-3.log" "runs the shipped default configuration" "$BOOT_SECS"; then
+    secs=$(python3 -c "import time; print(f'{time.time() - $VM_T0:.1f}')")
+    echo "boot3_default_config_dashboard_seconds=$secs accel=$ACCEL" >> "$W/measurements.txt"
+    ok "[default] the console says the shipped default config runs (${secs}s after power-on)"
+    if grep -aq "To configure it, give the VM cloud-init user data" "$W/serial-3.log" \
+      && grep -aq "/etc/meshgw/gateway.toml" "$W/serial-3.log"; then
+      ok "[default] the console tells the operator how to configure it (cloud-init, /etc/meshgw/gateway.toml)"
+    else
+      fail "[default] the console lacks the configuration instructions"
+    fi
+  else
+    fail "[default] no 'shipped default configuration' notice on the console within ${BOOT_SECS}s"
+  fi
+  stop_vm
+fi
 
 log "measurements: $(tr '\n' ' ' < "$W/measurements.txt" 2>/dev/null)"
 if [ "$FAILS" -ne 0 ]; then

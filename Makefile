@@ -26,7 +26,8 @@ build: deps
 demo: build
 	bash scripts/demo.sh
 
-## test: formatting, lints, and every test (unit, kernel/XDP and lab end-to-end tests; needs root)
+## test: formatting, lints, every test (unit, kernel/XDP, lab end-to-end), then the appliance image
+## and its VM suite (make vm-test); needs root
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -34,6 +35,9 @@ test: deps
 	set -o pipefail; $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
 	@# One closing line with the totals over every test binary (cargo's own last line is only the last binary's).
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
+	@# The appliance: image (rebuilt only when stale), OVA checks, and the VM suite under QEMU
+	@# (about 5 min under TCG on 2 cores with a cached base tree; bounded by vm-tests/run.sh).
+	$(MAKE) --no-print-directory vm-test
 
 ## image-deps: QEMU, OVMF, mmdebstrap, GRUB, mtools... for the appliance (not part of plain deps)
 image-deps:

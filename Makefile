@@ -68,7 +68,8 @@ image-check: image
 	cd $(IMAGE_DIR) && sha256sum -c SHA256SUMS
 
 ## vm-test: the appliance under QEMU with taps, a legacy host, a mesh node + pod, a real etcd:
-## BIOS boot, traffic through the portal VIP, console, power-down, UEFI boot, same VIP
+## BIOS boot, traffic through the portal VIP, console, power-down, UEFI boot, same VIP; a boot with
+## no seed (the console's configuration notice); a boot from an OpenStack config drive
 vm-test: image-check
 	bash vm-tests/run.sh
 

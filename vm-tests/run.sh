@@ -13,7 +13,8 @@
 # pod-1 through the portal VIP; the serial console shows the dashboard with the unit active.
 # Then an ACPI power-down and boot 2 (OVMF/UEFI) on the same disk: the same VIP, forwarding again.
 # Boot 3: a fresh disk without any seed boots the shipped default config, and the console says
-# how to configure the appliance.
+# how to configure the appliance. Boot 4: the same config from an OpenStack config drive, with
+# the NICs named by order.
 #
 # KVM is used when it works (probed with a bounded boot), TCG otherwise; VMTEST_ACCEL=kvm|tcg
 # forces one. VMTEST_SMOKE=1 runs boot 1 only. Anything that cannot run fails, never skips.
@@ -41,7 +42,7 @@ fail() { log "FAIL  $*"; FAILS=$((FAILS + 1)); }
 die() { log "ERROR $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (namespaces, taps)"
-for t in qemu-system-x86_64 qemu-img cloud-localds etcd etcdctl openssl dig curl python3 ip; do
+for t in qemu-system-x86_64 qemu-img cloud-localds genisoimage etcd etcdctl openssl dig curl python3 ip; do
   command -v "$t" >/dev/null || die "missing $t (run: make image-deps)"
 done
 [ -s "$IMAGE" ] || die "no image at $IMAGE (run: make image)"
@@ -186,13 +187,14 @@ name = "node-1"
 address = "172.18.0.11"
 mac = "02:aa:00:00:00:01"
 TOML
-cat > "$W/user-data" <<UD
+mk_user_data() {  # gateway.toml -> cloud-config user data
+  cat <<UD
 #cloud-config
 write_files:
   - path: /etc/meshgw/gateway.toml
     permissions: '0644'
     content: |
-$(indent "$W/gateway.toml")
+$(indent "$1")
   - path: /etc/meshgw/clustermesh/ca.crt
     permissions: '0644'
     content: |
@@ -206,6 +208,8 @@ $(indent "$C/remote.crt")
     content: |
 $(indent "$C/remote.key")
 UD
+}
+mk_user_data "$W/gateway.toml" > "$W/user-data"
 printf 'instance-id: meshgw-vmtest-1\nlocal-hostname: meshgw-vmtest\n' > "$W/meta-data"
 cat > "$W/network-config" <<NC
 version: 2
@@ -233,7 +237,7 @@ start_vm() {  # accel firmware(bios|uefi) serial-log
     fwargs=(-drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" -drive "if=pflash,format=raw,file=$W/OVMF_VARS.fd")
   fi
   rm -f "$W/qmp.sock"
-  local seed=(-drive "file=$W/seed.img,if=virtio,format=raw,readonly=on")
+  local seed=(-drive "file=${SEED:-$W/seed.img},if=virtio,format=raw,readonly=on")
   [ "${NO_SEED:-0}" = 1 ] && seed=()
   ip netns exec "$NS_SW" qemu-system-x86_64 -accel "$accel" -m 2048 -smp 2 -display none \
     -monitor none -qmp "unix:$W/qmp.sock,server=on,wait=off" "${fwargs[@]}" \
@@ -381,6 +385,31 @@ if [ "$SMOKE" != 1 ]; then
     fi
   else
     fail "[default] no 'shipped default configuration' notice on the console within ${BOOT_SECS}s"
+  fi
+  stop_vm
+
+  # --- Boot 4: the OpenStack config drive datasource (an iso9660 labelled config-2) on a fresh
+  # disk; the NICs keep their order names (eth0 legacy, eth1 mesh), addressed by MAC through
+  # network_data.json.
+  log "boot 4 (BIOS, fresh disk, OpenStack config drive, NICs by order)"
+  CD="$W/configdrive/openstack/latest"; mkdir -p "$CD"
+  sed -e 's/^legacy = "legacy"/legacy = "eth0"/' -e 's/^mesh = "mesh"/mesh = "eth1"/' "$W/gateway.toml" > "$W/gateway-cd.toml"
+  mk_user_data "$W/gateway-cd.toml" > "$CD/user_data"
+  printf '{"uuid": "meshgw-vmtest-cd", "hostname": "meshgw-cd", "name": "meshgw-cd"}\n' > "$CD/meta_data.json"
+  cat > "$CD/network_data.json" <<ND
+{"links": [{"id": "l0", "type": "phy", "ethernet_mac_address": "$MAC_LEGACY", "mtu": 1500},
+           {"id": "l1", "type": "phy", "ethernet_mac_address": "$MAC_MESH", "mtu": 1600}],
+ "networks": [{"id": "n0", "type": "ipv4", "link": "l0", "ip_address": "10.100.0.1", "netmask": "255.255.255.0", "network_id": "legacy"},
+              {"id": "n1", "type": "ipv4", "link": "l1", "ip_address": "172.18.0.1", "netmask": "255.255.255.0", "network_id": "mesh"}],
+ "services": []}
+ND
+  genisoimage -quiet -o "$W/configdrive.iso" -V config-2 -r -J "$W/configdrive"
+  qemu-img create -q -f qcow2 -F qcow2 -b "$(readlink -f "$IMAGE")" "$W/disk.qcow2"
+  nsx "$NS_L" ip neigh flush dev eth0
+  if SEED="$W/configdrive.iso" boot_and_forward bios "$W/serial-4.log"; then
+    ok "[configdrive] legacy host -> http://$VIP/ answered pod-1; power-on to forwarding ${FWD_SECS}s ($ACCEL)"
+    echo "boot4_configdrive_forwarding_seconds=$FWD_SECS accel=$ACCEL" >> "$W/measurements.txt"
+    if grep -aqE "^ +legacy +eth0" "$W/serial-4.log"; then ok "[configdrive] the gateway runs on eth0/eth1 (NICs by order)"; else fail "[configdrive] the dashboard does not show legacy on eth0"; fi
   fi
   stop_vm
 fi

@@ -50,6 +50,8 @@ Pin-Priority: 990
 
 mkdir -p "$OUT" "$CACHE"
 T0=$(date +%s)
+# A failed build leaves no output behind (make would take a partial one for up to date).
+trap 'rc=$?; [ $rc -eq 0 ] || rm -f "$OUT/$NAME".qcow2 "$OUT/$NAME".raw "$OUT/$NAME".ova "$OUT/SHA256SUMS"' EXIT
 
 # --- 1. The base tree (Debian packages only), cached by its package list and this script's recipe.
 base_key=$(printf '%s\n' "${PACKAGES[@]}" "${SUITES[@]}" "$KERNEL_PIN" "$(sed -n '/^base_recipe()/,/^}/p' "$0")" | sha256sum | cut -c1-16)

@@ -326,7 +326,8 @@ check_console() {  # serial fw
   else
     fail "[$fw] serial console never showed the dashboard with the unit active; tail: $(tail -c 600 "$serial" | tr -d '\033' | tr '\n' '|')"
   fi
-  if grep -aq "portals" "$serial" || grep -aq "default/web" "$serial"; then
+  # The dashboard redraws every 2 s: wait for a full screen with the portal rather than grep once.
+  if wait_serial "$serial" "default/web" 20; then
     ok "[$fw] the dashboard lists the imported portal default/web"
   else
     fail "[$fw] the dashboard does not show the portal default/web"
@@ -409,7 +410,7 @@ ND
   if SEED="$W/configdrive.iso" boot_and_forward bios "$W/serial-4.log"; then
     ok "[configdrive] legacy host -> http://$VIP/ answered pod-1; power-on to forwarding ${FWD_SECS}s ($ACCEL)"
     echo "boot4_configdrive_forwarding_seconds=$FWD_SECS accel=$ACCEL" >> "$W/measurements.txt"
-    if grep -aqE "^ +legacy +eth0" "$W/serial-4.log"; then ok "[configdrive] the gateway runs on eth0/eth1 (NICs by order)"; else fail "[configdrive] the dashboard does not show legacy on eth0"; fi
+    if wait_serial "$W/serial-4.log" "^ *legacy  *eth0" 30; then ok "[configdrive] the gateway runs on eth0/eth1 (NICs by order)"; else fail "[configdrive] the dashboard does not show legacy on eth0"; fi
   fi
   stop_vm
 fi

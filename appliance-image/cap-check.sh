@@ -12,7 +12,7 @@ CFG="/run/meshgw/$P.toml"
 [ -x "$BIN" ] || { echo "no $BIN (cargo build --release -p meshgw)" >&2; exit 1; }
 sed -e "s/^name = \"demo\"/name = \"$P\"/" -e "s|/run/meshgw/demo|/run/meshgw/$P|" \
   -e "s|/run/meshgw/bpffs/demo|/run/meshgw/bpffs/$P|" "$ROOT/config/demo.toml" > "$CFG"
-trap 'LAB_PREFIX=$P bash "$ROOT/scripts/lab.sh" down >/dev/null; rm -rf "/run/meshgw/$P" "$CFG"' EXIT
+trap 'LAB_PREFIX=$P bash "$ROOT/scripts/lab.sh" down >/dev/null; rm -rf "/run/meshgw/$P" "/run/meshgw/$P.log" "$CFG"' EXIT
 LAB_PREFIX=$P bash "$ROOT/scripts/lab.sh" up >/dev/null
 try() {
   local caps="$1" pid r=no http dns

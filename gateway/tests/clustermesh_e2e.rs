@@ -153,7 +153,21 @@ fn cluster_mesh_services_become_live_portals() {
         "backends of both clusters through {vip}; log:\n{}",
         lab.log_tail(40)
     );
-    let st = lab.status();
+    // The status is written at the end of the pass that programmed the datapath: wait for it.
+    let st = poll(Duration::from_secs(5), || {
+        let st = lab.status();
+        let n = st["clusters"].as_array().map_or(0, Vec::len);
+        let has = st["portals"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["service"] == "default/web"));
+        (n == 2 && has).then_some(st)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "status lists both clusters and the portal: {}",
+            lab.status()
+        )
+    });
     for c in st["clusters"].as_array().unwrap() {
         assert_eq!(c["connected"], true, "{c}");
         assert_eq!(c["synced"], true, "{c}");

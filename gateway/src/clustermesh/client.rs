@@ -245,6 +245,22 @@ impl Default for Backoff {
 
 type Tx = mpsc::Sender<(String, ClientEvent)>;
 
+/// Keys per list request (small in tests, so that paging is exercised).
+const PAGE: i64 = if cfg!(test) { 2 } else { 1000 };
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the key space, as etcd spells it.
+    vec![0]
+}
+
 /// Lists every prefix at one revision, then watches them all from the next one. Returns only on
 /// an error (or when the receiver is gone).
 async fn session(
@@ -280,63 +296,76 @@ async fn session(
     let mut revision = 0;
     let mut connected = false;
     for prefix in prefixes {
-        let mut o = GetOptions::new().with_prefix();
-        if revision > 0 {
-            o = o.with_revision(revision);
-        }
-        let mut resp = match client.get(prefix.as_str(), Some(o)).await {
-            Ok(r) => r,
-            Err(e) if !connected => {
-                let mut detail = chain(&e);
-                // Under TLS 1.3 a server that rejects the client certificate does so after the
-                // handshake: the client sees an alert, a broken pipe or the connection closing,
-                // depending on timing.
-                // Causes the client can tell apart itself are left without the hint.
-                let own = [
-                    "invalid peer certificate",
-                    "Connection refused",
-                    "timed out",
-                ];
-                if !own.iter().any(|m| detail.contains(m)) {
-                    detail.push_str(&format!(
-                        " (the server ended the connection on the first request: if it \
-                         rejected the client certificate, check that {} is signed by the CA \
-                         the Cluster Mesh API trusts and has not expired)",
-                        ep.cert_file.display()
-                    ));
+        // Paged, all pages at the list's revision: one reply for a large cluster would exceed
+        // gRPC's 4 MiB message limit (about 10,000 services).
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut entries = Vec::new();
+        loop {
+            let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                o = o.with_revision(revision);
+            }
+            let mut resp = match client.get(from.clone(), Some(o)).await {
+                Ok(r) => r,
+                Err(e) if !connected => {
+                    let mut detail = chain(&e);
+                    // Under TLS 1.3 a server that rejects the client certificate does so after the
+                    // handshake: the client sees an alert, a broken pipe or the connection closing,
+                    // depending on timing.
+                    // Causes the client can tell apart itself are left without the hint.
+                    let own = [
+                        "invalid peer certificate",
+                        "Connection refused",
+                        "timed out",
+                    ];
+                    if !own.iter().any(|m| detail.contains(m)) {
+                        detail.push_str(&format!(
+                            " (the server ended the connection on the first request: if it \
+                             rejected the client certificate, check that {} is signed by the CA \
+                             the Cluster Mesh API trusts and has not expired)",
+                            ep.cert_file.display()
+                        ));
+                    }
+                    return Err(ClientError::Etcd {
+                        cluster: cluster.clone(),
+                        op: "list",
+                        detail,
+                    });
                 }
-                return Err(ClientError::Etcd {
-                    cluster: cluster.clone(),
-                    op: "list",
-                    detail,
-                });
+                Err(e) => return Err(err("list")(e)),
+            };
+            if !connected {
+                connected = true;
+                info!(cluster = %cluster, endpoints = ?ep.endpoints, "connected to the Cluster Mesh API");
+                if !send(ClientEvent::Connected).await {
+                    return Ok(());
+                }
             }
-            Err(e) => return Err(err("list")(e)),
-        };
-        if !connected {
-            connected = true;
-            info!(cluster = %cluster, endpoints = ?ep.endpoints, "connected to the Cluster Mesh API");
-            if !send(ClientEvent::Connected).await {
-                return Ok(());
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
             }
-        }
-        if revision == 0 {
-            revision = resp.header().map_or(0, |h| h.revision());
-        }
-        let entries = resp
-            .take_kvs()
-            .into_iter()
-            .filter_map(|kv| {
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let next = kvs.last().map(|kv| {
+                let mut k = kv.key().to_vec();
+                k.push(0);
+                k
+            });
+            for kv in kvs {
                 let (k, v) = kv.into_key_value();
                 match String::from_utf8(k) {
-                    Ok(k) => Some((k, v)),
+                    Ok(k) => entries.push((k, v)),
                     Err(e) => {
-                        warn!(cluster = %cluster, key = ?e.as_bytes(), "key is not UTF-8; skipped");
-                        None
+                        warn!(cluster = %cluster, key = ?e.as_bytes(), "key is not UTF-8; skipped")
                     }
                 }
-            })
-            .collect::<Vec<_>>();
+            }
+            match (more, next) {
+                (true, Some(n)) => from = n,
+                _ => break,
+            }
+        }
         debug!(cluster = %cluster, prefix, entries = entries.len(), revision, "listed");
         let ev = ClientEvent::Listed {
             prefix: prefix.clone(),

@@ -46,10 +46,21 @@ async fn disconnected(rx: &mut Rx) -> String {
     }
 }
 
+#[test]
+fn prefix_end_is_the_next_key_range() {
+    assert_eq!(prefix_end(b"cilium/"), b"cilium0".to_vec());
+    assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_at_one_revision_then_watches_with_mutual_tls() {
     let etcd = Etcd::start_local("client-list");
     etcd.put("cilium/state/services/v1/cluster1/default/web", "{\"a\":1}");
+    // Five services: the list takes three pages of two (PAGE in tests).
+    for n in ["a1", "a2", "a3", "a4"] {
+        etcd.put(&format!("cilium/state/services/v1/cluster1/zz/{n}"), "{}");
+    }
     etcd.put("cilium/state/nodes/v1/cluster1/node-1", "{\"n\":1}");
     etcd.put("cilium/synced/cluster1/cilium/state/services/v1", "t");
     etcd.put("unrelated/key", "x");
@@ -85,7 +96,17 @@ async fn lists_at_one_revision_then_watches_with_mutual_tls() {
             } => {
                 assert_eq!(p, prefix);
                 let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
-                assert_eq!(keys, [key]);
+                if p.starts_with("cilium/state/services/") {
+                    let mut want = vec![key.to_string()];
+                    want.extend(
+                        ["a1", "a2", "a3", "a4"]
+                            .iter()
+                            .map(|n| format!("cilium/state/services/v1/cluster1/zz/{n}")),
+                    );
+                    assert_eq!(keys, want, "every page, in order");
+                } else {
+                    assert_eq!(keys, [key]);
+                }
                 revisions.push(revision);
             }
             other => panic!("expected a list of {prefix}, got {other:?}"),

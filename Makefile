@@ -9,7 +9,7 @@ CARGO ?= cargo
 LAB_PREFIX ?= mgw
 export LAB_PREFIX
 
-.PHONY: all deps build demo test fmt-check clippy cargo-test lab-up lab-down lab-check clean
+.PHONY: all deps build demo test fmt-check clippy cargo-test lab-up lab-down lab-check clean bench bench-smoke
 
 all: build
 
@@ -33,6 +33,17 @@ test: deps
 	set -o pipefail; $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
 	@# One closing line with the totals over every test binary (cargo's own last line is only the last binary's).
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
+	$(MAKE) bench-smoke
+
+## bench: every benchmark (XDP per-packet cost, control-plane scale, tunnel throughput); writes
+## BENCHMARKS.md (about 10 minutes on 2 cores; needs root)
+bench: deps
+	bash scripts/bench.sh full
+
+## bench-smoke: one iteration of every benchmark at tiny sizes, so the harnesses cannot rot
+## (part of `make test`; reports only, asserts no timing)
+bench-smoke: deps
+	bash scripts/bench.sh smoke
 
 ## lab-up / lab-down / lab-check: the namespace lab alone (LAB_PREFIX=... to pick the prefix)
 lab-up:

@@ -1,6 +1,6 @@
 //! Per-packet cost of each XDP program path, timed by the kernel with BPF_PROG_TEST_RUN.
 //!
-//! `xdp_bench [--iterations N] [--runs R] [--json PATH]`: every case runs its frame through the
+//! `xdp_bench [--iterations N] [--runs R] [--json PATH] [--only SUBSTRING]`: every case runs its frame through the
 //! loaded program N times per run (the kernel's `repeat`), R runs; the result per case is the
 //! median of the runs' average ns per packet with the min and max beside it. After every run the
 //! datapath's counters are checked: each of the N packets must have taken the path the case names
@@ -432,6 +432,7 @@ fn main() -> Result<()> {
     let mut iterations: u32 = 1_000_000;
     let mut runs: usize = 5;
     let mut json: Option<PathBuf> = None;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -439,6 +440,7 @@ fn main() -> Result<()> {
             "--iterations" => iterations = val()?.parse().context("--iterations")?,
             "--runs" => runs = val()?.parse().context("--runs")?,
             "--json" => json = Some(PathBuf::from(val()?)),
+            "--only" => only = Some(val()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -450,6 +452,12 @@ fn main() -> Result<()> {
         let mut rows = Vec::new();
         let mut floor = 0.0;
         for c in CASES {
+            // The floor row always runs: the net figures need it.
+            if let Some(o) = &only {
+                if c.program != Program::Pass && !c.name.contains(o.as_str()) {
+                    continue;
+                }
+            }
             let mut calls = Vec::with_capacity(runs);
             let mut reps = Vec::with_capacity(runs);
             for _ in 0..runs {

@@ -10,7 +10,7 @@ LAB_PREFIX ?= mgw
 export LAB_PREFIX
 
 .PHONY: all deps build demo test fmt-check clippy cargo-test lab-up lab-down lab-check clean \
-	image-deps release-bin image image-check vm-test vm-smoke
+	image-deps release-bin image image-check vm-test vm-smoke bench bench-smoke
 
 all: build
 
@@ -35,6 +35,7 @@ test: deps
 	set -o pipefail; $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
 	@# One closing line with the totals over every test binary (cargo's own last line is only the last binary's).
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
+	$(MAKE) bench-smoke
 	@# The appliance: image (rebuilt only when stale), OVA checks, and the VM suite under QEMU
 	@# (about 5 min under TCG on 2 cores with a cached base tree; bounded by vm-tests/run.sh).
 	$(MAKE) --no-print-directory vm-test
@@ -76,6 +77,16 @@ vm-test: image-check
 ## vm-smoke: the first boot of vm-test only
 vm-smoke: image-check
 	VMTEST_SMOKE=1 bash vm-tests/run.sh
+
+## bench: every benchmark (XDP per-packet cost, control-plane scale, tunnel throughput); writes
+## BENCHMARKS.md (about 10 minutes on 2 cores; needs root)
+bench: deps
+	bash scripts/bench.sh full
+
+## bench-smoke: one iteration of every benchmark at tiny sizes, so the harnesses cannot rot
+## (part of `make test`; reports only, asserts no timing)
+bench-smoke: deps
+	bash scripts/bench.sh smoke
 
 ## lab-up / lab-down / lab-check: the namespace lab alone (LAB_PREFIX=... to pick the prefix)
 lab-up:

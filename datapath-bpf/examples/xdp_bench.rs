@@ -1,0 +1,512 @@
+//! Per-packet cost of each XDP program path, timed by the kernel with BPF_PROG_TEST_RUN.
+//!
+//! `xdp_bench [--iterations N] [--runs R] [--json PATH] [--only SUBSTRING]`: every case runs its frame through the
+//! loaded program N times per run (the kernel's `repeat`), R runs; the result per case is the
+//! median of the runs' average ns per packet with the min and max beside it. After every run the
+//! datapath's counters are checked: each of the N packets must have taken the path the case names
+//! (a case that silently measured another path fails the benchmark). Needs root.
+//!
+//! Cases are rows of [`CASES`]; a new datapath path is one more entry.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder, UdpHeader};
+use meshgw_common::maps::*;
+use meshgw_common::stats::Counter;
+use meshgw_datapath::{action, Datapath, Program};
+use support::{ifindex, NetNs};
+
+const MESH_MAC: [u8; 6] = [2, 0, 0, 0, 0x0e, 1];
+const LEGACY_MAC: [u8; 6] = [2, 0, 0, 0, 0x1e, 1];
+const NODE_INNER_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
+const NODE_NH_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa2];
+const VTEP_MAC: [u8; 6] = [2, 0x6d, 0x67, 0, 0, 1];
+const MESH_IP: [u8; 4] = [172, 18, 0, 1];
+const NODE_IP: [u8; 4] = [172, 18, 0, 11];
+const CLIENT4: [u8; 4] = [10, 100, 0, 2];
+const GW4: [u8; 4] = [10, 100, 0, 1];
+const VIP4: [u8; 4] = [10, 200, 0, 10];
+const POD4: [u8; 4] = [10, 244, 1, 10];
+const VNI: u32 = 2;
+/// UDP payload: the frames are 64 bytes on the wire without FCS (60) -- small packets.
+const PAYLOAD: &[u8] = &[0u8; 18];
+
+/// One row of the table.
+struct Case {
+    /// The row's name.
+    name: &'static str,
+    /// The program that runs.
+    program: Program,
+    /// Whether the frame comes out of the program unchanged, so that the kernel's `repeat` can
+    /// run it N times in one call (the kernel does not restore the frame between repetitions:
+    /// after a rewrite, repetition 2 would see repetition 1's output).
+    unchanged: bool,
+    /// Whether every packet is the first of a new flow (distinct source address and port).
+    new_flows: bool,
+    /// The action every packet must end with.
+    action: u32,
+    /// The counter that must grow by one per packet (None: the empty program counts nothing).
+    counter: Option<Counter>,
+    /// Turns policy enforcement on (with no allow entry: every new flow is denied).
+    policy: bool,
+    /// Frame for packet `i` (only `i = 0` unless `new_flows`).
+    frame: fn(u32) -> Vec<u8>,
+    /// Frames run once before timing (e.g. the flow's first packet, so the flow is established).
+    warm: fn() -> Vec<(Program, Vec<u8>)>,
+}
+
+fn no_warm() -> Vec<(Program, Vec<u8>)> {
+    Vec::new()
+}
+
+/// The established flow's client frame.
+fn flow_frame(_: u32) -> Vec<u8> {
+    udp4(CLIENT4, 40_000, VIP4, 53, CLIENT_MAC, LEGACY_MAC)
+}
+
+/// Establishes the flow of [`flow_frame`].
+fn establish() -> Vec<(Program, Vec<u8>)> {
+    vec![(Program::Legacy, flow_frame(0))]
+}
+
+/// The table's rows, in order. Policy drop is a row since issue 4 landed; a new path is one
+/// more entry.
+const CASES: &[Case] = &[
+    Case {
+        name: "pass (harness floor: empty XDP program)",
+        program: Program::Pass,
+        unchanged: true,
+        new_flows: false,
+        action: action::PASS,
+        counter: None,
+        policy: false,
+        frame: |_| udp4(CLIENT4, 40_000, GW4, 5000, CLIENT_MAC, LEGACY_MAC),
+        warm: no_warm,
+    },
+    Case {
+        name: "pass-through (not a VIP)",
+        program: Program::Legacy,
+        unchanged: true,
+        new_flows: false,
+        action: action::PASS,
+        counter: Some(Counter::LegacyPass),
+        policy: false,
+        frame: |_| udp4(CLIENT4, 40_000, GW4, 5000, CLIENT_MAC, LEGACY_MAC),
+        warm: no_warm,
+    },
+    Case {
+        name: "VIP hit, first packet (CT create + DNAT + VXLAN encap)",
+        program: Program::Legacy,
+        unchanged: false,
+        new_flows: true,
+        action: action::REDIRECT,
+        counter: Some(Counter::CtCreated),
+        policy: false,
+        frame: |i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            udp4(
+                [10, 100 + a, b, c],
+                1024 + (i % 60_000) as u16,
+                VIP4,
+                53,
+                CLIENT_MAC,
+                LEGACY_MAC,
+            )
+        },
+        warm: no_warm,
+    },
+    Case {
+        name: "VIP hit, established flow (DNAT + VXLAN encap)",
+        program: Program::Legacy,
+        unchanged: false,
+        new_flows: false,
+        action: action::REDIRECT,
+        counter: Some(Counter::VipForwarded),
+        policy: false,
+        frame: flow_frame,
+        warm: establish,
+    },
+    Case {
+        name: "reply (VXLAN decap + reverse NAT)",
+        program: Program::Mesh,
+        unchanged: false,
+        new_flows: false,
+        action: action::REDIRECT,
+        counter: Some(Counter::ReplyForwarded),
+        policy: false,
+        frame: |_| from_node(&udp4(POD4, 5353, CLIENT4, 40_000, NODE_INNER_MAC, VTEP_MAC)),
+        warm: establish,
+    },
+    Case {
+        name: "policy drop (first packet denied)",
+        program: Program::Legacy,
+        unchanged: true,
+        new_flows: false,
+        action: action::DROP,
+        counter: Some(Counter::DropPolicy),
+        policy: true,
+        frame: |_| udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC),
+        warm: no_warm,
+    },
+];
+
+fn udp4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    // Cannot fail: the builder writes into a Vec and the payload is tiny.
+    let _ = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, PAYLOAD);
+    v
+}
+
+/// A VXLAN frame from the node carrying `inner`.
+fn from_node(inner: &[u8]) -> Vec<u8> {
+    let len = inner.len();
+    let mut out = Vec::new();
+    out.extend_from_slice(&MESH_MAC);
+    out.extend_from_slice(&NODE_NH_MAC);
+    out.extend_from_slice(&[0x08, 0x00]);
+    if let Ok(ip) = Ipv4Header::new((16 + len) as u16, 64, IpNumber::UDP, NODE_IP, MESH_IP) {
+        let mut ip = ip;
+        ip.header_checksum = ip.calc_header_checksum();
+        let _ = ip.write(&mut out);
+    }
+    let _ = UdpHeader {
+        source_port: 51_000,
+        destination_port: 8472,
+        length: (16 + len) as u16,
+        checksum: 0,
+    }
+    .write(&mut out);
+    out.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    out.extend_from_slice(inner);
+    out
+}
+
+/// A namespace with `mesh` and `legacy` veths and permanent neighbours, so the programs' FIB
+/// lookups resolve (as in the packet tests).
+fn lab() -> NetNs {
+    let ns = NetNs::new("bench");
+    for args in [
+        &[
+            "link", "add", "mesh", "type", "veth", "peer", "name", "meshp",
+        ][..],
+        &[
+            "link", "add", "legacy", "type", "veth", "peer", "name", "legacyp",
+        ],
+        &["link", "set", "mesh", "address", "02:00:00:00:0e:01", "up"],
+        &[
+            "link",
+            "set",
+            "legacy",
+            "address",
+            "02:00:00:00:1e:01",
+            "up",
+        ],
+        &["link", "set", "meshp", "up"],
+        &["link", "set", "legacyp", "up"],
+        &["addr", "add", "172.18.0.1/24", "dev", "mesh"],
+        &["addr", "add", "10.100.0.1/24", "dev", "legacy"],
+        &[
+            "neigh",
+            "add",
+            "172.18.0.11",
+            "lladdr",
+            "02:00:00:00:00:11",
+            "dev",
+            "mesh",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "neigh",
+            "add",
+            "10.100.0.2",
+            "lladdr",
+            "02:00:00:00:00:a2",
+            "dev",
+            "legacy",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        ns.ip(args);
+    }
+    // bpf_fib_lookup answers FWD_DISABLED unless the interface forwards.
+    support::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    ns
+}
+
+/// Loads a fresh datapath with one UDP service (VIP4:53 -> POD4:5353 on NODE_IP).
+fn datapath(policy: bool) -> Result<Datapath> {
+    let mut dp = Datapath::load_private().context("load the XDP object")?;
+    let (mesh, legacy) = (ifindex("mesh"), ifindex("legacy"));
+    dp.set_config(&GatewayConfig {
+        mesh_ip: MESH_IP,
+        vni: VNI,
+        vxlan_port: 8472u16.to_be(),
+        flags: CFG_F_ENABLED | if policy { CFG_F_POLICY } else { 0 },
+        mesh_ifindex: mesh,
+        legacy_ifindex: legacy,
+        vtep_mac: VTEP_MAC,
+        _pad: [0; 2],
+    })?;
+    dp.set_devices(mesh, legacy)?;
+    let key = ServiceKey {
+        addr: v4_mapped(VIP4),
+        port: 53u16.to_be(),
+        proto: 17,
+        family: FAMILY_V4,
+    };
+    dp.services()?.insert(
+        key,
+        ServiceValue {
+            service_id: 1,
+            backend_count: 1,
+            ..Default::default()
+        },
+        0,
+    )?;
+    dp.maglev()?.insert(1, MaglevTable::filled(1), 0)?;
+    dp.backends()?.insert(
+        1,
+        BackendValue {
+            addr: v4_mapped(POD4),
+            port: 5353u16.to_be(),
+            family: FAMILY_V4,
+            node_ip: NODE_IP,
+            node_mac: NODE_INNER_MAC,
+            identity: 1000,
+            ..Default::default()
+        },
+        0,
+    )?;
+    dp.nodes()?
+        .insert(NodeKey { ip: NODE_IP }, NodeValue::default(), 0)?;
+    Ok(dp)
+}
+
+/// New flows per fresh datapath: their forward and reverse entries stay below the CT map's
+/// capacity, so the first-packet row never measures LRU eviction.
+const FLOWS_PER_DATAPATH: u32 = CT_MAX / 4;
+
+/// A datapath with the case's warm-up frames run.
+fn prepared(c: &Case) -> Result<Datapath> {
+    let dp = datapath(c.policy)?;
+    for (p, f) in (c.warm)() {
+        let r = dp.run(p, &f, 1)?;
+        if r.action != action::REDIRECT {
+            bail!("{}: warm-up frame ended with action {}", c.name, r.action);
+        }
+    }
+    Ok(dp)
+}
+
+/// Checks that `counter` grew by exactly `n` since `before`.
+fn check_counter(dp: &Datapath, c: &Case, before: u64, n: u32) -> Result<()> {
+    let Some(counter) = c.counter else {
+        return Ok(());
+    };
+    let grew = dp.counter(counter)? - before;
+    if grew != u64::from(n) {
+        let nonzero: Vec<_> = dp
+            .counters()?
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(c, v)| (c.name(), v))
+            .collect();
+        bail!(
+            "{}: counter {} grew by {grew}, want {n}: not every packet took this path \
+             (counters: {nonzero:?})",
+            c.name,
+            counter.name()
+        );
+    }
+    Ok(())
+}
+
+fn count_of(dp: &Datapath, c: &Case) -> Result<u64> {
+    Ok(match c.counter {
+        Some(k) => dp.counter(k)?,
+        None => 0,
+    })
+}
+
+/// Runs case `c` as `n` test runs of one packet each (`repeat = 1`): the kernel's time per
+/// call, averaged. Works for every path, including those that rewrite the frame.
+fn per_call(c: &Case, n: u32) -> Result<f64> {
+    let mut total = 0u128;
+    let mut done = 0u32;
+    let fixed = (c.frame)(0);
+    while done < n {
+        let chunk = if c.new_flows {
+            FLOWS_PER_DATAPATH.min(n - done)
+        } else {
+            n
+        };
+        let dp = prepared(c)?;
+        let before = count_of(&dp, c)?;
+        let frames: Vec<Vec<u8>> = if c.new_flows {
+            (done..done + chunk).map(c.frame).collect()
+        } else {
+            Vec::new()
+        };
+        for i in 0..chunk as usize {
+            let f = frames.get(i).unwrap_or(&fixed);
+            let r = dp.run(c.program, f, 1)?;
+            if r.action != c.action {
+                bail!("{}: action {} (want {})", c.name, r.action, c.action);
+            }
+            total += r.duration.as_nanos();
+        }
+        check_counter(&dp, c, before, chunk)?;
+        done += chunk;
+    }
+    Ok(total as f64 / f64::from(n))
+}
+
+/// Runs case `c` as one test run with `repeat = n` (only for frames the program leaves
+/// unchanged): the kernel's average time per repetition.
+fn repeated(c: &Case, n: u32) -> Result<f64> {
+    let dp = prepared(c)?;
+    let before = count_of(&dp, c)?;
+    let r = dp.run(c.program, &(c.frame)(0), n)?;
+    if r.action != c.action {
+        bail!("{}: action {} (want {})", c.name, r.action, c.action);
+    }
+    check_counter(&dp, c, before, n)?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// Median, min and max of a set of runs.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(v: &mut [f64]) -> Stat {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"median": self.median, "min": self.min, "max": self.max})
+    }
+}
+
+fn main() -> Result<()> {
+    let mut iterations: u32 = 1_000_000;
+    let mut runs: usize = 5;
+    let mut json: Option<PathBuf> = None;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--iterations" => iterations = val()?.parse().context("--iterations")?,
+            "--runs" => runs = val()?.parse().context("--runs")?,
+            "--json" => json = Some(PathBuf::from(val()?)),
+            "--only" => only = Some(val()?),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if iterations == 0 || runs == 0 {
+        bail!("--iterations and --runs must be positive");
+    }
+    let ns = lab();
+    let rows = ns.run(move || -> Result<Vec<serde_json::Value>> {
+        let mut rows = Vec::new();
+        let mut floor = 0.0;
+        for c in CASES {
+            // The floor row always runs: the net figures need it.
+            if let Some(o) = &only {
+                if c.program != Program::Pass && !c.name.contains(o.as_str()) {
+                    continue;
+                }
+            }
+            let mut calls = Vec::with_capacity(runs);
+            let mut reps = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                calls.push(per_call(c, iterations)?);
+                if c.unchanged {
+                    reps.push(repeated(c, iterations)?);
+                }
+            }
+            let call = Stat::of(&mut calls);
+            if c.program == Program::Pass {
+                floor = call.median;
+            }
+            let net = Stat {
+                median: (call.median - floor).max(0.0),
+                min: (call.min - floor).max(0.0),
+                max: (call.max - floor).max(0.0),
+            };
+            let rep = (!reps.is_empty()).then(|| Stat::of(&mut reps));
+            println!(
+                "{:<58} per call {:7.1} ns [{:.1}, {:.1}]  net {:6.1} ns  {:>8} Mpps/core  repeat {}",
+                c.name,
+                call.median,
+                call.min,
+                call.max,
+                net.median,
+                if net.median > 0.0 {
+                    format!("{:.2}", 1000.0 / net.median)
+                } else {
+                    "-".into()
+                },
+                rep.map_or("-".into(), |r| format!(
+                    "{:.1} ns [{:.1}, {:.1}]",
+                    r.median, r.min, r.max
+                )),
+            );
+            rows.push(serde_json::json!({
+                "name": c.name,
+                "iterations": iterations,
+                "runs": runs,
+                "per_call_ns": call.json(),
+                "net_ns": net.json(),
+                "repeat_ns": rep.map(|r| r.json()),
+            }));
+        }
+        Ok(rows)
+    })?;
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}

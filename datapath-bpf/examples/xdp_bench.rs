@@ -14,25 +14,31 @@ mod support;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use etherparse::{IpNumber, Ipv4Header, PacketBuilder, UdpHeader};
 use meshgw_common::maps::*;
 use meshgw_common::stats::Counter;
 use meshgw_datapath::{action, Datapath, Program};
+use support::topology::{self, *};
 use support::{ifindex, NetNs};
 
-const MESH_MAC: [u8; 6] = [2, 0, 0, 0, 0x0e, 1];
-const LEGACY_MAC: [u8; 6] = [2, 0, 0, 0, 0x1e, 1];
-const NODE_INNER_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
-const NODE_NH_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa2];
-const VTEP_MAC: [u8; 6] = [2, 0x6d, 0x67, 0, 0, 1];
-const MESH_IP: [u8; 4] = [172, 18, 0, 1];
-const NODE_IP: [u8; 4] = [172, 18, 0, 11];
-const CLIENT4: [u8; 4] = [10, 100, 0, 2];
-const GW4: [u8; 4] = [10, 100, 0, 1];
-const VIP4: [u8; 4] = [10, 200, 0, 10];
-const POD4: [u8; 4] = [10, 244, 1, 10];
-const VNI: u32 = 2;
+fn udp4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    topology::udp4(src, sport, dst, dport, smac, dmac, PAYLOAD)
+}
+
+fn from_node(inner: &[u8]) -> Vec<u8> {
+    topology::from_node(inner, NODE_IP)
+}
+
+fn lab() -> NetNs {
+    topology::lab("bench")
+}
+
 /// UDP payload: the frames are 64 bytes on the wire without FCS (60) -- small packets.
 const PAYLOAD: &[u8] = &[0u8; 18];
 
@@ -154,109 +160,6 @@ const CASES: &[Case] = &[
         warm: no_warm,
     },
 ];
-
-fn udp4(
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-) -> Vec<u8> {
-    let mut v = Vec::new();
-    // Cannot fail: the builder writes into a Vec and the payload is tiny.
-    let _ = PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, PAYLOAD);
-    v
-}
-
-/// A VXLAN frame from the node carrying `inner`.
-fn from_node(inner: &[u8]) -> Vec<u8> {
-    let len = inner.len();
-    let mut out = Vec::new();
-    out.extend_from_slice(&MESH_MAC);
-    out.extend_from_slice(&NODE_NH_MAC);
-    out.extend_from_slice(&[0x08, 0x00]);
-    if let Ok(ip) = Ipv4Header::new((16 + len) as u16, 64, IpNumber::UDP, NODE_IP, MESH_IP) {
-        let mut ip = ip;
-        ip.header_checksum = ip.calc_header_checksum();
-        let _ = ip.write(&mut out);
-    }
-    let _ = UdpHeader {
-        source_port: 51_000,
-        destination_port: 8472,
-        length: (16 + len) as u16,
-        checksum: 0,
-    }
-    .write(&mut out);
-    out.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
-    out.extend_from_slice(inner);
-    out
-}
-
-/// A namespace with `mesh` and `legacy` veths and permanent neighbours, so the programs' FIB
-/// lookups resolve (as in the packet tests).
-fn lab() -> NetNs {
-    let ns = NetNs::new("bench");
-    for args in [
-        &[
-            "link", "add", "mesh", "type", "veth", "peer", "name", "meshp",
-        ][..],
-        &[
-            "link", "add", "legacy", "type", "veth", "peer", "name", "legacyp",
-        ],
-        &["link", "set", "mesh", "address", "02:00:00:00:0e:01", "up"],
-        &[
-            "link",
-            "set",
-            "legacy",
-            "address",
-            "02:00:00:00:1e:01",
-            "up",
-        ],
-        &["link", "set", "meshp", "up"],
-        &["link", "set", "legacyp", "up"],
-        &["addr", "add", "172.18.0.1/24", "dev", "mesh"],
-        &["addr", "add", "10.100.0.1/24", "dev", "legacy"],
-        &[
-            "neigh",
-            "add",
-            "172.18.0.11",
-            "lladdr",
-            "02:00:00:00:00:11",
-            "dev",
-            "mesh",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "neigh",
-            "add",
-            "10.100.0.2",
-            "lladdr",
-            "02:00:00:00:00:a2",
-            "dev",
-            "legacy",
-            "nud",
-            "permanent",
-        ],
-    ] {
-        ns.ip(args);
-    }
-    // bpf_fib_lookup answers FWD_DISABLED unless the interface forwards.
-    support::sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    ns
-}
 
 /// Loads a fresh datapath with one UDP service (VIP4:53 -> POD4:5353 on NODE_IP).
 fn datapath(policy: bool) -> Result<Datapath> {

@@ -11,93 +11,22 @@ use meshgw_common::hash::{flow_hash, vxlan_source_port};
 use meshgw_common::maps::*;
 use meshgw_common::stats::Counter;
 use meshgw_datapath::{action, Datapath, Program};
+use support::topology::*;
 use support::{ifindex, NetNs};
 
-const MESH_MAC: [u8; 6] = [2, 0, 0, 0, 0x0e, 1];
-const LEGACY_MAC: [u8; 6] = [2, 0, 0, 0, 0x1e, 1];
-const NODE_NH_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
-const NODE_INNER_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa2];
-const VTEP_MAC: [u8; 6] = [2, 0x6d, 0x67, 0, 0, 1];
-const MESH_IP: [u8; 4] = [172, 18, 0, 1];
-const NODE_IP: [u8; 4] = [172, 18, 0, 11];
-const CLIENT4: [u8; 4] = [10, 100, 0, 2];
-const VIP4: [u8; 4] = [10, 200, 0, 10];
-const POD4: [u8; 4] = [10, 244, 1, 10];
-const CLIENT6: [u8; 16] = [0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const VIP6: [u8; 16] = [0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const POD6: [u8; 16] = [0xfd, 0, 2, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const VNI: u32 = 2;
-
-/// A namespace with `mesh` and `legacy` veths, addresses and permanent neighbours, so that the
-/// programs' FIB lookups have known answers.
 fn lab() -> NetNs {
-    let ns = NetNs::new("pkt");
-    ns.ip(&[
-        "link", "add", "mesh", "type", "veth", "peer", "name", "meshp",
-    ]);
-    ns.ip(&[
-        "link", "add", "legacy", "type", "veth", "peer", "name", "legacyp",
-    ]);
-    ns.ip(&["link", "set", "mesh", "address", "02:00:00:00:0e:01", "up"]);
-    ns.ip(&[
-        "link",
-        "set",
-        "legacy",
-        "address",
-        "02:00:00:00:1e:01",
-        "up",
-    ]);
-    ns.ip(&["link", "set", "meshp", "up"]);
-    ns.ip(&["link", "set", "legacyp", "up"]);
-    ns.ip(&["addr", "add", "172.18.0.1/24", "dev", "mesh"]);
-    ns.ip(&["addr", "add", "10.100.0.1/24", "dev", "legacy"]);
-    ns.ip(&["addr", "add", "fd00:100::1/64", "dev", "legacy", "nodad"]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "172.18.0.11",
-        "lladdr",
-        "02:00:00:00:00:11",
-        "dev",
-        "mesh",
-        "nud",
-        "permanent",
-    ]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "10.100.0.2",
-        "lladdr",
-        "02:00:00:00:00:a2",
-        "dev",
-        "legacy",
-        "nud",
-        "permanent",
-    ]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        "fd00:100::2",
-        "lladdr",
-        "02:00:00:00:00:a2",
-        "dev",
-        "legacy",
-        "nud",
-        "permanent",
-    ]);
-    // bpf_fib_lookup answers FWD_DISABLED unless the interface forwards (the gateway always does).
-    support::sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ]);
-    ns
+    support::topology::lab("pkt")
+}
+
+fn udp4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Vec<u8> {
+    support::topology::udp4(src, sport, dst, dport, smac, dmac, b"query")
 }
 
 fn v6key(a: [u8; 16]) -> [u8; 16] {
@@ -218,23 +147,6 @@ fn tcp4(
     v
 }
 
-fn udp4(
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
-) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut v, b"query")
-        .unwrap();
-    v
-}
-
 fn tcp6(
     src: [u8; 16],
     sport: u16,
@@ -306,32 +218,6 @@ fn vxlan_expected(inner_frame: &[u8], hash: u32) -> Vec<u8> {
     out.extend_from_slice(&VTEP_MAC);
     out.extend_from_slice(&inner_frame[12..14]);
     out.extend_from_slice(l3);
-    out
-}
-
-/// A VXLAN frame from the node carrying `inner_frame`.
-fn from_node(inner_frame: &[u8], node_ip: [u8; 4]) -> Vec<u8> {
-    let inner_len = inner_frame.len();
-    let ip = Ipv4Header::new((16 + inner_len) as u16, 64, IpNumber::UDP, node_ip, MESH_IP).unwrap();
-    let mut out = Vec::new();
-    Ethernet2Header {
-        destination: MESH_MAC,
-        source: NODE_NH_MAC,
-        ether_type: etherparse::EtherType::IPV4,
-    }
-    .write(&mut out)
-    .unwrap();
-    ip.write(&mut out).unwrap();
-    UdpHeader {
-        source_port: 51_000,
-        destination_port: 8472,
-        length: (16 + inner_len) as u16,
-        checksum: 0,
-    }
-    .write(&mut out)
-    .unwrap();
-    out.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
-    out.extend_from_slice(inner_frame);
     out
 }
 

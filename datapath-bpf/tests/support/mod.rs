@@ -6,6 +6,8 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod topology;
+
 /// Fails the test loudly (never skips) when the kernel parts cannot run.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

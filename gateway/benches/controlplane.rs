@@ -25,9 +25,11 @@ use futures::StreamExt;
 use meshgw_common::maps::{
     names, v4_mapped, BackendValue, MaglevTable, ServiceKey, ServiceValue, FAMILY_V4,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+
+#[allow(dead_code, clippy::unwrap_used)]
+#[path = "../tests/lab/etcd.rs"]
+mod etcd_lab;
+use etcd_lab::Etcd;
 
 const MESHGW: &str = env!("CARGO_BIN_EXE_meshgw");
 const NS: &str = "mgwbench-cp";
@@ -157,38 +159,6 @@ impl Drop for Netns {
     }
 }
 
-/// Cilium's certificate set: `ca.crt`, `server.{crt,key}` (clustermesh-apiserver names and
-/// 127.0.0.1), client `remote.{crt,key}`.
-fn certs(dir: &Path) -> Result<()> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name.push(DnType::CommonName, "ca");
-    fs::write(dir.join("ca.crt"), ca.self_signed(&ca_key)?.pem())?;
-    let issuer = Issuer::new(ca, ca_key);
-    for (name, cn, sans) in [
-        (
-            "server",
-            "clustermesh-apiserver",
-            vec!["clustermesh-apiserver.cilium.io".to_string()],
-        ),
-        ("remote", "remote", vec![]),
-    ] {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(sans)?;
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse()?));
-        p.distinguished_name.push(DnType::CommonName, cn);
-        fs::write(
-            dir.join(format!("{name}.crt")),
-            p.signed_by(&key, &issuer)?.pem(),
-        )?;
-        fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
-    }
-    Ok(())
-}
-
 /// A child process, killed (by its id) on drop.
 struct Proc(Child);
 
@@ -199,37 +169,12 @@ impl Drop for Proc {
     }
 }
 
-fn start_etcd(dir: &Path) -> Result<Proc> {
-    let d = |f: &str| dir.join(f).display().to_string();
-    let log = fs::File::create(dir.join("etcd.log"))?;
-    let child = Command::new("etcd")
-        .args(["--name", "cm", "--data-dir", &d("data")])
-        .args(["--listen-client-urls", "https://127.0.0.1:2379"])
-        .args(["--advertise-client-urls", "https://127.0.0.1:2379"])
-        .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-cluster", "cm=http://127.0.0.1:2380"])
-        .args(["--client-cert-auth", "--trusted-ca-file", &d("ca.crt")])
-        .args([
-            "--cert-file",
-            &d("server.crt"),
-            "--key-file",
-            &d("server.key"),
-        ])
-        .args(["--quota-backend-bytes", "8589934592"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("etcd (Debian's etcd-server; make deps)")?;
-    Ok(Proc(child))
-}
-
-async fn connect(dir: &Path) -> Result<Client> {
+async fn connect(etcd: &Etcd) -> Result<Client> {
     let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(fs::read(dir.join("ca.crt"))?))
+        .ca_certificate(Certificate::from_pem(fs::read(etcd.file("ca.crt"))?))
         .identity(Identity::from_pem(
-            fs::read(dir.join("remote.crt"))?,
-            fs::read(dir.join("remote.key"))?,
+            fs::read(etcd.file("remote.crt"))?,
+            fs::read(etcd.file("remote.key"))?,
         ));
     let opts = ConnectOptions::new()
         .with_tls(tls)
@@ -237,7 +182,7 @@ async fn connect(dir: &Path) -> Result<Client> {
         .with_timeout(Duration::from_secs(30));
     let t = Instant::now();
     loop {
-        let err = match Client::connect(["https://127.0.0.1:2379"], Some(opts.clone())).await {
+        let err = match Client::connect([etcd.endpoint.as_str()], Some(opts.clone())).await {
             Ok(mut c) => match c.status().await {
                 Ok(_) => return Ok(c),
                 Err(e) => e,
@@ -245,7 +190,7 @@ async fn connect(dir: &Path) -> Result<Client> {
             Err(e) => e,
         };
         if t.elapsed() > Duration::from_secs(20) {
-            bail!("etcd: {err}; see {}/etcd.log", dir.display());
+            bail!("etcd: {err}; see {}/etcd.log", etcd.dir.display());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -323,7 +268,7 @@ async fn put_all(client: &Client, kvs: Vec<(String, String)>) -> Result<()> {
     Ok(())
 }
 
-fn config(dir: &Path) -> String {
+fn config(dir: &Path, etcd: &Etcd) -> String {
     let d = |f: &str| dir.join(f).display().to_string();
     format!(
         r#"[gateway]
@@ -348,7 +293,7 @@ pool = ["10.200.0.0/16"]
 
 [[cluster]]
 name = "{CLUSTER}"
-endpoints = ["https://127.0.0.1:2379"]
+endpoints = ["{endpoint}"]
 trusted_ca_file = "{ca}"
 cert_file = "{cert}"
 key_file = "{key}"
@@ -360,9 +305,10 @@ namespace = "bench"
 enabled = false
 "#,
         state = d("state"),
-        ca = d("ca.crt"),
-        cert = d("remote.crt"),
-        key = d("remote.key"),
+        endpoint = etcd.endpoint,
+        ca = etcd.file("ca.crt"),
+        cert = etcd.file("remote.crt"),
+        key = etcd.file("remote.key"),
     )
 }
 
@@ -629,10 +575,10 @@ async fn bench(a: &Args) -> Result<Vec<serde_json::Value>> {
     let dir = PathBuf::from(WORK);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    certs(&dir)?;
-    fs::write(dir.join("gateway.toml"), config(&dir))?;
-    let _etcd = start_etcd(&dir)?;
-    let mut client = connect(&dir).await?;
+    // Room for 50,000 services' keys and their history.
+    let etcd = Etcd::start_local_with("bench-cp", &["--quota-backend-bytes", "8589934592"]);
+    fs::write(dir.join("gateway.toml"), config(&dir, &etcd))?;
+    let mut client = connect(&etcd).await?;
     let mut boot: Vec<(String, String)> = vec![(
         format!("cilium/cluster-config/{CLUSTER}"),
         r#"{"id":1,"capabilities":{"syncedCanaries":true,"cached":false,"maxConnectedClusters":255}}"#.into(),

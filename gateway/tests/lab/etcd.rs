@@ -19,6 +19,8 @@ pub struct Etcd {
     pub netns: Option<String>,
     ip: String,
     port: u16,
+    /// Further etcd flags (kept for restarts).
+    extra: Vec<String>,
     /// `https://ip:port`.
     pub endpoint: String,
     /// Directory of certificates and data.
@@ -85,21 +87,26 @@ fn certs(dir: &Path, ip: &str) {
 impl Etcd {
     /// Starts etcd in `netns`, listening on `ip`:2379, and waits until it answers.
     pub fn start(netns: &str, ip: &str, tag: &str) -> Etcd {
-        Etcd::start_at(Some(netns), ip, 2379, tag)
+        Etcd::start_at(Some(netns), ip, 2379, tag, &[])
     }
 
     /// Starts etcd on loopback in the current namespace, on free ports.
     pub fn start_local(tag: &str) -> Etcd {
+        Etcd::start_local_with(tag, &[])
+    }
+
+    /// [`Etcd::start_local`] with further etcd flags (a larger `--quota-backend-bytes`, say).
+    pub fn start_local_with(tag: &str, extra: &[&str]) -> Etcd {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
                 .expect("a free port")
         };
-        Etcd::start_at(None, "127.0.0.1", free(), tag)
+        Etcd::start_at(None, "127.0.0.1", free(), tag, extra)
     }
 
-    fn start_at(netns: Option<&str>, ip: &str, port: u16, tag: &str) -> Etcd {
+    fn start_at(netns: Option<&str>, ip: &str, port: u16, tag: &str, extra: &[&str]) -> Etcd {
         let dir = PathBuf::from(format!("/run/meshgw-e2e/etcd-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("etcd dir");
@@ -109,11 +116,24 @@ impl Etcd {
             netns: netns.map(str::to_string),
             ip: ip.to_string(),
             port,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             endpoint: format!("https://{ip}:{port}"),
             dir,
         };
         e.spawn();
         e
+    }
+
+    /// `prog` run in the etcd's namespace.
+    fn command(&self, prog: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, prog]);
+                c
+            }
+            None => Command::new(prog),
+        }
     }
 
     fn spawn(&mut self) {
@@ -125,15 +145,8 @@ impl Etcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .expect("log");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "etcd"]);
-                c
-            }
-            None => Command::new("etcd"),
-        };
-        let child = cmd
+        let child = self
+            .command("etcd")
             .args(["--name", "cm", "--data-dir", &d("data")])
             .args([
                 "--listen-client-urls",
@@ -151,6 +164,7 @@ impl Etcd {
                 "--key-file",
                 &d("server.key"),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -195,15 +209,8 @@ impl Etcd {
 
     fn ctl(&self, args: &[&str]) -> (bool, String) {
         let d = |f: &str| self.dir.join(f).display().to_string();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "etcdctl"]);
-                c
-            }
-            None => Command::new("etcdctl"),
-        };
-        let out = cmd
+        let out = self
+            .command("etcdctl")
             .args(["--endpoints", &self.endpoint, "--dial-timeout", "2s"])
             .args([
                 "--cacert",

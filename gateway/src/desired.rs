@@ -229,7 +229,12 @@ mod tests {
         rival.address = Ipv4Addr::new(172, 18, 0, 99);
         rival.pod_cidrs.truncate(1);
         cat.nodes.insert(twin.id.clone(), twin.clone());
-        let alloc = allocate(&cfg.vips.pool, &cat.vip_requests(), &VipState::default());
+        let alloc = allocate(
+            &cfg.vips.pool,
+            &cat.vip_requests(),
+            &VipState::default(),
+            false,
+        );
         let d = compute(&cat, &alloc, [2, 0, 0, 0, 0, 1]);
         let dsts: Vec<_> = d.routes.iter().map(|r| r.dst).collect();
         let mut unique = dsts.clone();
@@ -259,7 +264,12 @@ mod tests {
         let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")
             .expect("demo config");
         let cat = Catalog::from_config(&cfg);
-        let alloc = allocate(&cfg.vips.pool, &cat.vip_requests(), &VipState::default());
+        let alloc = allocate(
+            &cfg.vips.pool,
+            &cat.vip_requests(),
+            &VipState::default(),
+            false,
+        );
         compute(&cat, &alloc, [2, 0, 0, 0, 0, 1])
     }
 
@@ -318,7 +328,12 @@ mod tests {
             .expect("demo");
         let mut cat = Catalog::from_config(&cfg);
         cat.nodes.clear();
-        let alloc = allocate(&cfg.vips.pool, &cat.vip_requests(), &VipState::default());
+        let alloc = allocate(
+            &cfg.vips.pool,
+            &cat.vip_requests(),
+            &VipState::default(),
+            false,
+        );
         let d = compute(&cat, &alloc, [0; 6]);
         assert!(!d.problems.is_empty());
         assert!(d.frontends.values().all(|f| f.backends.is_empty()));

@@ -31,6 +31,9 @@ pub struct Allocation {
     pub vips: BTreeMap<(ServiceName, bool), IpAddr>,
     /// Services that asked for a VIP and got none, with the reason.
     pub failures: Vec<(ServiceName, bool, String)>,
+    /// VIPs held for services that asked for none this round (see [`allocate`]); they
+    /// stay in the persisted state.
+    pub reserved: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// The persisted assignments: `<state_dir>/vips.json`.
@@ -108,20 +111,7 @@ fn offset_addr(net: &IpNet, off: u128) -> IpAddr {
     }
 }
 
-/// Allocates VIPs for `requests` ((service, is_ipv6) -> request) from `pool`, honouring `prev`.
 pub fn allocate(
-    pool: &[IpNet],
-    requests: &BTreeMap<(ServiceName, bool), Request>,
-    prev: &VipState,
-) -> Allocation {
-    allocate_reserving(pool, requests, prev, false)
-}
-
-/// [`allocate`], and with `reserve_absent` the VIPs `prev` holds for services that make no
-/// request now stay out of the automatic pool: while a cluster has not finished its first sync
-/// after a start, its services are missing only because they are not listed yet, and a new
-/// service must not take their VIPs.
-pub fn allocate_reserving(
     pool: &[IpNet],
     requests: &BTreeMap<(ServiceName, bool), Request>,
     prev: &VipState,
@@ -134,6 +124,7 @@ pub fn allocate_reserving(
         for (svc, ips) in &prev.assigned {
             if !requested.contains(svc) {
                 taken.extend(ips.iter().copied());
+                out.reserved.insert(svc.clone(), ips.clone());
             }
         }
     }
@@ -214,9 +205,11 @@ pub fn allocate_reserving(
 }
 
 impl Allocation {
-    /// The state to persist.
+    /// The state to persist: the assignments, and the VIPs still reserved.
     pub fn state(&self) -> VipState {
-        let mut s = VipState::default();
+        let mut s = VipState {
+            assigned: self.reserved.clone(),
+        };
         for ((svc, _), ip) in &self.vips {
             s.assigned.entry(svc.to_string()).or_default().push(*ip);
         }
@@ -239,14 +232,19 @@ mod tests {
             .insert("default/b".into(), vec!["10.0.0.2".parse().unwrap()]);
         let mut req = BTreeMap::new();
         req.insert((svc("c"), false), Request::Auto);
-        let warm = allocate_reserving(&pool, &req, &prev, true);
+        let warm = allocate(&pool, &req, &prev, true);
         assert!(warm.vips.is_empty(), "{warm:?}");
         assert_eq!(warm.failures.len(), 1);
-        let cold = allocate_reserving(&pool, &req, &prev, false);
+        assert_eq!(
+            warm.state(),
+            prev,
+            "the reserved VIPs stay in the persisted state"
+        );
+        let cold = allocate(&pool, &req, &prev, false);
         assert_eq!(cold.vips.len(), 1);
         // A service that is present keeps its own VIP either way.
         req.insert((svc("a"), false), Request::Auto);
-        let warm = allocate_reserving(&pool, &req, &prev, true);
+        let warm = allocate(&pool, &req, &prev, true);
         assert_eq!(
             warm.vips.get(&(svc("a"), false)),
             Some(&"10.0.0.1".parse().unwrap())
@@ -278,7 +276,7 @@ mod tests {
             (svc("b"), false),
             Request::Static("10.200.0.5".parse().unwrap()),
         );
-        let a = allocate(&pool(), &r, &VipState::default());
+        let a = allocate(&pool(), &r, &VipState::default(), false);
         assert_eq!(
             a.vips.get(&(svc("a"), false)),
             Some(&"10.200.0.5".parse().unwrap())
@@ -292,8 +290,8 @@ mod tests {
         for n in ["a", "b", "c", "d", "e", "f"] {
             r.insert((svc(n), false), Request::Auto);
         }
-        let a1 = allocate(&pool(), &r, &VipState::default());
-        let a2 = allocate(&pool(), &r, &VipState::default());
+        let a1 = allocate(&pool(), &r, &VipState::default(), false);
+        let a2 = allocate(&pool(), &r, &VipState::default(), false);
         assert_eq!(a1, a2);
         // A /29 has six usable addresses: all six services fit, none got .0 or .7.
         assert!(a1.failures.is_empty(), "{:?}", a1.failures);
@@ -311,7 +309,7 @@ mod tests {
         for i in 0..8 {
             r.insert((svc(&format!("s{i}")), false), Request::Auto);
         }
-        let a = allocate(&pool(), &r, &VipState::default());
+        let a = allocate(&pool(), &r, &VipState::default(), false);
         assert_eq!(a.vips.len(), 6);
         assert_eq!(a.failures.len(), 2);
     }
@@ -320,14 +318,14 @@ mod tests {
     fn previous_assignment_is_kept_even_when_new_services_arrive_first() {
         let mut r = BTreeMap::new();
         r.insert((svc("web"), false), Request::Auto);
-        let first = allocate(&pool(), &r, &VipState::default());
+        let first = allocate(&pool(), &r, &VipState::default(), false);
         let web_ip = first.vips[&(svc("web"), false)];
         // New services sort before "web" and would probe into its address without the state.
         let mut r2 = r.clone();
         for n in ["a", "b", "c", "d"] {
             r2.insert((svc(n), false), Request::Auto);
         }
-        let second = allocate(&pool(), &r2, &first.state());
+        let second = allocate(&pool(), &r2, &first.state(), false);
         assert_eq!(second.vips[&(svc("web"), false)], web_ip);
     }
 
@@ -335,7 +333,7 @@ mod tests {
     fn ipv6_from_ipv6_ranges_only() {
         let mut r = BTreeMap::new();
         r.insert((svc("a"), true), Request::Auto);
-        let a = allocate(&pool(), &r, &VipState::default());
+        let a = allocate(&pool(), &r, &VipState::default(), false);
         assert!(a.vips[&(svc("a"), true)].is_ipv6());
     }
 

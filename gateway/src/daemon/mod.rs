@@ -283,21 +283,8 @@ impl Daemon {
         let held = self
             .vip_state
             .get_or_insert_with(|| VipState::load(&state_path));
-        let alloc = if warming {
-            vip::allocate_reserving(&self.cfg.vips.pool, &cat.vip_requests(), held, true)
-        } else {
-            vip::allocate(&self.cfg.vips.pool, &cat.vip_requests(), held)
-        };
-        let mut now_held = alloc.state();
-        if warming {
-            // Services not listed yet keep their VIPs in the file as in the allocator.
-            for (svc, ips) in &held.assigned {
-                now_held
-                    .assigned
-                    .entry(svc.clone())
-                    .or_insert_with(|| ips.clone());
-            }
-        }
+        let alloc = vip::allocate(&self.cfg.vips.pool, &cat.vip_requests(), held, warming);
+        let now_held = alloc.state();
         if now_held != *held {
             match now_held.save(&state_path) {
                 Ok(()) => *held = now_held,

@@ -112,9 +112,19 @@ impl DnsTable {
     }
 }
 
+/// How a query arrived: a UDP answer must fit the client's buffer, a TCP one need not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: at most 512 bytes without EDNS, else what the client advertised (capped at 1232).
+    Udp,
+    /// TCP: no limit but the 64 KiB frame.
+    Tcp,
+}
+
 /// The response to one query message, or `None` for what deserves no answer (a response, or
-/// bytes that are not a DNS message at all).
-pub fn answer(table: &DnsTable, request: &[u8]) -> Option<Vec<u8>> {
+/// bytes that are not a DNS message at all). A UDP response too large for the client is sent
+/// truncated (TC set), so the client asks again over TCP.
+pub fn answer(table: &DnsTable, request: &[u8], transport: Transport) -> Option<Vec<u8>> {
     let req = match Message::from_vec(request) {
         Ok(m) => m,
         Err(e) => {
@@ -171,7 +181,19 @@ pub fn answer(table: &DnsTable, request: &[u8]) -> Option<Vec<u8>> {
         _ => ResponseCode::NotImp,
     };
     resp.metadata.response_code = code;
-    match resp.to_vec() {
+    let limit = match (transport, &req.edns) {
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+        (Transport::Udp, None) => 512,
+        (Transport::Udp, Some(e)) => usize::from(e.max_payload().clamp(512, 1232)),
+    };
+    let encoded = resp.to_vec().and_then(|b| {
+        if b.len() > limit {
+            resp.truncate().to_vec()
+        } else {
+            Ok(b)
+        }
+    });
+    match encoded {
         Ok(b) => Some(b),
         Err(e) => {
             warn!(error = %e, "cannot encode a DNS response");
@@ -204,9 +226,9 @@ impl Drop for DnsHandle {
     }
 }
 
-fn current(table: &RwLock<DnsTable>, req: &[u8]) -> Option<Vec<u8>> {
+fn current(table: &RwLock<DnsTable>, req: &[u8], transport: Transport) -> Option<Vec<u8>> {
     let t = table.read().ok()?;
-    answer(&t, req)
+    answer(&t, req, transport)
 }
 
 /// Binds UDP and TCP on every address and answers until the handle is dropped.
@@ -214,26 +236,18 @@ pub async fn serve(listen: &[SocketAddr], table: DnsTable) -> Result<DnsHandle, 
     let table = Arc::new(RwLock::new(table));
     let (stop, stop_rx) = watch::channel(false);
     let mut addrs = Vec::new();
-    for addr in listen {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| DnsError::Bind {
-                addr: *addr,
-                proto: "udp",
+    for asked in listen {
+        let bind = |proto: &'static str| {
+            move |source| DnsError::Bind {
+                addr: *asked,
+                proto,
                 source,
-            })?;
-        let addr = &udp.local_addr().map_err(|source| DnsError::Bind {
-            addr: *addr,
-            proto: "udp",
-            source,
-        })?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DnsError::Bind {
-                addr: *addr,
-                proto: "tcp",
-                source,
-            })?;
+            }
+        };
+        let udp = UdpSocket::bind(asked).await.map_err(bind("udp"))?;
+        // Port 0 asked: TCP takes the port UDP got.
+        let addr = &udp.local_addr().map_err(bind("udp"))?;
+        let tcp = TcpListener::bind(addr).await.map_err(bind("tcp"))?;
         info!(listen = %addr, "DNS responder listening (udp, tcp)");
         tokio::spawn(serve_udp(udp, table.clone(), stop_rx.clone()));
         tokio::spawn(serve_tcp(tcp, table.clone(), stop_rx.clone()));
@@ -252,26 +266,13 @@ async fn serve_udp(sock: UdpSocket, table: Arc<RwLock<DnsTable>>, mut stop: watc
             },
             _ = stop.changed() => return,
         };
-        let Some(mut out) = current(&table, &buf[..n]) else {
+        let Some(out) = current(&table, &buf[..n], Transport::Udp) else {
             continue;
         };
-        // A UDP answer that does not fit 512 bytes (no EDNS) is truncated; the client retries
-        // over TCP. Portals have few addresses, so this is a safety net.
-        if out.len() > 512 && !has_edns(&buf[..n]) {
-            if let Ok(m) = Message::from_vec(&out) {
-                if let Ok(t) = m.truncate().to_vec() {
-                    out = t;
-                }
-            }
-        }
         if let Err(e) = sock.send_to(&out, peer).await {
             debug!(peer = %peer, error = %e, "DNS reply not sent");
         }
     }
-}
-
-fn has_edns(req: &[u8]) -> bool {
-    Message::from_vec(req).is_ok_and(|m| m.edns.is_some())
 }
 
 async fn serve_tcp(
@@ -301,7 +302,7 @@ async fn serve_tcp(
                 if conn.read_exact(&mut msg).await.is_err() {
                     return;
                 }
-                let Some(out) = current(&table, &msg) else {
+                let Some(out) = current(&table, &msg, Transport::Tcp) else {
                     return;
                 };
                 let Ok(l) = u16::try_from(out.len()) else {

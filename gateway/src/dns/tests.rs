@@ -30,7 +30,7 @@ fn query(name: &str, rtype: RecordType) -> Vec<u8> {
 fn ask(t: &DnsTable, name: &str, rtype: RecordType) -> Message {
     let req = query(name, rtype);
     let id = Message::from_vec(&req).unwrap().metadata.id;
-    let resp = Message::from_vec(&answer(t, &req).expect("an answer")).unwrap();
+    let resp = Message::from_vec(&answer(t, &req, Transport::Udp).expect("an answer")).unwrap();
     assert_eq!(resp.metadata.id, id);
     assert_eq!(resp.metadata.message_type, MessageType::Response);
     resp
@@ -79,20 +79,20 @@ fn negative_answers_carry_the_soa() {
 #[test]
 fn garbage_and_responses_get_no_answer_and_do_not_panic() {
     let t = table();
-    assert!(answer(&t, &[]).is_none());
-    assert!(answer(&t, &[0xff; 3]).is_none());
+    assert!(answer(&t, &[], Transport::Udp).is_none());
+    assert!(answer(&t, &[0xff; 3], Transport::Udp).is_none());
     let mut resp = Message::from_vec(&query("web.default.mesh.local", RecordType::A)).unwrap();
     resp.metadata.message_type = MessageType::Response;
-    assert!(answer(&t, &resp.to_vec().unwrap()).is_none());
+    assert!(answer(&t, &resp.to_vec().unwrap(), Transport::Udp).is_none());
     // Every prefix of a valid query, and every single-byte corruption of it.
     let q = query("web.default.mesh.local", RecordType::A);
     for n in 0..q.len() {
-        let _ = answer(&t, &q[..n]);
+        let _ = answer(&t, &q[..n], Transport::Udp);
     }
     for i in 0..q.len() {
         let mut c = q.clone();
         c[i] ^= 0xa5;
-        let _ = answer(&t, &c);
+        let _ = answer(&t, &c, Transport::Udp);
     }
     // Two questions in one message: FORMERR.
     let mut m = Message::query();
@@ -104,8 +104,25 @@ fn garbage_and_responses_get_no_answer_and_do_not_panic() {
         Name::from_ascii("b.mesh.local").unwrap(),
         RecordType::A,
     ));
-    let r = Message::from_vec(&answer(&t, &m.to_vec().unwrap()).unwrap()).unwrap();
+    let r = Message::from_vec(&answer(&t, &m.to_vec().unwrap(), Transport::Udp).unwrap()).unwrap();
     assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+}
+
+#[test]
+fn a_udp_answer_too_big_for_the_client_is_truncated_and_tcp_gets_it_whole() {
+    let mut t = DnsTable::new("mesh.local").unwrap();
+    let many: Vec<IpAddr> = (1..=60u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 200, 1, i)))
+        .collect();
+    t.insert("default", "big", &many).unwrap();
+    let q = query("big.default.mesh.local", RecordType::A);
+    let udp = answer(&t, &q, Transport::Udp).unwrap();
+    assert!(udp.len() <= 512, "{}", udp.len());
+    let m = Message::from_vec(&udp).unwrap();
+    assert!(m.metadata.truncation, "TC set");
+    let tcp = Message::from_vec(&answer(&t, &q, Transport::Tcp).unwrap()).unwrap();
+    assert!(!tcp.metadata.truncation);
+    assert_eq!(tcp.answers.len(), 60);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -48,12 +49,11 @@ struct Document {
 struct Metadata {
     name: String,
     namespace: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    annotations: BTreeMap<String, String>,
+    // Accepted because kubectl writes them; they change nothing the gateway enforces.
+    #[serde(default, rename = "labels")]
+    _labels: Option<IgnoredAny>,
+    #[serde(default, rename = "annotations")]
+    _annotations: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,8 +61,8 @@ struct Metadata {
 struct Spec {
     endpoint_selector: Selector,
     ingress: Option<Vec<IngressRule>>,
-    #[serde(default)]
-    description: Option<String>,
+    #[serde(default, rename = "description")]
+    _description: Option<IgnoredAny>,
 }
 
 /// `matchLabels` only: `matchExpressions` is outside the subset and rejected.
@@ -233,7 +233,6 @@ fn convert(path: &Path, d: Document) -> Result<Policy, PolicyError> {
             )))
         }
     };
-    let _ = &d.spec.description;
     let ingress = match d.spec.ingress {
         None => None,
         Some(rules) => {

@@ -88,8 +88,9 @@ spec:
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: other, namespace: shop}
+metadata: {name: other, namespace: shop, labels: {team: a}, annotations: {note: "x"}}
 spec:
+  description: "kubectl-written fields are accepted"
   endpointSelector: {}
   ingress: []
 "#,

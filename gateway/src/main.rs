@@ -14,6 +14,7 @@ mod lb;
 mod netlink;
 mod policy;
 mod reconcile;
+mod statefile;
 mod status_cmd;
 mod vip;
 

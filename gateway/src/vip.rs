@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
 use crate::catalog::ServiceName;
 
@@ -44,26 +43,15 @@ pub struct VipState {
 }
 
 impl VipState {
-    /// Reads the state file; a missing or unreadable file is an empty state (with a warning for the
-    /// latter: allocation stays deterministic without it).
+    /// Reads the state file; a missing or unreadable file is an empty state (with a warning for
+    /// the latter: allocation stays deterministic without it).
     pub fn load(path: &Path) -> VipState {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                warn!(path = %path.display(), error = %e, "VIP state unreadable; allocating afresh");
-                VipState::default()
-            }),
-            Err(_) => VipState::default(),
-        }
+        crate::statefile::load_or_default(path, "VIP state")
     }
 
-    /// Writes the state file atomically (write, then rename).
+    /// Writes the state file atomically.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        crate::statefile::save(path, self)
     }
 
     /// The state file's path under a state directory.

@@ -99,13 +99,7 @@ impl Status {
 
     /// Writes atomically.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        let p = Self::path(state_dir);
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, p)
+        crate::statefile::save(&Self::path(state_dir), self)
     }
 
     /// Reads the file.

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
 /// The first local identity.
 pub const LOCAL_BASE: u32 = 1 << 24;
@@ -37,29 +36,17 @@ impl LocalIdentities {
         state_dir.join("identities.json")
     }
 
-    /// Reads the file; a missing file is a fresh start, an unreadable one too (with a warning).
+    /// Reads the file; a missing or unreadable file is a fresh start.
     pub fn load(path: &Path) -> Self {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                warn!(path = %path.display(), error = %e, "identities unreadable; numbering afresh");
-                Self::default()
-            }),
-            Err(_) => Self::default(),
-        }
+        crate::statefile::load_or_default(path, "identities")
     }
 
     /// Writes the file if an identity was added since the last save.
     pub fn save_if_changed(&mut self, path: &Path) -> std::io::Result<()> {
-        if !self.dirty {
-            return Ok(());
+        if self.dirty {
+            crate::statefile::save(path, self)?;
+            self.dirty = false;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)?;
-        self.dirty = false;
         Ok(())
     }
 

@@ -87,6 +87,21 @@ fn iface(c: &mut Ctx<'_>, path: KeyPath, s: &str) {
     }
 }
 
+/// `vip4` and `vip6` under `p`.
+fn vip_specs(
+    c: &mut Ctx<'_>,
+    p: &KeyPath,
+    (v4, v6): (&Option<String>, &Option<String>),
+    pool_has: (bool, bool),
+    static_vips: &mut BTreeMap<IpAddr, String>,
+    owner: &str,
+) -> (Option<VipSpec>, Option<VipSpec>) {
+    (
+        vip_spec(c, &p.key("vip4"), v4, false, pool_has, static_vips, owner),
+        vip_spec(c, &p.key("vip6"), v6, true, pool_has, static_vips, owner),
+    )
+}
+
 /// Parses a VIP request (`"auto"` or an address of family `v6`) at `path`: `auto` needs a pool
 /// range of its family, and a static VIP may belong to one service (`owner`) only.
 fn vip_spec(
@@ -347,20 +362,10 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
             c.err(&p.key("name"), format!("service {full} is defined twice"));
         }
         let pool_has = (has4, has6);
-        let mut vip4 = vip_spec(
+        let (mut vip4, vip6) = vip_specs(
             &mut c,
-            &p.key("vip4"),
-            &raw.vip4,
-            false,
-            pool_has,
-            &mut static_vips,
-            &full,
-        );
-        let vip6 = vip_spec(
-            &mut c,
-            &p.key("vip6"),
-            &raw.vip6,
-            true,
+            &p,
+            (&raw.vip4, &raw.vip6),
             pool_has,
             &mut static_vips,
             &full,
@@ -619,20 +624,10 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         }
         let full = format!("{namespace}/{name}");
         let pool_has = (has4, has6);
-        let vip4 = vip_spec(
+        let (vip4, vip6) = vip_specs(
             &mut c,
-            &p.key("vip4"),
-            &raw.vip4,
-            false,
-            pool_has,
-            &mut static_vips,
-            &full,
-        );
-        let vip6 = vip_spec(
-            &mut c,
-            &p.key("vip6"),
-            &raw.vip6,
-            true,
+            &p,
+            (&raw.vip4, &raw.vip6),
             pool_has,
             &mut static_vips,
             &full,

@@ -46,6 +46,15 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// What a reconcile pass checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Everything, kernel objects included (start, reload, the periodic drift repair).
+    Repair,
+    /// The maps; kernel objects only when their desired set changed (cluster events).
+    Update,
+}
+
 /// Where the configuration comes from.
 #[derive(Clone, Debug)]
 pub enum ConfigSource {
@@ -162,7 +171,7 @@ impl Daemon {
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
         d.setup_devices().await?;
         d.names.ensure(&d.cfg, &d.nl, d.dev.legacy).await;
-        d.reconcile().await?;
+        d.reconcile(Pass::Repair).await?;
         d.attach()?;
         d.clusters.configure(&d.cfg.clusters);
         Ok(d)
@@ -255,7 +264,10 @@ impl Daemon {
     }
 
     /// One full pass: catalog -> VIPs -> desired -> reconcilers -> announcements -> status.
-    async fn reconcile(&mut self) -> Result<()> {
+    /// `Pass::Repair` also re-checks the kernel objects (addresses, routes, neighbours) against
+    /// the kernel; `Pass::Update` touches them only when the desired set of them changed, so a
+    /// backend change in etcd costs a few map writes, not a netlink dump of every address.
+    async fn reconcile(&mut self, pass: Pass) -> Result<()> {
         let mut cat = Catalog::from_config(&self.cfg);
         let mut notes = Vec::new();
         if !self.cfg.clusters.is_empty() {
@@ -321,7 +333,14 @@ impl Daemon {
             .bpf
             .apply(&mut self.dp, &d)
             .context("programming the BPF maps")?;
-        let kernel = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d).await?;
+        let kernel_changed = d.vips != self.desired.vips
+            || d.routes != self.desired.routes
+            || d.nodes != self.desired.nodes;
+        let kernel = if pass == Pass::Repair || kernel_changed {
+            kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d).await?
+        } else {
+            Default::default()
+        };
         self.dp.set_config(&GatewayConfig {
             mesh_ip: self.mesh_ip.octets(),
             vni: self.cfg.gateway.identity,
@@ -483,7 +502,7 @@ impl Daemon {
                 error!(error = %e, "configuration rejected; the running configuration stays in force");
                 self.reload_error = Some(e.to_string());
                 // A pass with the running configuration publishes the error in the status.
-                if let Err(e) = self.reconcile().await {
+                if let Err(e) = self.reconcile(Pass::Update).await {
                     error!(error = %format!("{e:#}"), "reconcile after a rejected reload failed");
                 }
                 return;
@@ -519,7 +538,7 @@ impl Daemon {
             self.names
                 .ensure(&self.cfg, &self.nl, self.dev.legacy)
                 .await;
-            self.reconcile().await
+            self.reconcile(Pass::Repair).await
         }
         .await;
         match result {
@@ -533,7 +552,7 @@ impl Daemon {
                 self.reload_error = Some(format!("{e:#}"));
                 self.cfg = old;
                 self.policies = old_policies;
-                if let Err(e) = self.reconcile().await {
+                if let Err(e) = self.reconcile(Pass::Repair).await {
                     error!(error = %format!("{e:#}"), "restoring the previous configuration failed");
                 }
             }
@@ -580,12 +599,12 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             }
             _ = sleep_until(due) => {
                 due = None;
-                if let Err(e) = d.reconcile().await {
+                if let Err(e) = d.reconcile(Pass::Update).await {
                     error!(error = %format!("{e:#}"), "reconcile after Cluster Mesh events failed");
                 }
             }
             _ = sleep_until(grace_due) => {
-                if let Err(e) = d.reconcile().await {
+                if let Err(e) = d.reconcile(Pass::Update).await {
                     error!(error = %format!("{e:#}"), "reconcile at the end of a grace period failed");
                 }
             }
@@ -593,7 +612,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
-                if let Err(e) = d.reconcile().await {
+                if let Err(e) = d.reconcile(Pass::Repair).await {
                     error!(error = %format!("{e:#}"), "periodic reconcile failed");
                 }
                 match crate::reconcile::ct_gc::sweep(&mut d.dp) {

@@ -23,6 +23,10 @@ use crate::lb::maglev;
 pub struct BpfReconciler {
     backend_ids: HashMap<BackendSpec, u32>,
     service_ids: HashMap<ServiceKey, u32>,
+    /// The identity trie's entries as written: (prefix length, address) -> identity.
+    identities: BTreeMap<(u32, [u8; 16]), u32>,
+    /// The policy entries as written.
+    policy: BTreeSet<PolicyKey>,
 }
 
 fn free_id(used: &BTreeSet<u32>) -> u32 {
@@ -57,6 +61,15 @@ impl BpfReconciler {
             })?;
             r.service_ids.insert(k, v.service_id);
         }
+        let trie = dp.identities()?;
+        for item in trie.iter() {
+            let (k, id) = item.map_err(|source| DatapathError::Map {
+                name: "MGW_IDENTITIES",
+                source,
+            })?;
+            r.identities.insert((k.prefix_len(), k.data()), id);
+        }
+        r.policy = dp.policy()?.keys().filter_map(Result::ok).collect();
         debug!(
             backends = r.backend_ids.len(),
             services = r.service_ids.len(),
@@ -173,51 +186,48 @@ impl BpfReconciler {
             self.backend_ids.remove(&spec);
         }
 
-        // 5. Source identities and policy entries: new ones first, stale ones after, so a
-        // changed policy never has a moment with neither the old nor the new allow entry.
-        {
+        // 5. Source identities and policy entries, against what was written (recovered from
+        // the maps on start): new ones first, stale ones after, so a changed policy never has a
+        // moment with neither the old nor the new allow entry.
+        let want: BTreeMap<(u32, [u8; 16]), u32> = d
+            .identities
+            .iter()
+            .map(|(net, id)| {
+                let k = identity_key(*net);
+                ((k.prefix_len(), k.data()), *id)
+            })
+            .collect();
+        if want != self.identities {
             let mut trie = dp.identities()?;
-            let want: BTreeMap<(u32, [u8; 16]), u32> = d
-                .identities
-                .iter()
-                .map(|(net, id)| {
-                    let k = identity_key(*net);
-                    ((k.prefix_len(), k.data()), *id)
-                })
-                .collect();
-            let have: Vec<(u32, [u8; 16])> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .map(|k| (k.prefix_len(), k.data()))
-                .collect();
-            for ((plen, data), id) in &want {
-                let k = Key::new(*plen, *data);
-                if trie.get(&k, 0).ok() != Some(*id) {
-                    trie.insert(&k, *id, 0).map_err(merr("MGW_IDENTITIES"))?;
+            for (&(plen, data), &id) in &want {
+                if self.identities.get(&(plen, data)) != Some(&id) {
+                    trie.insert(&Key::new(plen, data), id, 0)
+                        .map_err(merr("MGW_IDENTITIES"))?;
                     ch.written += 1;
                 }
             }
-            for (plen, data) in have {
+            for &(plen, data) in self.identities.keys() {
                 if !want.contains_key(&(plen, data)) {
                     let _ = trie.remove(&Key::new(plen, data));
                     ch.removed += 1;
                 }
             }
+            self.identities = want;
         }
-        {
+        if d.policy != self.policy {
             let mut pol = dp.policy()?;
-            let have: BTreeSet<PolicyKey> = pol.keys().filter_map(Result::ok).collect();
             let allow = PolicyValue {
                 verdict: POLICY_ALLOW,
             };
-            for k in d.policy.difference(&have) {
+            for k in d.policy.difference(&self.policy) {
                 pol.insert(*k, allow, 0).map_err(merr("MGW_POLICY"))?;
                 ch.written += 1;
             }
-            for k in have.difference(&d.policy) {
+            for k in self.policy.difference(&d.policy) {
                 let _ = pol.remove(k);
                 ch.removed += 1;
             }
+            self.policy = d.policy.clone();
         }
 
         // 6. Nodes.

@@ -329,6 +329,9 @@ impl Daemon {
             warn!(problem = %p, "part of the catalog is not served");
         }
         self.dp.set_devices(self.dev.mesh, self.dev.legacy)?;
+        if pass == Pass::Repair {
+            self.bpf.forget_applied();
+        }
         let bpf = self
             .bpf
             .apply(&mut self.dp, &d)

@@ -27,6 +27,9 @@ pub struct BpfReconciler {
     identities: BTreeMap<(u32, [u8; 16]), u32>,
     /// The policy entries as written.
     policy: BTreeSet<PolicyKey>,
+    /// Each frontend's backends as last written (its Maglev table and entry follow from them):
+    /// an unchanged frontend costs neither a table computation nor a map read.
+    applied: HashMap<ServiceKey, Vec<(BackendSpec, u32)>>,
 }
 
 fn free_id(used: &BTreeSet<u32>) -> u32 {
@@ -78,6 +81,12 @@ impl BpfReconciler {
         Ok(r)
     }
 
+    /// Makes the next [`BpfReconciler::apply`] check every frontend against the maps again (the
+    /// periodic drift repair), not only the changed ones.
+    pub fn forget_applied(&mut self) {
+        self.applied.clear();
+    }
+
     /// Applies `d` to the maps; returns what changed.
     pub fn apply(&mut self, dp: &mut Datapath, d: &Desired) -> Result<Changes, DatapathError> {
         let mut ch = Changes::default();
@@ -122,6 +131,9 @@ impl BpfReconciler {
                     id
                 }
             };
+            if self.applied.get(key) == Some(&fe.backends) {
+                continue;
+            }
             let names: Vec<(String, u32)> = fe
                 .backends
                 .iter()
@@ -155,6 +167,7 @@ impl BpfReconciler {
                 services.insert(*key, v, 0).map_err(merr("MGW_SERVICES"))?;
                 ch.written += 1;
             }
+            self.applied.insert(*key, fe.backends.clone());
         }
 
         // 3. Frontends no longer wanted, then their tables.
@@ -170,6 +183,7 @@ impl BpfReconciler {
             }
             let _ = dp.maglev()?.remove(&id);
             self.service_ids.remove(&key);
+            self.applied.remove(&key);
         }
 
         // 4. Backends nothing points at. Tracked flows that used them move on their next packet.

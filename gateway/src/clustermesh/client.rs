@@ -378,78 +378,67 @@ async fn session(
     }
     backoff.reset();
 
-    // One watch stream per prefix, each drained by its own task into one channel: no watch-id
-    // bookkeeping, and a failure of any stream ends the session.
-    let mut streams = Vec::new();
+    // Every prefix is a watcher on one stream: events name their keys, so which watcher sent
+    // them does not matter, and a failure of the stream ends the session.
+    let mut stream: Option<etcd_client::WatchStream> = None;
     for prefix in prefixes {
         let o = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let s = client
-            .watch(prefix.as_str(), Some(o))
-            .await
-            .map_err(err("watch"))?;
-        streams.push(s);
-    }
-    let (ev_tx, mut ev_rx) = mpsc::channel::<Result<Vec<ClientEvent>, ClientError>>(64);
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut s in streams {
-        let ev_tx = ev_tx.clone();
-        let cluster = cluster.clone();
-        tasks.spawn(async move {
-            loop {
-                let r = match s.message().await {
-                    Ok(Some(resp)) if resp.canceled() && resp.compact_revision() > 0 => {
-                        Err(ClientError::Compacted {
-                            cluster: cluster.clone(),
-                            revision: resp.compact_revision(),
-                        })
-                    }
-                    Ok(Some(resp)) if resp.canceled() => Err(ClientError::Etcd {
-                        cluster: cluster.clone(),
-                        op: "watch",
-                        detail: format!("cancelled by the server: {}", resp.cancel_reason()),
-                    }),
-                    Ok(Some(resp)) => Ok(resp
-                        .events()
-                        .iter()
-                        .filter_map(|e| {
-                            let kv = e.kv()?;
-                            let key = kv.key_str().ok()?.to_string();
-                            Some(match e.event_type() {
-                                EventType::Put => ClientEvent::Put {
-                                    key,
-                                    value: kv.value().to_vec(),
-                                },
-                                EventType::Delete => ClientEvent::Delete { key },
-                            })
-                        })
-                        .collect()),
-                    Ok(None) => Err(ClientError::WatchClosed {
-                        cluster: cluster.clone(),
-                    }),
-                    Err(e) => Err(ClientError::Etcd {
-                        cluster: cluster.clone(),
-                        op: "watch",
-                        detail: chain(&e),
-                    }),
-                };
-                let stop = r.is_err();
-                if ev_tx.send(r).await.is_err() || stop {
-                    return;
-                }
+        match &mut stream {
+            None => {
+                stream = Some(
+                    client
+                        .watch(prefix.as_str(), Some(o))
+                        .await
+                        .map_err(err("watch"))?,
+                )
             }
-        });
+            Some(s) => s
+                .watch(prefix.as_str(), Some(o))
+                .await
+                .map_err(err("watch"))?,
+        }
     }
-    drop(ev_tx);
-    while let Some(r) = ev_rx.recv().await {
-        for ev in r? {
+    let Some(mut stream) = stream else {
+        return Err(ClientError::WatchClosed { cluster });
+    };
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Err(ClientError::WatchClosed { cluster }),
+            Err(e) => return Err(err("watch")(e)),
+        };
+        if resp.canceled() {
+            return Err(if resp.compact_revision() > 0 {
+                ClientError::Compacted {
+                    cluster,
+                    revision: resp.compact_revision(),
+                }
+            } else {
+                ClientError::Etcd {
+                    cluster,
+                    op: "watch",
+                    detail: format!("cancelled by the server: {}", resp.cancel_reason()),
+                }
+            });
+        }
+        for e in resp.events() {
+            let Some(kv) = e.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            let key = key.to_string();
+            let ev = match e.event_type() {
+                EventType::Put => ClientEvent::Put {
+                    key,
+                    value: kv.value().to_vec(),
+                },
+                EventType::Delete => ClientEvent::Delete { key },
+            };
             if !send(ev).await {
                 return Ok(());
             }
         }
     }
-    Err(ClientError::WatchClosed { cluster })
 }
 
 /// Keeps one cluster's connection: list, watch, and on failure report, wait and start over,

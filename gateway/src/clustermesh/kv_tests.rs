@@ -2,14 +2,38 @@ use super::*;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr};
 
-const DOC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/cilium-kvstore.md"
-);
-
+/// `shared/cilium-kvstore.md`: beside the repository (`../shared`), or beside the repository a
+/// local clone was made from (its `origin`), or where `MESHGW_SHARED_DIR` says.
 fn doc() -> String {
-    std::fs::read_to_string(DOC)
-        .unwrap_or_else(|e| panic!("{DOC} must exist (the samples the decoders are held to): {e}"))
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    if let Ok(d) = std::env::var("MESHGW_SHARED_DIR") {
+        dirs.push(d.into());
+    }
+    dirs.push(repo.join("../shared"));
+    let origin = std::process::Command::new("git")
+        .args([
+            "-C",
+            &repo.display().to_string(),
+            "config",
+            "remote.origin.url",
+        ])
+        .output();
+    if let Ok(o) = origin {
+        let url = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let path = std::path::Path::new(url.trim_start_matches("file://"));
+        if path.is_absolute() {
+            dirs.push(path.join("../shared"));
+        }
+    }
+    let file = |d: &std::path::PathBuf| d.join("cilium-kvstore.md");
+    let found = dirs.iter().map(file).find(|f| f.exists());
+    let path = found.unwrap_or_else(|| {
+        panic!(
+            "cilium-kvstore.md (the samples the decoders are held to) must exist; looked in {dirs:?}"
+        )
+    });
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The `code spans` of a line.

@@ -12,7 +12,7 @@ mod testrun;
 
 pub use error::DatapathError;
 pub use loader::{AttachMode, Datapath, Program};
-pub use maps::{identity_key, MapLayout};
+pub use maps::{egress_key, identity_key, MapLayout};
 pub use meshgw_common as common;
 pub use testrun::{action, RunResult};
 

@@ -6,9 +6,10 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::Pod;
 use meshgw_common::maps::{
-    names, BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS,
-    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES,
+    names, BackendValue, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
+    NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry, CT_MAX,
+    DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES,
+    MAX_POLICY, MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 
@@ -57,6 +58,12 @@ impl MapLayout {
                 Some(size_of::<PolicyValue>()),
                 MAX_POLICY,
             ),
+            names::EGRESS => l(
+                4 + size_of::<EgressKey>(),
+                Some(size_of::<EgressValue>()),
+                MAX_EGRESS,
+            ),
+            names::SNAT => l(size_of::<CtKey>(), Some(size_of::<SnatEntry>()), SNAT_MAX),
             _ => return None,
         })
     }
@@ -71,6 +78,26 @@ pub fn identity_key(net: ipnet::IpNet) -> Key<[u8; 16]> {
         ),
         ipnet::IpNet::V6(n) => Key::new(u32::from(n.prefix_len()), n.network().octets()),
     }
+}
+
+/// The egress trie's key: endpoint `src` exactly, destination prefix `dst` (same family; IPv4
+/// addresses IPv4-mapped).
+pub fn egress_key(src: std::net::IpAddr, dst: ipnet::IpNet) -> Key<EgressKey> {
+    let mapped = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(v4) => meshgw_common::maps::v4_mapped(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    let dst_bits = match dst {
+        ipnet::IpNet::V4(n) => u32::from(n.prefix_len()) + 96,
+        ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    Key::new(
+        128 + dst_bits,
+        EgressKey {
+            src: mapped(src),
+            dst: mapped(dst.network()),
+        },
+    )
 }
 
 impl Datapath {
@@ -174,6 +201,19 @@ impl Datapath {
     pub fn identities(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], u32>, DatapathError> {
         let name = names::IDENTITIES;
         LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Egress rules by (endpoint, destination prefix); see [`egress_key`].
+    pub fn egress(
+        &mut self,
+    ) -> Result<LpmTrie<&mut MapData, EgressKey, EgressValue>, DatapathError> {
+        let name = names::EGRESS;
+        LpmTrie::try_from(self.map_mut(name)?).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Source-NAT entries of egress flows.
+    pub fn snat(&mut self) -> Result<HashMap<&mut MapData, CtKey, SnatEntry>, DatapathError> {
+        self.hash_map(names::SNAT)
     }
 
     /// The counters, summed over CPUs, in [`Counter::ALL`] order.

@@ -546,7 +546,7 @@ fn policy_admits_by_source_identity_and_port_and_drops_the_rest() {
                     dst: 1000,
                     dport: dport.to_be(),
                     proto,
-                    _pad: 0,
+                    dir: 0,
                 },
                 PolicyValue {
                     verdict: POLICY_ALLOW,
@@ -651,5 +651,210 @@ fn policy_admits_by_source_identity_and_port_and_drops_the_rest() {
             &dp.run(Program::Legacy, &other, 1).unwrap(),
             action::REDIRECT,
         );
+    });
+}
+
+const EGRESS4: [u8; 4] = [10, 100, 0, 50];
+
+/// The first port a new egress flow tries, computed here from the documented rule
+/// (SNAT_PORT_MIN + flow hash mod the range size, then an odd stride).
+fn snat_port(try_no: u32, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> u16 {
+    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let h = hash4(src, sport, dst, dport, proto);
+    SNAT_PORT_MIN + (h.wrapping_add(try_no.wrapping_mul(7919)) % range) as u16
+}
+
+/// An egress rule for POD4 towards 10.100.0.0/24 via EGRESS4, 10.100.0.128/25 excluded.
+fn with_egress_rule(dp: &mut Datapath) {
+    let pod = std::net::IpAddr::from(POD4);
+    let rule = EgressValue {
+        egress_ip: v4_mapped(EGRESS4),
+        flags: 0,
+        rule: 7,
+    };
+    let mut trie = dp.egress().unwrap();
+    trie.insert(
+        &meshgw_datapath::egress_key(pod, "10.100.0.0/24".parse().unwrap()),
+        rule,
+        0,
+    )
+    .unwrap();
+    trie.insert(
+        &meshgw_datapath::egress_key(pod, "10.100.0.128/25".parse().unwrap()),
+        EgressValue {
+            flags: EGRESS_F_EXCLUDED,
+            ..rule
+        },
+        0,
+    )
+    .unwrap();
+    let mut cfg = dp.config().unwrap();
+    cfg.flags |= CFG_F_EGRESS;
+    dp.set_config(&cfg).unwrap();
+}
+
+#[test]
+fn egress_flow_is_source_natted_out_and_its_reply_tunnelled_back_to_the_pod() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        with_egress_rule(&mut dp);
+        // The port the hash picks first is taken (towards the same host and port): the flow
+        // must get the second choice, never share it.
+        let first = snat_port(0, POD4, 45_000, CLIENT4, 8080, 6);
+        let taken = CtKey {
+            src: v4_mapped(CLIENT4),
+            dst: v4_mapped(EGRESS4),
+            sport: 8080u16.to_be(),
+            dport: first.to_be(),
+            proto: 6,
+            family: FAMILY_V4,
+            dir: CT_DIR_EGRESS_REPLY,
+            _pad: 0,
+        };
+        dp.snat()
+            .unwrap()
+            .insert(taken, SnatEntry::default(), 0)
+            .unwrap();
+        let port = snat_port(1, POD4, 45_000, CLIENT4, 8080, 6);
+        assert_ne!(port, first);
+
+        let syn = tcp4(POD4, 45_000, CLIENT4, 8080, NODE_INNER_MAC, VTEP_MAC, false);
+        let r = dp.run(Program::Mesh, &from_node(&syn, NODE_IP), 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let want = tcp4(EGRESS4, port, CLIENT4, 8080, LEGACY_MAC, CLIENT_MAC, false);
+        assert_eq!(r.frame, want, "translated, decapsulated, to the host's MAC");
+
+        // The host's answer to the egress address goes back to the pod, through its node.
+        let synack = tcp4(CLIENT4, 8080, EGRESS4, port, CLIENT_MAC, LEGACY_MAC, true);
+        let r = dp.run(Program::Legacy, &synack, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let back = tcp4(CLIENT4, 8080, POD4, 45_000, CLIENT_MAC, LEGACY_MAC, true);
+        let want = vxlan_expected(&back, hash4(CLIENT4, 8080, EGRESS4, port, 6));
+        assert_eq!(r.frame, want, "reverse-translated and encapsulated to the node");
+
+        // The established flow keeps its port.
+        let r = dp.run(Program::Mesh, &from_node(&syn, NODE_IP), 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        assert_eq!(
+            r.frame,
+            tcp4(EGRESS4, port, CLIENT4, 8080, LEGACY_MAC, CLIENT_MAC, false)
+        );
+        assert_eq!(dp.counter(Counter::EgressCreated).unwrap(), 1);
+        assert_eq!(dp.counter(Counter::EgressForwarded).unwrap(), 2);
+        assert_eq!(dp.counter(Counter::EgressReplied).unwrap(), 1);
+
+        // Excluded and uncovered destinations are routed by the kernel, untouched.
+        for dst in [[10, 100, 0, 200], [192, 168, 1, 1]] {
+            let f = from_node(
+                &tcp4(POD4, 45_001, dst, 8080, NODE_INNER_MAC, VTEP_MAC, false),
+                NODE_IP,
+            );
+            let r = dp.run(Program::Mesh, &f, 1).unwrap();
+            expect_action(&dp, &r, action::PASS);
+            assert_eq!(r.frame, f);
+        }
+        // A packet to the egress address that belongs to no flow goes to the kernel.
+        let stray = tcp4(CLIENT4, 8080, EGRESS4, 1234, CLIENT_MAC, LEGACY_MAC, true);
+        let r = dp.run(Program::Legacy, &stray, 1).unwrap();
+        expect_action(&dp, &r, action::PASS);
+        assert_eq!(r.frame, stray);
+        assert_eq!(dp.counter(Counter::EgressCreated).unwrap(), 1);
+    });
+}
+
+#[test]
+fn egress_to_a_host_without_neighbour_entry_is_translated_and_left_to_the_kernel() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        with_egress_rule(&mut dp);
+        // 10.100.0.3 has no neighbour entry: the kernel must resolve it, so the translated,
+        // decapsulated packet is passed up (addressed to the mesh interface) instead of dropped.
+        let syn = tcp4(POD4, 45_002, [10, 100, 0, 3], 80, NODE_INNER_MAC, VTEP_MAC, false);
+        let r = dp.run(Program::Mesh, &from_node(&syn, NODE_IP), 1).unwrap();
+        expect_action(&dp, &r, action::PASS);
+        let port = snat_port(0, POD4, 45_002, [10, 100, 0, 3], 80, 6);
+        let want = tcp4(EGRESS4, port, [10, 100, 0, 3], 80, NODE_NH_MAC, MESH_MAC, false);
+        assert_eq!(r.frame, want);
+        assert_eq!(dp.counter(Counter::EgressCreated).unwrap(), 1);
+    });
+}
+
+#[test]
+fn egress_policy_admits_by_endpoint_identity_and_port_and_drops_the_rest() {
+    use meshgw_common::maps::{PolicyKey, PolicyValue, CFG_F_POLICY, POLICY_ALLOW};
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        with_egress_rule(&mut dp);
+        // The pod is identity 1000, 10.100.0.0/25 identity 70000; the pod may reach it on
+        // TCP 8080 only.
+        let mut ids = dp.identities().unwrap();
+        ids.insert(
+            &meshgw_datapath::identity_key("10.244.1.10/32".parse().unwrap()),
+            1000,
+            0,
+        )
+        .unwrap();
+        ids.insert(
+            &meshgw_datapath::identity_key("10.100.0.0/25".parse().unwrap()),
+            70_000,
+            0,
+        )
+        .unwrap();
+        dp.policy()
+            .unwrap()
+            .insert(
+                PolicyKey {
+                    src: 1000,
+                    dst: 70_000,
+                    dport: 8080u16.to_be(),
+                    proto: 6,
+                    dir: POLICY_EGRESS,
+                },
+                PolicyValue {
+                    verdict: POLICY_ALLOW,
+                },
+                0,
+            )
+            .unwrap();
+        let mut cfg = dp.config().unwrap();
+        cfg.flags |= CFG_F_POLICY;
+        dp.set_config(&cfg).unwrap();
+
+        let ok = tcp4(POD4, 45_010, CLIENT4, 8080, NODE_INNER_MAC, VTEP_MAC, false);
+        let r = dp.run(Program::Mesh, &from_node(&ok, NODE_IP), 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        // An ingress entry with the same identities and port does not open the egress direction.
+        dp.policy()
+            .unwrap()
+            .insert(
+                PolicyKey {
+                    src: 1000,
+                    dst: 70_000,
+                    dport: 22u16.to_be(),
+                    proto: 6,
+                    dir: POLICY_INGRESS,
+                },
+                PolicyValue {
+                    verdict: POLICY_ALLOW,
+                },
+                0,
+            )
+            .unwrap();
+        let ssh = tcp4(POD4, 45_011, CLIENT4, 22, NODE_INNER_MAC, VTEP_MAC, false);
+        let r = dp.run(Program::Mesh, &from_node(&ssh, NODE_IP), 1).unwrap();
+        expect_action(&dp, &r, action::DROP);
+        assert_eq!(dp.counter(Counter::DropPolicyEgress).unwrap(), 1);
+        assert_eq!(dp.counter(Counter::EgressCreated).unwrap(), 1);
+        // The flow without a translation entry left nothing behind.
+        let n = dp.snat().unwrap().iter().filter_map(Result::ok).count();
+        assert_eq!(n, 2, "egress and reply entries of the admitted flow only");
+        // Flows no egress rule covers are checked too: denied -> dropped.
+        let other = tcp4(POD4, 45_012, [192, 168, 1, 1], 22, NODE_INNER_MAC, VTEP_MAC, false);
+        let r = dp.run(Program::Mesh, &from_node(&other, NODE_IP), 1).unwrap();
+        expect_action(&dp, &r, action::DROP);
+        assert_eq!(dp.counter(Counter::DropPolicyEgress).unwrap(), 2);
     });
 }

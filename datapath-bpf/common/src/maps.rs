@@ -28,6 +28,18 @@ pub const CT_MAX: u32 = 524_288;
 pub const MAX_IDENTITY_PREFIXES: u32 = 16_384;
 /// Policy entries.
 pub const MAX_POLICY: u32 = 65_536;
+/// Egress rules, expanded: one entry per (mesh endpoint, destination prefix).
+pub const MAX_EGRESS: u32 = 65_536;
+/// Source-NAT entries of egress flows (both directions count); LRU-evicted when full.
+pub const SNAT_MAX: u32 = 262_144;
+/// Source ports handed out by egress SNAT: `SNAT_PORT_MIN..=SNAT_PORT_MAX`. Above the kernel's
+/// default ephemeral range (32768-60999), so a connection the gateway's own stack opens from an
+/// egress address never shares a port with a translated flow.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// Upper end of the SNAT port range.
+pub const SNAT_PORT_MAX: u16 = 65_535;
+/// How many ports a new egress flow tries before it is dropped (`drop_egress_ports`).
+pub const SNAT_PORT_TRIES: u32 = 8;
 
 /// In a [`PolicyKey`], any source identity, or any port and protocol.
 pub const ID_ANY: u32 = 0;
@@ -37,6 +49,11 @@ pub const ID_WORLD: u32 = 2;
 pub const PROTO_ANY: u8 = 0;
 /// [`PolicyValue`]: allowed.
 pub const POLICY_ALLOW: u32 = 1;
+/// [`PolicyKey::dir`]: legacy host -> mesh endpoint (`src` is the legacy identity).
+pub const POLICY_INGRESS: u8 = 0;
+/// [`PolicyKey::dir`]: mesh endpoint -> legacy host (`src` is the endpoint's identity, `dst` the
+/// legacy host's, and the wildcard is on `dst`).
+pub const POLICY_EGRESS: u8 = 1;
 
 /// Map names as they appear in the object file and as file names under the bpffs pin directory.
 pub mod names {
@@ -61,9 +78,15 @@ pub mod names {
     pub const IDENTITIES: &str = "MGW_IDENTITIES";
     /// [`super::PolicyKey`] -> [`super::PolicyValue`].
     pub const POLICY: &str = "MGW_POLICY";
+    /// LPM trie: [`super::EgressKey`] (source exact, destination prefix) -> [`super::EgressValue`].
+    pub const EGRESS: &str = "MGW_EGRESS";
+    /// [`super::CtKey`] (dir [`super::CT_DIR_EGRESS`] or [`super::CT_DIR_EGRESS_REPLY`]) ->
+    /// [`super::SnatEntry`] (LRU).
+    pub const SNAT: &str = "MGW_SNAT";
     /// Every map the programs use, for pinning.
-    pub const ALL: [&str; 10] = [
-        CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY,
+    pub const ALL: [&str; 12] = [
+        CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY, EGRESS,
+        SNAT,
     ];
 }
 
@@ -108,6 +131,10 @@ pub const CFG_F_ENABLED: u16 = 1;
 /// Policy is enforced: new flows need an allow entry in `MGW_POLICY`. Without it no policy
 /// lookup is made at all.
 pub const CFG_F_POLICY: u16 = 2;
+/// Egress rules exist: the mesh program looks up `MGW_EGRESS` for new flows from endpoints, and
+/// the legacy program looks up `MGW_SNAT` for packets that are not for a VIP. Without it neither
+/// lookup is made.
+pub const CFG_F_EGRESS: u16 = 4;
 
 /// A policy entry: (source identity, destination identity, destination port, protocol). The
 /// datapath tries, in order, the exact key, any port of that protocol... see the lookup order in
@@ -123,8 +150,8 @@ pub struct PolicyKey {
     pub dport: u16,
     /// IP protocol, or [`PROTO_ANY`].
     pub proto: u8,
-    /// Padding, always zero.
-    pub _pad: u8,
+    /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`].
+    pub dir: u8,
 }
 
 /// A policy verdict.
@@ -252,6 +279,11 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
+/// Direction tag of a source-NAT key: endpoint -> legacy host, as seen inside VXLAN.
+pub const CT_DIR_EGRESS: u8 = 2;
+/// Direction tag of a source-NAT key: legacy host -> egress address, the reply of an egress flow.
+pub const CT_DIR_EGRESS_REPLY: u8 = 3;
+
 /// The TCP flow saw a FIN or RST: user space expires it early.
 pub const CT_F_CLOSING: u32 = 1;
 
@@ -289,6 +321,68 @@ pub struct CtEntry {
     pub src_identity: u32,
 }
 
+/// An egress rule entry's key: the endpoint's address exactly, then the destination prefix. The
+/// LPM prefix length is 128 + the destination's (IPv4-mapped: + 96 for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EgressKey {
+    /// The mesh endpoint (pod) address.
+    pub src: [u8; 16],
+    /// The destination prefix's address.
+    pub dst: [u8; 16],
+}
+
+/// The rule matched: the packet is routed through the gateway, not translated.
+pub const EGRESS_F_EXCLUDED: u32 = 1;
+
+/// What an egress rule gives a matching flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressValue {
+    /// The source address to translate to (IPv4-mapped for IPv4).
+    pub egress_ip: [u8; 16],
+    /// [`EGRESS_F_EXCLUDED`].
+    pub flags: u32,
+    /// The rule's index in the configuration, for flow records and status.
+    pub rule: u32,
+}
+
+/// A source-NAT entry. An [`CT_DIR_EGRESS`] entry (endpoint -> host) holds the translated source;
+/// an [`CT_DIR_EGRESS_REPLY`] entry (host -> egress address) holds the endpoint to restore and
+/// the node to tunnel the reply to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatEntry {
+    /// `bpf_ktime_get_ns` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+    /// Packets seen in this direction.
+    pub packets: u64,
+    /// Bytes seen in this direction (L3 length).
+    pub bytes: u64,
+    /// Egress: the egress address. Reply: the endpoint's address.
+    pub addr: [u8; 16],
+    /// Egress: the translated source port. Reply: the endpoint's port. Network order.
+    pub port: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
+    /// Reply: the node hosting the endpoint, outer IPv4 destination, network order.
+    pub node_ip: [u8; 4],
+    /// Reply: the inner destination MAC towards that node (the node's VXLAN device).
+    pub node_mac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad2: [u8; 2],
+    /// [`CT_F_CLOSING`].
+    pub flags: u32,
+    /// The endpoint's security identity when the flow was admitted (0 without policy).
+    pub src_identity: u32,
+    /// The legacy destination's identity when the flow was admitted (0 without policy).
+    pub dst_identity: u32,
+    /// The egress rule's index.
+    pub rule: u32,
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -305,6 +399,9 @@ assert_size!(CtKey, 40);
 assert_size!(CtEntry, 80);
 assert_size!(PolicyKey, 12);
 assert_size!(PolicyValue, 4);
+assert_size!(EgressKey, 32);
+assert_size!(EgressValue, 24);
+assert_size!(SnatEntry, 80);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -322,6 +419,9 @@ mod pod {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for EgressKey {}
+    unsafe impl aya::Pod for EgressValue {}
+    unsafe impl aya::Pod for SnatEntry {}
 }
 
 /// Stores an IPv4 address as IPv4-mapped IPv6 bytes.

@@ -42,6 +42,17 @@ pub enum Counter {
     DropPolicy = 17,
     /// New flows a policy allowed (only counted while policy is enforced).
     PolicyAllowed = 18,
+    /// New egress flows (endpoint -> legacy host) given a source port on an egress address.
+    EgressCreated = 19,
+    /// Egress packets translated, decapsulated and redirected to the legacy side.
+    EgressForwarded = 20,
+    /// Replies to egress flows translated back, encapsulated and redirected to the mesh.
+    EgressReplied = 21,
+    /// Dropped: no free source port on the egress address for a new flow.
+    DropEgressPorts = 22,
+    /// Dropped: the first packet of an endpoint's flow to the legacy network was denied by
+    /// policy (egress direction).
+    DropPolicyEgress = 23,
 }
 
 /// Slots in the counters array: room to grow, so that a release adding counters reuses the
@@ -49,7 +60,7 @@ pub enum Counter {
 pub const COUNTER_SLOTS: u32 = 64;
 
 /// Counters defined by this release.
-pub const COUNTER_COUNT: usize = 19;
+pub const COUNTER_COUNT: usize = 24;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -73,6 +84,11 @@ impl Counter {
         Counter::DropTooBig,
         Counter::DropPolicy,
         Counter::PolicyAllowed,
+        Counter::EgressCreated,
+        Counter::EgressForwarded,
+        Counter::EgressReplied,
+        Counter::DropEgressPorts,
+        Counter::DropPolicyEgress,
     ];
 
     /// A stable snake_case name, for status output and metrics.
@@ -97,6 +113,11 @@ impl Counter {
             Counter::DropTooBig => "drop_too_big",
             Counter::DropPolicy => "drop_policy",
             Counter::PolicyAllowed => "policy_allowed",
+            Counter::EgressCreated => "egress_created",
+            Counter::EgressForwarded => "egress_forwarded",
+            Counter::EgressReplied => "egress_replied",
+            Counter::DropEgressPorts => "drop_egress_ports",
+            Counter::DropPolicyEgress => "drop_policy_egress",
         }
     }
 }

@@ -4,13 +4,16 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use meshgw_common::encap::{EncapParams, BLOCK_LEN};
 use meshgw_common::hash::{flow_hash, vxlan_source_port};
-use meshgw_common::maps::{v4_mapped, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4};
+use meshgw_common::maps::{
+    v4_mapped, GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
+};
 use meshgw_common::parse::{
     load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use meshgw_common::stats::Counter;
 
 use crate::ct;
+use crate::egress;
 use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
 use crate::encap::encapsulate;
 use crate::fib::{self, Fib};
@@ -39,26 +42,44 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if f.proto != IPPROTO_TCP && f.proto != IPPROTO_UDP {
         return pass(Counter::LegacyPass);
     }
-    let Some(svc) = lookup::service(f) else {
-        return pass(Counter::LegacyPass);
-    };
-    if f.fragment {
-        return pass(Counter::Fragment);
-    }
-    if svc.backend_count == 0 {
-        return drop(Counter::DropNoBackend);
-    }
-    let Some(macs) = load::<[u8; 12], _>(&XdpPacket { ctx }, 0) else {
-        return pass(Counter::Malformed);
-    };
-    s.l2.local_mac.copy_from_slice(&macs[0..6]);
-    s.l2.peer_mac.copy_from_slice(&macs[6..12]);
     let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-    match ct::backend_for(s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
-        ct::Admit::Backend => {}
-        ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
-        ct::Admit::Denied => return drop(Counter::DropPolicy),
-    }
+    let done = match lookup::service(f) {
+        Some(svc) => {
+            if f.fragment {
+                return pass(Counter::Fragment);
+            }
+            if svc.backend_count == 0 {
+                return drop(Counter::DropNoBackend);
+            }
+            let Some(macs) = load::<[u8; 12], _>(&XdpPacket { ctx }, 0) else {
+                return pass(Counter::Malformed);
+            };
+            s.l2.local_mac.copy_from_slice(&macs[0..6]);
+            s.l2.peer_mac.copy_from_slice(&macs[6..12]);
+            match ct::backend_for(s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
+                ct::Admit::Backend => {}
+                ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
+                ct::Admit::Denied => return drop(Counter::DropPolicy),
+            }
+            Counter::VipForwarded
+        }
+        // Not for a VIP: the reply of an egress flow goes back to its endpoint the same way.
+        None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => Counter::EgressReplied,
+        None => return pass(Counter::LegacyPass),
+    };
+    tunnel_to_backend(ctx, s, cfg, hash, done)
+}
+
+/// Sends the packet in `s.flow` to `s.backend`: DNAT to the backend's address and port, VXLAN
+/// towards its node, redirect to the mesh interface; `done` counts a packet that left.
+#[inline(always)]
+pub fn tunnel_to_backend(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    cfg: &GatewayConfig,
+    hash: u32,
+    done: Counter,
+) -> u32 {
     let f = &s.flow;
     let b = s.backend;
     if b.family != f.family {
@@ -102,6 +123,6 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if encapsulate(ctx, s).is_none() {
         return drop(Counter::DropHeadroom);
     }
-    count(Counter::VipForwarded);
+    count(done);
     DEVMAP.redirect(DEV_MESH, 0).unwrap_or(xdp_action::XDP_DROP)
 }

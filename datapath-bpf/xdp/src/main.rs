@@ -2,16 +2,20 @@
 //! - `meshgw_legacy` (legacy interface): VIP lookup, backend selection (connection tracking, then
 //!   Maglev), DNAT, VXLAN encapsulation, redirect to the mesh interface.
 //! - `meshgw_mesh` (mesh interface): VXLAN from known nodes carrying replies of tracked flows is
-//!   reverse-NATed, decapsulated and redirected to the legacy interface.
+//!   reverse-NATed, decapsulated and redirected to the legacy interface; endpoints' own flows to
+//!   the legacy network are source-NATed by egress rules and checked by policy.
 //!
 //! Everything else is `XDP_PASS`: the kernel stays the slow path and the final judge of validity.
 //! Stages live in their own modules, as in Cilium's `bpf/`: parsing and rewriting (pure, in
-//! `meshgw-common`), [`ct`] and [`lookup`], [`policy`], [`encap`], [`fib`].
+//! `meshgw-common`), [`ct`] and [`lookup`], [`policy`], [`encap`] and [`decap`], [`egress`] (source NAT
+//! towards the legacy network), [`fib`].
 #![no_std]
 #![no_main]
 
 mod ct;
 mod ctx;
+mod decap;
+mod egress;
 mod encap;
 mod fib;
 mod legacy;

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use meshgw_common::encap::{EncapParams, BLOCK_LEN};
 use meshgw_common::maps::{
-    BackendValue, CtEntry, CtKey, GatewayConfig, MaglevTable, NodeKey, NodeValue, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, CT_MAX, MAX_BACKENDS, MAX_IDENTITY_PREFIXES,
-    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES,
+    BackendValue, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable, NodeKey,
+    NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry, CT_MAX, MAX_BACKENDS,
+    MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
@@ -50,6 +50,13 @@ pub static IDENTITIES: LpmTrie<[u8; 16], u32> =
 pub static POLICY: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(MAX_POLICY, BPF_F_NO_PREALLOC);
 
+#[map(name = "MGW_EGRESS")]
+pub static EGRESS: LpmTrie<EgressKey, EgressValue> =
+    LpmTrie::with_max_entries(MAX_EGRESS, BPF_F_NO_PREALLOC);
+
+#[map(name = "MGW_SNAT")]
+pub static SNAT: LruHashMap<CtKey, SnatEntry> = LruHashMap::with_max_entries(SNAT_MAX, 0);
+
 #[map(name = "MGW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -74,6 +81,15 @@ pub struct Scratch {
     pub l2: ClientL2,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
+    /// A source-NAT entry being created.
+    pub snat: SnatEntry,
+    /// Egress: the translated source address and port (network order).
+    pub nat_addr: [u8; 16],
+    pub nat_port: u16,
+    /// Egress: a connection-tracking key being looked up or inserted.
+    pub ct_key: CtKey,
+    /// Egress: the rule lookup's key.
+    pub egress_key: aya_ebpf::maps::lpm_trie::Key<EgressKey>,
 }
 
 #[map(name = "MGW_SCRATCH")]

@@ -3,23 +3,22 @@
 //! else (untracked VXLAN, traffic for the gateway itself) goes to the kernel, whose VXLAN device
 //! and routes are the slow path.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
-    EbpfContext,
-};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use meshgw_common::encap::vxlan_vni;
-use meshgw_common::maps::{CtKey, NodeKey, CFG_F_ENABLED, CT_DIR_REVERSE, DEV_LEGACY, FAMILY_V4};
-use meshgw_common::parse::{
-    load, store, Kind, Side, ETH_LEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
-    VLAN_LEN,
+use meshgw_common::maps::{
+    CtKey, NodeKey, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, CT_DIR_REVERSE, DEV_LEGACY,
+    FAMILY_V4,
 };
+use meshgw_common::parse::{load, Kind, Side, IPPROTO_TCP, IPPROTO_UDP};
 use meshgw_common::stats::Counter;
 
 use crate::ct::{self, CT_F_VLAN};
 use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
+use crate::decap::{decapsulate, L2};
+use crate::egress;
 use crate::fib::{self, Fib};
 use crate::maps::{with_scratch, Scratch, CONFIG, CT, DEVMAP, NODES};
-use crate::stats::{count, pass};
+use crate::stats::{count, drop, pass};
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
@@ -74,7 +73,34 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         ..ct::forward_key(inner)
     };
     let Some(e) = CT.get_ptr_mut(&key) else {
-        return pass(Counter::MeshPass);
+        // Not a reply: a new or established flow from an endpoint to the legacy network.
+        if cfg.flags & (CFG_F_EGRESS | CFG_F_POLICY) == 0 {
+            return pass(Counter::MeshPass);
+        }
+        let direct = match egress::from_endpoint(ctx, s) {
+            egress::Out::Verdict(v) => return v,
+            egress::Out::Direct => true,
+            egress::Out::Kernel => false,
+        };
+        if !rewrite_frame(ctx, &s.inner, Side::Source, &s.nat_addr, s.nat_port) {
+            return pass(Counter::Malformed);
+        }
+        let l2 = L2 {
+            dmac: s.fib.dmac,
+            smac: s.fib.smac,
+            vlan: None,
+            v4: true,
+        };
+        if decapsulate(ctx, s.inner.l3_off, &l2).is_none() {
+            return drop(Counter::DropHeadroom);
+        }
+        count(Counter::EgressForwarded);
+        if !direct {
+            return xdp_action::XDP_PASS;
+        }
+        return DEVMAP
+            .redirect(DEV_LEGACY, 0)
+            .unwrap_or(xdp_action::XDP_DROP);
     };
     // SAFETY: live map value; copied out field by field below.
     let (nat_addr, nat_port, flags, vlan_tci, peer_mac, local_mac) = unsafe {
@@ -113,34 +139,13 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if !rewrite_frame(ctx, inner, Side::Source, &nat_addr, nat_port) {
         return pass(Counter::Malformed);
     }
-    let l2_len = if tagged { ETH_LEN + VLAN_LEN } else { ETH_LEN };
-    let l3_off = inner.l3_off;
-    if l3_off < l2_len || l3_off > 512 {
-        return pass(Counter::Malformed);
-    }
-    let shrink = (l3_off - l2_len) as i32;
-    // SAFETY: moves `data` forward within the packet; re-read through a fresh XdpPacket.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, shrink) } != 0 {
-        count(Counter::DropHeadroom);
-        return xdp_action::XDP_DROP;
-    }
-    let pkt = XdpPacket { ctx };
-    let ethertype = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    let mut l2 = [0u8; 18];
-    l2[0..6].copy_from_slice(&dmac);
-    l2[6..12].copy_from_slice(&smac);
-    let written = if tagged {
-        l2[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
-        l2[14..16].copy_from_slice(&vlan_tci.to_be_bytes());
-        l2[16..18].copy_from_slice(&ethertype.to_be_bytes());
-        store(&pkt, 0, l2)
-    } else {
-        l2[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        let mut l2u = [0u8; 14];
-        l2u.copy_from_slice(&l2[0..14]);
-        store(&pkt, 0, l2u)
+    let l2 = L2 {
+        dmac,
+        smac,
+        vlan: if tagged { Some(vlan_tci) } else { None },
+        v4,
     };
-    if written.is_none() {
+    if decapsulate(ctx, inner.l3_off, &l2).is_none() {
         count(Counter::DropHeadroom);
         return xdp_action::XDP_DROP;
     }

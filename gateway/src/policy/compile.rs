@@ -68,7 +68,7 @@ fn key(src: u32, dst: u32, p: PortSpec) -> Vec<PolicyKey> {
         dst,
         dport: p.port.to_be(),
         proto,
-        _pad: 0,
+        dir: 0,
     };
     match (p.port, p.proto) {
         (0, _) => vec![PolicyKey {

@@ -61,7 +61,7 @@ fn l3_rule_admits_only_the_labelled_source_on_every_port() {
         dst,
         dport: 0,
         proto: PROTO_ANY,
-        _pad: 0,
+        dir: 0,
     }]
     .into();
     assert_eq!(c.entries, want);
@@ -109,7 +109,7 @@ spec:
             dst,
             dport: 8080u16.to_be(),
             proto: 6,
-            _pad: 0
+            dir: 0
         }));
         assert!(!c
             .entries
@@ -124,7 +124,7 @@ spec:
             dst,
             dport: 5353u16.to_be(),
             proto,
-            _pad: 0
+            dir: 0
         }));
     }
     assert!(!c.entries.iter().any(|k| k.src == ID_WORLD));
@@ -147,7 +147,7 @@ fn without_policies_every_backend_is_open_and_nothing_is_enforced() {
         dst,
         dport: 0,
         proto: PROTO_ANY,
-        _pad: 0
+        dir: 0
     }));
 }
 

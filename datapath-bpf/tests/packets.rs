@@ -731,7 +731,10 @@ fn egress_flow_is_source_natted_out_and_its_reply_tunnelled_back_to_the_pod() {
         expect_action(&dp, &r, action::REDIRECT);
         let back = tcp4(CLIENT4, 8080, POD4, 45_000, CLIENT_MAC, LEGACY_MAC, true);
         let want = vxlan_expected(&back, hash4(CLIENT4, 8080, EGRESS4, port, 6));
-        assert_eq!(r.frame, want, "reverse-translated and encapsulated to the node");
+        assert_eq!(
+            r.frame, want,
+            "reverse-translated and encapsulated to the node"
+        );
 
         // The established flow keeps its port.
         let r = dp.run(Program::Mesh, &from_node(&syn, NODE_IP), 1).unwrap();
@@ -771,11 +774,27 @@ fn egress_to_a_host_without_neighbour_entry_is_translated_and_left_to_the_kernel
         with_egress_rule(&mut dp);
         // 10.100.0.3 has no neighbour entry: the kernel must resolve it, so the translated,
         // decapsulated packet is passed up (addressed to the mesh interface) instead of dropped.
-        let syn = tcp4(POD4, 45_002, [10, 100, 0, 3], 80, NODE_INNER_MAC, VTEP_MAC, false);
+        let syn = tcp4(
+            POD4,
+            45_002,
+            [10, 100, 0, 3],
+            80,
+            NODE_INNER_MAC,
+            VTEP_MAC,
+            false,
+        );
         let r = dp.run(Program::Mesh, &from_node(&syn, NODE_IP), 1).unwrap();
         expect_action(&dp, &r, action::PASS);
         let port = snat_port(0, POD4, 45_002, [10, 100, 0, 3], 80, 6);
-        let want = tcp4(EGRESS4, port, [10, 100, 0, 3], 80, NODE_NH_MAC, MESH_MAC, false);
+        let want = tcp4(
+            EGRESS4,
+            port,
+            [10, 100, 0, 3],
+            80,
+            NODE_NH_MAC,
+            MESH_MAC,
+            false,
+        );
         assert_eq!(r.frame, want);
         assert_eq!(dp.counter(Counter::EgressCreated).unwrap(), 1);
     });
@@ -852,8 +871,18 @@ fn egress_policy_admits_by_endpoint_identity_and_port_and_drops_the_rest() {
         let n = dp.snat().unwrap().iter().filter_map(Result::ok).count();
         assert_eq!(n, 2, "egress and reply entries of the admitted flow only");
         // Flows no egress rule covers are checked too: denied -> dropped.
-        let other = tcp4(POD4, 45_012, [192, 168, 1, 1], 22, NODE_INNER_MAC, VTEP_MAC, false);
-        let r = dp.run(Program::Mesh, &from_node(&other, NODE_IP), 1).unwrap();
+        let other = tcp4(
+            POD4,
+            45_012,
+            [192, 168, 1, 1],
+            22,
+            NODE_INNER_MAC,
+            VTEP_MAC,
+            false,
+        );
+        let r = dp
+            .run(Program::Mesh, &from_node(&other, NODE_IP), 1)
+            .unwrap();
         expect_action(&dp, &r, action::DROP);
         assert_eq!(dp.counter(Counter::DropPolicyEgress).unwrap(), 2);
     });

@@ -39,6 +39,27 @@ pub struct Config {
     pub legacy_prefixes: Vec<LegacyPrefix>,
     /// `[policy].files`: CiliumNetworkPolicy YAML files (globs allowed).
     pub policy_files: Vec<String>,
+    /// `[[egress]]` rules.
+    pub egress: Vec<EgressRule>,
+}
+
+/// `[[egress]]`: endpoints selected by their labels (and namespace) reach the destination
+/// prefixes through the gateway with `egress_ip` as their source, as Cilium's egress gateway
+/// does. IPv4 only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressRule {
+    /// Name (status, flow records).
+    pub name: String,
+    /// Only endpoints of this namespace (any namespace if unset).
+    pub namespace: Option<String>,
+    /// Labels an endpoint must all carry (empty: every endpoint).
+    pub pod_labels: BTreeMap<String, String>,
+    /// Destinations translated.
+    pub destination_cidrs: Vec<IpNet>,
+    /// Destinations inside those that are routed untranslated.
+    pub excluded_cidrs: Vec<IpNet>,
+    /// The source address the flows leave with (inside `[vips].pool`).
+    pub egress_ip: Ipv4Addr,
 }
 
 /// `[[legacy_prefix]]`: the labels (and so the security identity) of legacy sources in a prefix.
@@ -330,6 +351,22 @@ mod raw {
         #[serde(default)]
         pub legacy_prefix: Vec<LegacyPrefix>,
         pub policy: Option<Policy>,
+        #[serde(default)]
+        pub egress: Vec<Egress>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Egress {
+        pub name: String,
+        pub namespace: Option<String>,
+        #[serde(default)]
+        pub pod_labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub destination_cidrs: Vec<String>,
+        #[serde(default)]
+        pub excluded_cidrs: Vec<String>,
+        pub egress_ip: String,
     }
 
     #[derive(Deserialize)]

@@ -118,6 +118,8 @@ pub struct Desired {
     pub policy: BTreeSet<meshgw_common::maps::PolicyKey>,
     /// Whether policy is enforced at all (some policy is loaded).
     pub policy_enforced: bool,
+    /// Egress rules by (endpoint, destination prefix).
+    pub egress: BTreeMap<(IpAddr, IpNet), crate::egress::EgressEntry>,
 }
 
 /// Computes the desired state. `default_mac` is the inner MAC for nodes without one (Cilium's
@@ -234,6 +236,7 @@ mod tests {
             &cat.vip_requests(),
             &VipState::default(),
             false,
+            &BTreeSet::new(),
         );
         let d = compute(&cat, &alloc, [2, 0, 0, 0, 0, 1]);
         let dsts: Vec<_> = d.routes.iter().map(|r| r.dst).collect();
@@ -269,6 +272,7 @@ mod tests {
             &cat.vip_requests(),
             &VipState::default(),
             false,
+            &BTreeSet::new(),
         );
         compute(&cat, &alloc, [2, 0, 0, 0, 0, 1])
     }
@@ -333,6 +337,7 @@ mod tests {
             &cat.vip_requests(),
             &VipState::default(),
             false,
+            &BTreeSet::new(),
         );
         let d = compute(&cat, &alloc, [0; 6]);
         assert!(!d.problems.is_empty());

@@ -10,6 +10,7 @@ mod config;
 mod daemon;
 mod desired;
 mod dns;
+mod egress;
 mod lb;
 mod netlink;
 mod policy;

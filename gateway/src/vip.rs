@@ -104,9 +104,11 @@ pub fn allocate(
     requests: &BTreeMap<(ServiceName, bool), Request>,
     prev: &VipState,
     reserve_absent: bool,
+    reserved: &BTreeSet<IpAddr>,
 ) -> Allocation {
     let mut out = Allocation::default();
-    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
+    // Addresses of the pool with another use (egress addresses) are never handed out.
+    let mut taken: BTreeSet<IpAddr> = reserved.clone();
     if reserve_absent {
         let requested: BTreeSet<String> = requests.keys().map(|(s, _)| s.to_string()).collect();
         for (svc, ips) in &prev.assigned {
@@ -125,7 +127,11 @@ pub fn allocate(
                 out.failures.push((
                     key.0.clone(),
                     key.1,
-                    format!("{ip} is pinned by another service"),
+                    if reserved.contains(ip) {
+                        format!("{ip} is an egress address")
+                    } else {
+                        format!("{ip} is pinned by another service")
+                    },
                 ));
             }
         }
@@ -220,7 +226,7 @@ mod tests {
             .insert("default/b".into(), vec!["10.0.0.2".parse().unwrap()]);
         let mut req = BTreeMap::new();
         req.insert((svc("c"), false), Request::Auto);
-        let warm = allocate(&pool, &req, &prev, true);
+        let warm = allocate(&pool, &req, &prev, true, &BTreeSet::new());
         assert!(warm.vips.is_empty(), "{warm:?}");
         assert_eq!(warm.failures.len(), 1);
         assert_eq!(
@@ -228,11 +234,11 @@ mod tests {
             prev,
             "the reserved VIPs stay in the persisted state"
         );
-        let cold = allocate(&pool, &req, &prev, false);
+        let cold = allocate(&pool, &req, &prev, false, &BTreeSet::new());
         assert_eq!(cold.vips.len(), 1);
         // A service that is present keeps its own VIP either way.
         req.insert((svc("a"), false), Request::Auto);
-        let warm = allocate(&pool, &req, &prev, true);
+        let warm = allocate(&pool, &req, &prev, true, &BTreeSet::new());
         assert_eq!(
             warm.vips.get(&(svc("a"), false)),
             Some(&"10.0.0.1".parse().unwrap())
@@ -264,7 +270,7 @@ mod tests {
             (svc("b"), false),
             Request::Static("10.200.0.5".parse().unwrap()),
         );
-        let a = allocate(&pool(), &r, &VipState::default(), false);
+        let a = allocate(&pool(), &r, &VipState::default(), false, &BTreeSet::new());
         assert_eq!(
             a.vips.get(&(svc("a"), false)),
             Some(&"10.200.0.5".parse().unwrap())
@@ -278,8 +284,8 @@ mod tests {
         for n in ["a", "b", "c", "d", "e", "f"] {
             r.insert((svc(n), false), Request::Auto);
         }
-        let a1 = allocate(&pool(), &r, &VipState::default(), false);
-        let a2 = allocate(&pool(), &r, &VipState::default(), false);
+        let a1 = allocate(&pool(), &r, &VipState::default(), false, &BTreeSet::new());
+        let a2 = allocate(&pool(), &r, &VipState::default(), false, &BTreeSet::new());
         assert_eq!(a1, a2);
         // A /29 has six usable addresses: all six services fit, none got .0 or .7.
         assert!(a1.failures.is_empty(), "{:?}", a1.failures);
@@ -297,7 +303,7 @@ mod tests {
         for i in 0..8 {
             r.insert((svc(&format!("s{i}")), false), Request::Auto);
         }
-        let a = allocate(&pool(), &r, &VipState::default(), false);
+        let a = allocate(&pool(), &r, &VipState::default(), false, &BTreeSet::new());
         assert_eq!(a.vips.len(), 6);
         assert_eq!(a.failures.len(), 2);
     }
@@ -306,14 +312,14 @@ mod tests {
     fn previous_assignment_is_kept_even_when_new_services_arrive_first() {
         let mut r = BTreeMap::new();
         r.insert((svc("web"), false), Request::Auto);
-        let first = allocate(&pool(), &r, &VipState::default(), false);
+        let first = allocate(&pool(), &r, &VipState::default(), false, &BTreeSet::new());
         let web_ip = first.vips[&(svc("web"), false)];
         // New services sort before "web" and would probe into its address without the state.
         let mut r2 = r.clone();
         for n in ["a", "b", "c", "d"] {
             r2.insert((svc(n), false), Request::Auto);
         }
-        let second = allocate(&pool(), &r2, &first.state(), false);
+        let second = allocate(&pool(), &r2, &first.state(), false, &BTreeSet::new());
         assert_eq!(second.vips[&(svc("web"), false)], web_ip);
     }
 
@@ -321,7 +327,7 @@ mod tests {
     fn ipv6_from_ipv6_ranges_only() {
         let mut r = BTreeMap::new();
         r.insert((svc("a"), true), Request::Auto);
-        let a = allocate(&pool(), &r, &VipState::default(), false);
+        let a = allocate(&pool(), &r, &VipState::default(), false, &BTreeSet::new());
         assert!(a.vips[&(svc("a"), true)].is_ipv6());
     }
 
@@ -338,5 +344,19 @@ mod tests {
         std::fs::write(&p, b"{not json").unwrap();
         assert_eq!(VipState::load(&p), VipState::default());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reserved_addresses_are_never_handed_out() {
+        let r: BTreeMap<(ServiceName, bool), Request> = (0..20)
+            .map(|i| ((svc(&format!("s{i}")), false), Request::Auto))
+            .collect();
+        let pool: Vec<IpNet> = vec!["10.9.0.0/27".parse().unwrap()];
+        let free = allocate(&pool, &r, &VipState::default(), false, &BTreeSet::new());
+        // Reserve exactly the addresses the unreserved run handed out to the first 5 services.
+        let reserved: BTreeSet<IpAddr> = free.vips.values().take(5).copied().collect();
+        let a = allocate(&pool, &r, &VipState::default(), false, &reserved);
+        assert_eq!(a.vips.len(), 20);
+        assert!(a.vips.values().all(|ip| !reserved.contains(ip)));
     }
 }

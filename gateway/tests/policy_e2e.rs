@@ -32,16 +32,6 @@ fn http_from(lab: &Lab, src: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn counter(lab: &Lab, name: &str) -> u64 {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshgw"))
-        .args(["status", "--json", "--config"])
-        .arg(&lab.config)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["counters"][name].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn l3_rule_admits_the_good_client_and_drops_the_other() {
     let mut lab = Lab::up("policy");
@@ -88,13 +78,13 @@ fn l3_rule_admits_the_good_client_and_drops_the_other() {
         "client=good reaches run=nginx; log:\n{}",
         lab.log_tail(30)
     );
-    let before = counter(&lab, "drop_policy");
+    let before = lab.counter("drop_policy");
     assert_eq!(
         http_from(&lab, "10.100.0.3"),
         None,
         "the unlabelled host is dropped"
     );
-    let after = counter(&lab, "drop_policy");
+    let after = lab.counter("drop_policy");
     assert!(after > before, "the drop is counted ({before} -> {after})");
 
     // A held allowed connection survives a reload that removes the permission; new ones from

@@ -11,6 +11,8 @@ use toml_edit::ImDocument;
 use super::position::{problem, KeyPath};
 use super::*;
 
+mod egress;
+
 struct Ctx<'a> {
     text: &'a str,
     doc: Option<ImDocument<&'a str>>,
@@ -703,6 +705,7 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
             ),
         }
     }
+    let egress = egress::validate(&mut c, &f.egress, &pool, &static_vips);
     let policy_files = f.policy.map(|p| p.files).unwrap_or_default();
     for (n, pat) in policy_files.iter().enumerate() {
         if let Err(e) = glob::Pattern::new(pat) {
@@ -746,5 +749,6 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         dns,
         legacy_prefixes,
         policy_files,
+        egress,
     })
 }

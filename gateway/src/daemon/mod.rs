@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use meshgw_common::maps::{GatewayConfig, CFG_F_ENABLED, CFG_F_POLICY};
+use meshgw_common::maps::{GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY};
 use meshgw_datapath::{AttachMode, Datapath, Program};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -216,6 +216,10 @@ impl Daemon {
         sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
         // IPv6 VIPs are answered through proxy NDP on the legacy side.
         sysctl::set(&format!("net/ipv6/conf/{}/proxy_ndp", legacy.name), "1")?;
+        // An egress flow's first packet to a host without a neighbour entry is handed to the
+        // kernel already translated (its source is an egress address, one of ours) to have the
+        // neighbour resolved: the mesh side must accept a local source address for that.
+        sysctl::set(&format!("net/ipv4/conf/{}/accept_local", mesh.name), "1")?;
         let spec = meshgw_tunnel::vxlan::VxlanSpec {
             name: cfg.mesh.vxlan_device.clone(),
             port: cfg.mesh.vxlan_port,
@@ -295,7 +299,14 @@ impl Daemon {
         let held = self
             .vip_state
             .get_or_insert_with(|| VipState::load(&state_path));
-        let alloc = vip::allocate(&self.cfg.vips.pool, &cat.vip_requests(), held, warming);
+        let egress = crate::egress::compile(&self.cfg.egress, &cat);
+        let alloc = vip::allocate(
+            &self.cfg.vips.pool,
+            &cat.vip_requests(),
+            held,
+            warming,
+            &egress.addresses,
+        );
         let now_held = alloc.state();
         if now_held != *held {
             match now_held.save(&state_path) {
@@ -322,6 +333,9 @@ impl Daemon {
         d.identities = compiled.prefixes;
         d.policy = compiled.entries;
         d.policy_enforced = compiled.enforced;
+        // Egress addresses are owned and announced like VIPs (they are inside the pool).
+        d.vips.extend(egress.addresses.iter().copied());
+        d.egress = egress.entries;
         d.problems.extend(notes);
         d.problems.extend(self.names.update(&cat, &alloc));
         d.problems.extend(self.names.error.clone());
@@ -348,7 +362,9 @@ impl Daemon {
             mesh_ip: self.mesh_ip.octets(),
             vni: self.cfg.gateway.identity,
             vxlan_port: self.cfg.mesh.vxlan_port.to_be(),
-            flags: CFG_F_ENABLED | if d.policy_enforced { CFG_F_POLICY } else { 0 },
+            flags: CFG_F_ENABLED
+                | if d.policy_enforced { CFG_F_POLICY } else { 0 }
+                | if d.egress.is_empty() { 0 } else { CFG_F_EGRESS },
             mesh_ifindex: self.dev.mesh,
             legacy_ifindex: self.dev.legacy,
             vtep_mac: self.vtep_mac,

@@ -61,6 +61,7 @@ struct Metadata {
 struct Spec {
     endpoint_selector: Selector,
     ingress: Option<Vec<IngressRule>>,
+    egress: Option<Vec<EgressRule>>,
     #[serde(default, rename = "description")]
     _description: Option<IgnoredAny>,
 }
@@ -80,6 +81,16 @@ struct IngressRule {
     from_endpoints: Option<Vec<Selector>>,
     #[serde(rename = "fromCIDR")]
     from_cidr: Option<Vec<String>>,
+    #[serde(default)]
+    to_ports: Vec<PortRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EgressRule {
+    to_endpoints: Option<Vec<Selector>>,
+    #[serde(rename = "toCIDR")]
+    to_cidr: Option<Vec<String>>,
     #[serde(default)]
     to_ports: Vec<PortRule>,
 }
@@ -125,26 +136,27 @@ pub struct PortSpec {
     pub proto: Proto,
 }
 
-/// Where an ingress rule admits traffic from.
+/// The other side of a rule: where an ingress rule admits traffic from, or where an egress rule
+/// lets it go. At the gateway the other side of a selected endpoint is always the legacy network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peers {
-    /// The rule names no source: every source.
+    /// The rule names no peer: every peer.
     Any,
-    /// Endpoints matching any of the selectors, or addresses in any of the prefixes.
+    /// Legacy hosts matching any of the selectors, or addresses in any of the prefixes.
     Some {
-        /// `fromEndpoints`.
+        /// `fromEndpoints` / `toEndpoints`.
         endpoints: Vec<Selector>,
-        /// `fromCIDR`.
+        /// `fromCIDR` / `toCIDR`.
         cidrs: Vec<IpNet>,
     },
 }
 
-/// An ingress rule, validated.
+/// An ingress or egress rule, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ingress {
-    /// Sources.
-    pub from: Peers,
-    /// Ports; empty for every port.
+pub struct Rule {
+    /// Sources (ingress) or destinations (egress).
+    pub peers: Peers,
+    /// Destination ports; empty for every port.
     pub ports: Vec<PortSpec>,
 }
 
@@ -159,7 +171,9 @@ pub struct Policy {
     pub selector: Selector,
     /// `None`: the policy says nothing about ingress; `Some`: ingress is default-deny for the
     /// selected endpoints, and these rules allow.
-    pub ingress: Option<Vec<Ingress>>,
+    pub ingress: Option<Vec<Rule>>,
+    /// The same for egress (selected endpoints towards the legacy network).
+    pub egress: Option<Vec<Rule>>,
     /// The file it came from.
     pub file: PathBuf,
 }
@@ -211,6 +225,40 @@ fn port(path: &Path, p: &PortProtocol) -> Result<Vec<PortSpec>, PolicyError> {
     Ok(vec![PortSpec { port, proto }])
 }
 
+/// One rule's peers and ports; `dir` is `from` or `to`, for the field names in errors.
+fn rule(
+    path: &Path,
+    bad: &dyn Fn(String) -> PolicyError,
+    dir: &str,
+    endpoints: Option<Vec<Selector>>,
+    cidr: Option<Vec<String>>,
+    to_ports: &[PortRule],
+) -> Result<Rule, PolicyError> {
+    let peers = if endpoints.is_none() && cidr.is_none() {
+        Peers::Any
+    } else {
+        let mut cidrs = Vec::new();
+        for c in cidr.unwrap_or_default() {
+            let net = c
+                .parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| bad(format!("{dir}CIDR {c:?} is not a prefix")))?;
+            cidrs.push(net.trunc());
+        }
+        Peers::Some {
+            endpoints: endpoints.unwrap_or_default(),
+            cidrs,
+        }
+    };
+    let mut ports = Vec::new();
+    for pr in to_ports {
+        for p in &pr.ports {
+            ports.extend(port(path, p)?);
+        }
+    }
+    Ok(Rule { peers, ports })
+}
+
 fn convert(path: &Path, d: Document) -> Result<Policy, PolicyError> {
     let bad = |message: String| PolicyError::Invalid {
         path: path.into(),
@@ -235,41 +283,37 @@ fn convert(path: &Path, d: Document) -> Result<Policy, PolicyError> {
     };
     let ingress = match d.spec.ingress {
         None => None,
-        Some(rules) => {
-            let mut out = Vec::new();
-            for r in rules {
-                let from = if r.from_endpoints.is_none() && r.from_cidr.is_none() {
-                    Peers::Any
-                } else {
-                    let mut cidrs = Vec::new();
-                    for c in r.from_cidr.unwrap_or_default() {
-                        let net = c
-                            .parse::<IpNet>()
-                            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                            .map_err(|_| bad(format!("fromCIDR {c:?} is not a prefix")))?;
-                        cidrs.push(net.trunc());
-                    }
-                    Peers::Some {
-                        endpoints: r.from_endpoints.unwrap_or_default(),
-                        cidrs,
-                    }
-                };
-                let mut ports = Vec::new();
-                for pr in &r.to_ports {
-                    for p in &pr.ports {
-                        ports.extend(port(path, p)?);
-                    }
-                }
-                out.push(Ingress { from, ports });
-            }
-            Some(out)
-        }
+        Some(rules) => Some(
+            rules
+                .into_iter()
+                .map(|r| {
+                    rule(
+                        path,
+                        &bad,
+                        "from",
+                        r.from_endpoints,
+                        r.from_cidr,
+                        &r.to_ports,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let egress = match d.spec.egress {
+        None => None,
+        Some(rules) => Some(
+            rules
+                .into_iter()
+                .map(|r| rule(path, &bad, "to", r.to_endpoints, r.to_cidr, &r.to_ports))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
     };
     Ok(Policy {
         name: d.metadata.name,
         namespace,
         selector: d.spec.endpoint_selector,
         ingress,
+        egress,
         file: path.into(),
     })
 }

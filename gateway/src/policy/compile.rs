@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use meshgw_common::maps::{PolicyKey, ID_ANY, ID_WORLD, PROTO_ANY};
+use meshgw_common::maps::{PolicyKey, ID_ANY, ID_WORLD, POLICY_EGRESS, POLICY_INGRESS, PROTO_ANY};
 
 use super::cnp::{Peers, Policy, PortSpec, Proto, Selector};
 use super::identity::LocalIdentities;
@@ -50,7 +50,8 @@ fn selects(sel: &Selector, labels: &Labels) -> bool {
 /// What the datapath enforces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// Source prefix -> identity (the LPM trie).
+    /// Prefix -> identity (the LPM trie): legacy prefixes and policy CIDRs, and every known
+    /// endpoint's own address (the source of egress flows).
     pub prefixes: BTreeMap<IpNet, u32>,
     /// Allow entries.
     pub entries: BTreeSet<PolicyKey>,
@@ -62,13 +63,18 @@ pub struct Compiled {
     pub enforced: bool,
 }
 
-fn key(src: u32, dst: u32, p: PortSpec) -> Vec<PolicyKey> {
+const ANY_PORT: PortSpec = PortSpec {
+    port: 0,
+    proto: Proto::Any,
+};
+
+fn key(dir: u8, src: u32, dst: u32, p: PortSpec) -> Vec<PolicyKey> {
     let k = |proto: u8| PolicyKey {
         src,
         dst,
         dport: p.port.to_be(),
         proto,
-        dir: 0,
+        dir,
     };
     match (p.port, p.proto) {
         (0, _) => vec![PolicyKey {
@@ -101,8 +107,8 @@ pub fn compile(
     // configured prefixes containing it.
     let mut cidrs: BTreeSet<IpNet> = BTreeSet::new();
     for p in policies {
-        for r in p.ingress.iter().flatten() {
-            if let Peers::Some { cidrs: c, .. } = &r.from {
+        for r in p.ingress.iter().flatten().chain(p.egress.iter().flatten()) {
+            if let Peers::Some { cidrs: c, .. } = &r.peers {
                 cidrs.extend(c.iter().copied());
             }
         }
@@ -151,71 +157,92 @@ pub fn compile(
         .map(|id| (*id, &out.labels[id]))
         .collect();
     let world = &out.labels[&ID_WORLD];
-    let mut enforced_dst = BTreeSet::new();
-    for p in policies {
-        let Some(rules) = &p.ingress else { continue };
-        let dsts: Vec<u32> = dst_labels
+    let selected = |p: &Policy| -> Vec<u32> {
+        dst_labels
             .iter()
             .filter(|(_, (ns, l))| {
                 p.namespace.as_ref().is_none_or(|n| n == ns) && selects(&p.selector, l)
             })
             .map(|(id, _)| *id)
-            .collect();
-        enforced_dst.extend(dsts.iter().copied());
-        for r in rules {
-            let srcs: Vec<u32> = match &r.from {
-                Peers::Any => vec![ID_ANY],
-                Peers::Some { endpoints, cidrs } => {
-                    let mut s = BTreeSet::new();
-                    for sel in endpoints {
-                        // `{}` selects every labelled source; world only by its label.
-                        for (id, l) in &sources {
-                            if selects(sel, l) {
-                                s.insert(*id);
-                            }
+            .collect()
+    };
+    let mut entries = BTreeSet::new();
+    let mut enforced = [BTreeSet::new(), BTreeSet::new()];
+    for p in policies {
+        for (dir, rules) in [(POLICY_INGRESS, &p.ingress), (POLICY_EGRESS, &p.egress)] {
+            let Some(rules) = rules else { continue };
+            let eps = selected(p);
+            enforced[usize::from(dir)].extend(eps.iter().copied());
+            for r in rules {
+                let peers = peer_ids(&r.peers, &sources, world);
+                let ports = if r.ports.is_empty() {
+                    vec![ANY_PORT]
+                } else {
+                    r.ports.clone()
+                };
+                for e in &eps {
+                    for peer in &peers {
+                        for port in &ports {
+                            // The key names the flow's source first: the peer for ingress, the
+                            // endpoint for egress.
+                            let (src, dst) = if dir == POLICY_INGRESS {
+                                (*peer, *e)
+                            } else {
+                                (*e, *peer)
+                            };
+                            entries.extend(key(dir, src, dst, *port));
                         }
-                        if !sel.match_labels.is_empty() && selects(sel, world) {
-                            s.insert(ID_WORLD);
-                        }
-                    }
-                    for c in cidrs {
-                        let label = format!("cidr:{c}");
-                        for (id, l) in &sources {
-                            if l.contains_key(&label) {
-                                s.insert(*id);
-                            }
-                        }
-                    }
-                    s.into_iter().collect()
-                }
-            };
-            let ports = if r.ports.is_empty() {
-                vec![PortSpec {
-                    port: 0,
-                    proto: Proto::Any,
-                }]
-            } else {
-                r.ports.clone()
-            };
-            for d in &dsts {
-                for s in &srcs {
-                    for p in &ports {
-                        out.entries.extend(key(*s, *d, *p));
                     }
                 }
             }
         }
     }
-    // Destinations no policy selects stay open to everyone.
-    for d in dst_labels.keys().filter(|d| !enforced_dst.contains(d)) {
-        out.entries.extend(key(
-            ID_ANY,
-            *d,
-            PortSpec {
-                port: 0,
-                proto: Proto::Any,
-            },
-        ));
+    // Endpoints no policy selects in a direction stay open in it.
+    for e in dst_labels.keys() {
+        if !enforced[0].contains(e) {
+            entries.extend(key(POLICY_INGRESS, ID_ANY, *e, ANY_PORT));
+        }
+        if !enforced[1].contains(e) {
+            entries.extend(key(POLICY_EGRESS, *e, ID_ANY, ANY_PORT));
+        }
+    }
+    // An endpoint the gateway does not know (its source identity is world) cannot be selected by
+    // any policy, so its egress is open too.
+    entries.extend(key(POLICY_EGRESS, ID_WORLD, ID_ANY, ANY_PORT));
+    out.entries = entries;
+    // Endpoints' own addresses, for the source identity of egress flows.
+    for (addr, id) in &out.backend_identity {
+        out.prefixes.entry(IpNet::from(*addr)).or_insert(*id);
     }
     out
+}
+
+/// The identities a rule's peers stand for among the legacy `sources` (and `world`).
+fn peer_ids(peers: &Peers, sources: &[(u32, &Labels)], world: &Labels) -> Vec<u32> {
+    match peers {
+        Peers::Any => vec![ID_ANY],
+        Peers::Some { endpoints, cidrs } => {
+            let mut s = BTreeSet::new();
+            for sel in endpoints {
+                // `{}` selects every labelled source; world only by its label.
+                for (id, l) in sources {
+                    if selects(sel, l) {
+                        s.insert(*id);
+                    }
+                }
+                if !sel.match_labels.is_empty() && selects(sel, world) {
+                    s.insert(ID_WORLD);
+                }
+            }
+            for c in cidrs {
+                let label = format!("cidr:{c}");
+                for (id, l) in sources {
+                    if l.contains_key(&label) {
+                        s.insert(*id);
+                    }
+                }
+            }
+            s.into_iter().collect()
+        }
+    }
 }

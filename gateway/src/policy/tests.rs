@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meshgw_common::maps::{PolicyKey, ID_ANY, ID_WORLD, PROTO_ANY};
+use meshgw_common::maps::{PolicyKey, ID_ANY, ID_WORLD, POLICY_EGRESS, POLICY_INGRESS, PROTO_ANY};
 
 use super::cnp::{self, PolicyError};
 use super::compile::compile;
@@ -64,7 +64,21 @@ fn l3_rule_admits_only_the_labelled_source_on_every_port() {
         dir: 0,
     }]
     .into();
-    assert_eq!(c.entries, want);
+    let ingress: std::collections::BTreeSet<PolicyKey> = c
+        .entries
+        .iter()
+        .filter(|k| k.dir == POLICY_INGRESS)
+        .copied()
+        .collect();
+    assert_eq!(ingress, want);
+    // The policy says nothing about egress: the endpoint's egress stays open.
+    assert!(c.entries.contains(&PolicyKey {
+        src: dst,
+        dst: ID_ANY,
+        dport: 0,
+        proto: PROTO_ANY,
+        dir: POLICY_EGRESS
+    }));
     // Stable: compiling again gives the same numbers.
     let again = compile(&pols, &legacy(), &demo_catalog(), &mut ids);
     assert_eq!(again, c);
@@ -101,7 +115,14 @@ spec:
     let c = compile(&pols, &legacy(), &demo_catalog(), &mut ids);
     let dst = *c.backend_identity.values().next().unwrap();
     let cidr = c.prefixes[&"10.100.0.0/16".parse().unwrap()];
-    let src_ids: Vec<u32> = c.prefixes.values().copied().collect();
+    let inside: ipnet::IpNet = "10.100.0.0/16".parse().unwrap();
+    let src_ids: Vec<u32> = c
+        .prefixes
+        .iter()
+        .filter(|(p, _)| inside.contains(*p))
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(src_ids.len(), 3);
     // Every prefix inside 10.100.0.0/16 (the /16, the /24, the /32) may reach TCP 8080.
     for s in &src_ids {
         assert!(c.entries.contains(&PolicyKey {
@@ -127,7 +148,10 @@ spec:
             dir: 0
         }));
     }
-    assert!(!c.entries.iter().any(|k| k.src == ID_WORLD));
+    assert!(!c
+        .entries
+        .iter()
+        .any(|k| k.src == ID_WORLD && k.dir == POLICY_INGRESS));
     // The shop policy selects nothing here (echo is in default): no default-open entry is
     // missing for echo, and nothing opens it wholesale.
     assert!(!c
@@ -158,7 +182,10 @@ fn unsupported_fields_are_rejected_with_their_name_and_line() {
             "spec:\n  endpointSelector:\n    matchExpressions: []\n",
             "matchExpressions",
         ),
-        ("spec:\n  endpointSelector: {}\n  egress: []\n", "egress"),
+        (
+            "spec:\n  endpointSelector: {}\n  egress:\n  - toEntities: [world]\n",
+            "toEntities",
+        ),
         (
             "spec:\n  endpointSelector: {}\n  ingress:\n  - toFQDNs: []\n",
             "toFQDNs",
@@ -234,4 +261,54 @@ fn local_identities_survive_a_restart() {
     // Asked in the other order after the restart: same numbers.
     assert_eq!((b.get("src", &l2), b.get("src", &l1)), (i2, i1));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn egress_rules_open_only_their_destinations_and_ports_for_the_selected_endpoints() {
+    let pols = parse(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-hq}
+spec:
+  endpointSelector: {matchLabels: {run: nginx}}
+  egress:
+  - toCIDR: ["10.100.0.0/24"]
+    toPorts:
+    - ports: [{port: 8080, protocol: TCP}]
+  - toEndpoints: [{matchLabels: {client: good}}]
+"#,
+    )
+    .unwrap();
+    let mut ids = LocalIdentities::default();
+    let c = compile(&pols, &legacy(), &demo_catalog(), &mut ids);
+    let ep = *c.backend_identity.values().next().unwrap();
+    let hq = c.prefixes[&"10.100.0.0/24".parse().unwrap()];
+    let good = c.prefixes[&"10.100.0.2/32".parse().unwrap()];
+    let k = |dst: u32, port: u16, proto: u8| PolicyKey {
+        src: ep,
+        dst,
+        dport: port.to_be(),
+        proto,
+        dir: POLICY_EGRESS,
+    };
+    // toCIDR covers the /24 and the labelled /32 inside it, on TCP 8080 only.
+    assert!(c.entries.contains(&k(hq, 8080, 6)));
+    assert!(c.entries.contains(&k(good, 8080, 6)));
+    assert!(!c.entries.contains(&k(hq, 0, PROTO_ANY)));
+    // toEndpoints by label: every port of the good client.
+    assert!(c.entries.contains(&k(good, 0, PROTO_ANY)));
+    // The endpoint is selected: no wildcard destination for it; ingress untouched (open).
+    assert!(!c.entries.contains(&k(ID_ANY, 0, PROTO_ANY)));
+    assert!(c.entries.contains(&PolicyKey {
+        src: ID_ANY,
+        dst: ep,
+        dport: 0,
+        proto: PROTO_ANY,
+        dir: POLICY_INGRESS
+    }));
+    // Endpoint addresses carry their identity in the trie: the source of egress flows.
+    for (addr, id) in &c.backend_identity {
+        assert_eq!(c.prefixes.get(&ipnet::IpNet::from(*addr)), Some(id));
+    }
 }

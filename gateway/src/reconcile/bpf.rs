@@ -9,9 +9,10 @@ use std::net::Ipv4Addr;
 
 use aya::maps::lpm_trie::Key;
 use meshgw_common::maps::{
-    MaglevTable, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, POLICY_ALLOW,
+    v4_mapped, EgressKey, EgressValue, MaglevTable, NodeKey, NodeValue, PolicyKey, PolicyValue,
+    ServiceKey, ServiceValue, EGRESS_F_EXCLUDED, POLICY_ALLOW,
 };
-use meshgw_datapath::{identity_key, Datapath, DatapathError};
+use meshgw_datapath::{egress_key, identity_key, Datapath, DatapathError};
 use tracing::debug;
 
 use super::Changes;
@@ -27,6 +28,8 @@ pub struct BpfReconciler {
     identities: BTreeMap<(u32, [u8; 16]), u32>,
     /// The policy entries as written.
     policy: BTreeSet<PolicyKey>,
+    /// The egress trie's entries as written: (prefix length, key) -> value.
+    egress: BTreeMap<(u32, EgressKey), EgressValue>,
     /// Each frontend's backends as last written (its Maglev table and entry follow from them):
     /// an unchanged frontend costs neither a table computation nor a map read.
     applied: HashMap<ServiceKey, Vec<(BackendSpec, u32)>>,
@@ -73,6 +76,14 @@ impl BpfReconciler {
             r.identities.insert((k.prefix_len(), k.data()), id);
         }
         r.policy = dp.policy()?.keys().filter_map(Result::ok).collect();
+        let trie = dp.egress()?;
+        for item in trie.iter() {
+            let (k, v) = item.map_err(|source| DatapathError::Map {
+                name: "MGW_EGRESS",
+                source,
+            })?;
+            r.egress.insert((k.prefix_len(), k.data()), v);
+        }
         debug!(
             backends = r.backend_ids.len(),
             services = r.service_ids.len(),
@@ -244,7 +255,39 @@ impl BpfReconciler {
             self.policy = d.policy.clone();
         }
 
-        // 6. Nodes.
+        // 6. Egress rules, the same way.
+        let want: BTreeMap<(u32, EgressKey), EgressValue> = d
+            .egress
+            .iter()
+            .map(|((ep, net), e)| {
+                let k = egress_key(*ep, *net);
+                let v = EgressValue {
+                    egress_ip: v4_mapped(e.egress_ip.octets()),
+                    flags: if e.excluded { EGRESS_F_EXCLUDED } else { 0 },
+                    rule: e.rule,
+                };
+                ((k.prefix_len(), k.data()), v)
+            })
+            .collect();
+        if want != self.egress {
+            let mut trie = dp.egress()?;
+            for (&(plen, data), v) in &want {
+                if self.egress.get(&(plen, data)) != Some(v) {
+                    trie.insert(&Key::new(plen, data), *v, 0)
+                        .map_err(merr("MGW_EGRESS"))?;
+                    ch.written += 1;
+                }
+            }
+            for &(plen, data) in self.egress.keys() {
+                if !want.contains_key(&(plen, data)) {
+                    let _ = trie.remove(&Key::new(plen, data));
+                    ch.removed += 1;
+                }
+            }
+            self.egress = want;
+        }
+
+        // 7. Nodes.
         let mut nodes = dp.nodes()?;
         let existing: BTreeMap<NodeKey, NodeValue> = nodes.iter().filter_map(Result::ok).collect();
         for ip in &d.nodes {

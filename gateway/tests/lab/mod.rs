@@ -371,6 +371,16 @@ impl Lab {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
+    /// A datapath counter as `meshgw status --json` reports it (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        let out = run(Command::new(MESHGW)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config));
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("meshgw status --json: {e}: {out}"));
+        v["counters"][name].as_u64().unwrap_or(0)
+    }
+
     /// Starts the daemon in the gateway namespace and waits for its ready file.
     pub fn start_gateway(&mut self) {
         assert!(self.gateway.is_none(), "gateway already running");

@@ -148,6 +148,17 @@ fn selected_pod_leaves_with_the_egress_address_and_policy_drops_the_rest() {
         "{gw_addrs:?}"
     );
 
+    // The status lists the rule with the one endpoint it selects, and the policy.
+    let st = lab.status();
+    assert_eq!(
+        st["policy"]["egress"][0].as_str(),
+        Some("backup 10.200.0.250 -> 10.100.0.0/24 (1 endpoints)"),
+        "{st}"
+    );
+    assert!(st["policy"]["policies"][0]
+        .as_str()
+        .is_some_and(|p| p.starts_with("backup-to-hq (default) egress from")));
+
     // The policy allows the selected pod port 9000 only: 9001 is dropped and counted.
     let before = lab.counter("drop_policy_egress");
     assert_eq!(seen_tcp(&pod1, 9001), None, "9001 is not allowed");

@@ -110,6 +110,8 @@ struct Daemon {
     policies: Vec<Policy>,
     /// Gateway-local identities, read once, written when one is added.
     local_ids: Option<LocalIdentities>,
+    /// Policies, identities and egress rules as the last reconcile compiled them, for the status.
+    policy_view: status::PolicyView,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -166,6 +168,7 @@ impl Daemon {
             names: Names::default(),
             policies,
             local_ids: None,
+            policy_view: status::PolicyView::default(),
             cfg,
         };
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
@@ -329,6 +332,8 @@ impl Daemon {
                 b.identity = compiled.backend_identity.get(&b.addr).copied();
             }
         }
+        self.policy_view =
+            status::PolicyView::of(&self.policies, &compiled, &self.cfg.egress, &egress);
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
         d.identities = compiled.prefixes;
         d.policy = compiled.entries;
@@ -466,6 +471,7 @@ impl Daemon {
                 .map(|n| format!("{}/{} {}", n.id.cluster, n.id.name, n.address))
                 .collect(),
             problems: self.desired.problems.clone(),
+            policy: self.policy_view.clone(),
             reconciled_at: unix_now(),
             started_at: self.started_at,
             reload_error: self.reload_error.clone(),

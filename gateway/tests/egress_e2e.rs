@@ -116,9 +116,7 @@ fn selected_pod_leaves_with_the_egress_address_and_policy_drops_the_rest() {
         let mut arr = toml_edit::ArrayOfTables::new();
         arr.push(rule);
         doc["egress"] = toml_edit::Item::ArrayOfTables(arr);
-        let mut pol = toml_edit::Table::new();
-        pol["files"] = toml_edit::value(toml_edit::Array::from_iter([policy_s.as_str()]));
-        doc["policy"] = toml_edit::Item::Table(pol);
+        lab::set_policy_files(doc, &[policy_s.as_str()]);
     });
     lab.start_gateway();
     let pod1 = lab.ns("pod1");

@@ -8,6 +8,7 @@
 mod error;
 mod loader;
 mod maps;
+mod telemetry;
 mod testrun;
 
 pub use error::DatapathError;

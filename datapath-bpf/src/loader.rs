@@ -70,8 +70,11 @@ impl Datapath {
         let maps_dir = pin_dir.join("maps");
         fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
         fs::create_dir_all(pin_dir.join("links")).map_err(io_err(pin_dir))?;
-        let paths: Vec<(&'static str, PathBuf)> =
-            names::ALL.iter().map(|n| (*n, maps_dir.join(n))).collect();
+        let paths: Vec<(&'static str, PathBuf)> = names::ALL
+            .iter()
+            .chain(meshgw_common::telemetry::names::ALL.iter())
+            .map(|n| (*n, maps_dir.join(n)))
+            .collect();
         let mut reused = 0;
         for (name, path) in &paths {
             if path.exists() {

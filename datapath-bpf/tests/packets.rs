@@ -887,3 +887,94 @@ fn egress_policy_admits_by_endpoint_identity_and_port_and_drops_the_rest() {
         assert_eq!(dp.counter(Counter::DropPolicyEgress).unwrap(), 2);
     });
 }
+
+#[test]
+fn telemetry_counts_per_service_backend_and_node_and_reports_flows_samples_and_policy_drops() {
+    use meshgw_common::maps::{PolicyKey, PolicyValue, CFG_F_POLICY, POLICY_ALLOW};
+    use meshgw_common::telemetry::{
+        EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS, EVENT_DROP,
+        EVENT_NEW_FLOW, EVENT_SAMPLE,
+    };
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        let mut events = dp.take_events().unwrap();
+        let mut b = backend(v4_mapped(POD4), 8080, FAMILY_V4);
+        b.identity = 1000;
+        dp.backends().unwrap().insert(1, b, 0).unwrap();
+        dp.identities()
+            .unwrap()
+            .insert(
+                &meshgw_datapath::identity_key("10.100.0.0/25".parse().unwrap()),
+                70_000,
+                0,
+            )
+            .unwrap();
+        let k = PolicyKey {
+            src: 70_000,
+            dst: 1000,
+            dport: 8080u16.to_be(),
+            proto: 6,
+            dir: 0,
+        };
+        let v = PolicyValue {
+            verdict: POLICY_ALLOW,
+        };
+        dp.policy().unwrap().insert(k, v, 0).unwrap();
+        let mut cfg = dp.config().unwrap();
+        cfg.flags |= CFG_F_POLICY;
+        dp.set_config(&cfg).unwrap();
+
+        let good = tcp4(CLIENT4, 40_002, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let bad_src = [10, 100, 0, 200];
+        let bad = tcp4(bad_src, 40_003, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        // Events off: counted, nothing sent.
+        let r = dp.run(Program::Legacy, &good, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        assert!(events.next().is_none(), "no event while events are off");
+
+        dp.set_events_config(&EventsConfig {
+            sample_rate: 1,
+            flags: EVENTS_F_FLOWS | EVENTS_F_DROPS,
+        })
+        .unwrap();
+        // A tracked flow's packet is sampled (rate 1: every one).
+        let r = dp.run(Program::Legacy, &good, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let r = dp.run(Program::Legacy, &bad, 1).unwrap();
+        expect_action(&dp, &r, action::DROP);
+        let other = tcp4(CLIENT4, 40_004, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let r = dp.run(Program::Legacy, &other, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+
+        let mut got = Vec::new();
+        while let Some(item) = events.next() {
+            got.push(FlowEvent::from_bytes(&item).expect("full record"));
+        }
+        let kinds: Vec<u8> = got.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EVENT_SAMPLE, EVENT_DROP, EVENT_NEW_FLOW]);
+        let (sample, drop, new) = (&got[0], &got[1], &got[2]);
+        assert_eq!(sample.sport, 40_002u16.to_be());
+        assert_eq!(sample.src_identity, 70_000);
+        assert_eq!(drop.src, v4_mapped(bad_src));
+        assert_eq!(drop.dst, v4_mapped(VIP4));
+        assert_eq!(drop.dport, 80u16.to_be());
+        assert_eq!(drop.reason, Counter::DropPolicy as u8);
+        assert_eq!((drop.src_identity, drop.dst_identity), (2, 1000));
+        assert_eq!((new.service_id, new.backend_id), (1, 1));
+        assert_eq!(new.sport, 40_004u16.to_be());
+        assert_eq!(new.proto, 6);
+        assert!(new.ts_ns > 0 && new.l3_len > 0);
+
+        // Three admitted packets (two flows) went to service 1, backend 1, the one node.
+        let len = u64::from(new.l3_len);
+        let want = Traffic {
+            packets: 3,
+            bytes: 3 * len,
+        };
+        assert_eq!(dp.service_traffic(&[1, 2]).unwrap()[0], (1, want));
+        assert_eq!(dp.service_traffic(&[2]).unwrap()[0].1, Traffic::default());
+        assert_eq!(dp.backend_traffic().unwrap(), [(1, want)]);
+        assert_eq!(dp.node_traffic().unwrap(), [(NODE_IP, want)]);
+    });
+}

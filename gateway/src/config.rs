@@ -41,6 +41,29 @@ pub struct Config {
     pub policy_files: Vec<String>,
     /// `[[egress]]` rules.
     pub egress: Vec<EgressRule>,
+    /// `[api]`, `[metrics]`, `[flows]`, `[ipfix]`.
+    pub observe: Observability,
+}
+
+/// Where the gateway tells what it does: the control socket, `/metrics`, flow events, IPFIX.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observability {
+    /// `[api].socket`: the control API's Unix socket (mode 0600).
+    pub api_socket: PathBuf,
+    /// `[metrics].listen`: the Prometheus endpoint (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[flows].sample_rate`: one packet of tracked flows in this many is a flow event (0: off).
+    pub sample_rate: u32,
+    /// `[flows].events`: new flows and policy drops are sent as events.
+    pub flow_events: bool,
+    /// `[flows].max_flows`: flows kept in memory for `meshgw flows`, the dashboard and IPFIX.
+    pub max_flows: usize,
+    /// `[ipfix].collector`: where IPFIX records go (`None`: no export).
+    pub ipfix_collector: Option<std::net::SocketAddr>,
+    /// `[ipfix].interval_seconds`: how often flow records are exported.
+    pub ipfix_interval_seconds: u64,
+    /// `[ipfix].observation_domain`: the Observation Domain ID of the messages.
+    pub ipfix_domain: u32,
 }
 
 /// `[[egress]]`: endpoints selected by their labels (and namespace) reach the destination
@@ -353,6 +376,10 @@ mod raw {
         pub policy: Option<Policy>,
         #[serde(default)]
         pub egress: Vec<Egress>,
+        pub api: Option<super::rules::observe::RawApi>,
+        pub metrics: Option<super::rules::observe::RawMetrics>,
+        pub flows: Option<super::rules::observe::RawFlows>,
+        pub ipfix: Option<super::rules::observe::RawIpfix>,
     }
 
     #[derive(Deserialize)]

@@ -10,6 +10,7 @@ pub mod hash;
 pub mod maps;
 pub mod parse;
 pub mod stats;
+pub mod telemetry;
 
 #[cfg(test)]
 extern crate std;

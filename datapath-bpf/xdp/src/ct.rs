@@ -9,9 +9,10 @@ use meshgw_common::maps::{
 use meshgw_common::parse::{Flow, IPPROTO_TCP, TCP_FIN, TCP_RST};
 use meshgw_common::stats::Counter;
 
+use crate::events::{self, EventMeta};
 use crate::lookup;
-use crate::policy;
 use crate::maps::{Scratch, CT};
+use crate::policy;
 use crate::stats::count;
 
 /// Reverse entries carry this in `flags` when the client's frames had an 802.1Q tag (a TCI of 0
@@ -104,6 +105,19 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
         let id = unsafe { (*fwd).backend_id };
         if let Some(b) = lookup::backend(id) {
             touch(fwd, f, t);
+            events::account(f, svc.service_id, id, &b.node_ip);
+            events::sample(
+                f,
+                &EventMeta {
+                    kind: events::SAMPLE,
+                    reason: 0,
+                    service_id: svc.service_id,
+                    backend_id: id,
+                    // SAFETY: live map value.
+                    src_identity: unsafe { (*fwd).src_identity },
+                    dst_identity: b.identity,
+                },
+            );
             s.backend = b;
             return Admit::Backend;
         }
@@ -118,6 +132,17 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
     let src_identity = if policy {
         let src = policy::source_identity(&f.src);
         if !policy::admits(src, b.identity, b.port, f.proto) {
+            events::dropped(
+                f,
+                &EventMeta {
+                    kind: events::DROP,
+                    reason: Counter::DropPolicy as u8,
+                    service_id: svc.service_id,
+                    backend_id: id,
+                    src_identity: src,
+                    dst_identity: b.identity,
+                },
+            );
             return Admit::Denied;
         }
         count(Counter::PolicyAllowed);
@@ -152,6 +177,18 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
     e.packets = 1;
     e.bytes = f.l3_len as u64;
     let _ = CT.insert(&key, &*e, 0);
+    events::account(f, svc.service_id, id, &b.node_ip);
+    events::new_flow(
+        f,
+        &EventMeta {
+            kind: events::NEW_FLOW,
+            reason: 0,
+            service_id: svc.service_id,
+            backend_id: id,
+            src_identity,
+            dst_identity: b.identity,
+        },
+    );
     s.backend = b;
     Admit::Backend
 }

@@ -17,6 +17,7 @@ mod ctx;
 mod decap;
 mod egress;
 mod encap;
+mod events;
 mod fib;
 mod legacy;
 mod lookup;

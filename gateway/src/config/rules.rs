@@ -12,6 +12,7 @@ use super::position::{problem, KeyPath};
 use super::*;
 
 mod egress;
+pub(super) mod observe;
 
 struct Ctx<'a> {
     text: &'a str,
@@ -706,6 +707,16 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         }
     }
     let egress = egress::validate(&mut c, &f.egress, &pool, &static_vips);
+    let observe = observe::validate(
+        &mut c,
+        observe::Raw {
+            api: f.api,
+            metrics: f.metrics,
+            flows: f.flows,
+            ipfix: f.ipfix,
+        },
+        &state_dir,
+    );
     let policy_files = f.policy.map(|p| p.files).unwrap_or_default();
     for (n, pat) in policy_files.iter().enumerate() {
         if let Err(e) = glob::Pattern::new(pat) {
@@ -750,5 +761,6 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         legacy_prefixes,
         policy_files,
         egress,
+        observe,
     })
 }

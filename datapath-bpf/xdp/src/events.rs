@@ -1,0 +1,143 @@
+//! Telemetry: per-frontend, per-backend and per-node traffic counters, and flow events (new
+//! flows, sampled packets, policy drops) through the `MGW_EVENTS` ring buffer. A full ring buffer
+//! loses the event, never the packet: the reader is the daemon, and it must not slow the path.
+
+use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
+use meshgw_common::maps::{MAX_BACKENDS, MAX_SERVICES};
+use meshgw_common::parse::Flow;
+use meshgw_common::telemetry::{
+    EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS, EVENTS_RING_BYTES,
+    EVENT_DROP, EVENT_NEW_FLOW, EVENT_SAMPLE, MAX_NODE_STATS,
+};
+
+#[map(name = "MGW_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map(name = "MGW_EVENTS_CONFIG")]
+static EVENTS_CONFIG: Array<EventsConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "MGW_SVC_STATS")]
+static SVC_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "MGW_BACKEND_STATS")]
+static BACKEND_STATS: PerCpuHashMap<u32, Traffic> =
+    PerCpuHashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "MGW_NODE_STATS")]
+static NODE_STATS: PerCpuHashMap<[u8; 4], Traffic> =
+    PerCpuHashMap::with_max_entries(MAX_NODE_STATS, 0);
+
+#[inline(always)]
+fn add(t: *mut Traffic, len: usize) {
+    // SAFETY: a per-CPU value is only touched by this CPU; the pointer is non-null.
+    unsafe {
+        (*t).packets += 1;
+        (*t).bytes += len as u64;
+    }
+}
+
+#[inline(always)]
+fn add_hashed<K>(m: &PerCpuHashMap<K, Traffic>, key: &K, len: usize) {
+    match m.get_ptr_mut(key) {
+        Some(t) => add(t, len),
+        None => {
+            let first = Traffic {
+                packets: 1,
+                bytes: len as u64,
+            };
+            // Another CPU may have created its own slot meanwhile: per-CPU values do not race.
+            let _ = m.insert(key, &first, 0);
+        }
+    }
+}
+
+/// Counts a packet of `f` sent to backend `backend_id` of service `service_id` on `node_ip`.
+#[inline(always)]
+pub fn account(f: &Flow, service_id: u32, backend_id: u32, node_ip: &[u8; 4]) {
+    if let Some(t) = SVC_STATS.get_ptr_mut(service_id) {
+        add(t, f.l3_len);
+    }
+    add_hashed(&BACKEND_STATS, &backend_id, f.l3_len);
+    add_hashed(&NODE_STATS, node_ip, f.l3_len);
+}
+
+#[inline(always)]
+fn config() -> EventsConfig {
+    EVENTS_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// What an event says besides the packet: kind, reason, ids.
+pub struct EventMeta {
+    pub kind: u8,
+    pub reason: u8,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+}
+
+#[inline(always)]
+fn emit(f: &Flow, m: &EventMeta) {
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at a reserved record of the right size; every field is written before
+    // submission.
+    unsafe {
+        (*e).ts_ns = crate::ct::now();
+        (*e).src = f.src;
+        (*e).dst = f.dst;
+        (*e).sport = f.sport;
+        (*e).dport = f.dport;
+        (*e).proto = f.proto;
+        (*e).family = f.family;
+        (*e).kind = m.kind;
+        (*e).reason = m.reason;
+        (*e).service_id = m.service_id;
+        (*e).backend_id = m.backend_id;
+        (*e).src_identity = m.src_identity;
+        (*e).dst_identity = m.dst_identity;
+        (*e).l3_len = f.l3_len as u32;
+        (*e)._pad = 0;
+    }
+    entry.submit(0);
+}
+
+/// A new flow was tracked.
+#[inline(always)]
+pub fn new_flow(f: &Flow, m: &EventMeta) {
+    if config().flags & EVENTS_F_FLOWS != 0 {
+        emit(f, m);
+    }
+}
+
+/// A packet was dropped; `m.reason` is its counter slot.
+#[inline(always)]
+pub fn dropped(f: &Flow, m: &EventMeta) {
+    if config().flags & EVENTS_F_DROPS != 0 {
+        emit(f, m);
+    }
+}
+
+/// A packet of a tracked flow: sent as an event one time in `sample_rate`.
+#[inline(always)]
+pub fn sample(f: &Flow, m: &EventMeta) {
+    let rate = config().sample_rate;
+    if rate == 0 {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_get_prandom_u32() } % rate == 0 {
+        emit(f, m);
+    }
+}
+
+/// Kinds, re-exported for the call sites.
+pub const NEW_FLOW: u8 = EVENT_NEW_FLOW;
+/// See [`NEW_FLOW`].
+pub const SAMPLE: u8 = EVENT_SAMPLE;
+/// See [`NEW_FLOW`].
+pub const DROP: u8 = EVENT_DROP;

@@ -4,7 +4,9 @@
 //! kernel VXLAN device in external (metadata) mode that Cilium's VTEP integration talks to
 //! (UDP 8472, VNI 2); WireGuard is planned for later.
 
+pub mod mtu;
 pub mod vxlan;
+pub mod wireguard;
 
 /// A failed tunnel device operation. `op` names the object concerned.
 #[derive(Debug, thiserror::Error)]

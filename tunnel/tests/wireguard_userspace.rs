@@ -309,3 +309,53 @@ fn tampered_packet_is_dropped_and_counted_and_a_replay_too() {
         "nothing more delivered"
     );
 }
+
+#[test]
+fn kernel_probe_agrees_with_iproute2() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("needs root: the probe creates a device in a network namespace");
+    }
+    let ns = format!("mgwt-wg-probe-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    run(Command::new("ip").args(["netns", "add", &ns]));
+    let by_ip = Command::new("ip")
+        .args(["-n", &ns, "link", "add", "wgx", "type", "wireguard"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let _ = Command::new("ip")
+        .args(["-n", &ns, "link", "del", "wgx"])
+        .output();
+    let by_us = in_ns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let ok = meshgw_tunnel::wireguard::kernel::kernel_available(
+                &handle,
+                std::path::Path::new("/sys/module"),
+            )
+            .await;
+            // The probe leaves nothing behind.
+            let mut links = handle.link().get().execute();
+            let mut names = Vec::new();
+            while let Some(Ok(l)) = futures::StreamExt::next(&mut links).await {
+                names.push(format!("{:?}", l.attributes));
+            }
+            assert!(!names.iter().any(|n| n.contains("mgw-wgprobe")));
+            ok
+        })
+    });
+    let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    assert_eq!(
+        by_us, by_ip,
+        "the probe and `ip link add type wireguard` disagree"
+    );
+    let selected = meshgw_tunnel::wireguard::select_backend(std::path::Path::new("/sys/module"));
+    eprintln!("kernel WireGuard available: {by_us}; module-directory selection: {selected:?}");
+}

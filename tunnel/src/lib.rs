@@ -5,6 +5,7 @@
 //! (UDP 8472, VNI 2); WireGuard is planned for later.
 
 pub mod mtu;
+pub mod peering;
 pub mod vxlan;
 pub mod wireguard;
 

@@ -4,4 +4,5 @@
 
 pub mod proto;
 pub mod rib;
+pub mod session;
 pub mod tls;

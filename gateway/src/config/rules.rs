@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use toml_edit::ImDocument;
 
 use super::position::{problem, KeyPath};
+
+mod transit;
 use super::*;
 
 struct Ctx<'a> {
@@ -710,6 +712,8 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         }
     }
 
+    let transit = transit::validate(&mut c, f.wireguard, f.peer, f.peering, &f.gateway.name);
+
     if !c.problems.is_empty() {
         c.problems
             .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
@@ -746,5 +750,6 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         dns,
         legacy_prefixes,
         policy_files,
+        transit,
     })
 }

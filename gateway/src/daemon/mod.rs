@@ -9,6 +9,7 @@
 pub mod kernel;
 pub mod names;
 pub mod status;
+pub mod transit;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -110,6 +111,12 @@ struct Daemon {
     policies: Vec<Policy>,
     /// Gateway-local identities, read once, written when one is added.
     local_ids: Option<LocalIdentities>,
+    /// Gateway-to-gateway transit, when configured.
+    transit: Option<transit::TransitRuntime>,
+    /// The prefixes routed into the tunnel at the last reconcile.
+    transit_routes: BTreeSet<ipnet::IpNet>,
+    /// Its status at the last reconcile.
+    transit_status: Option<transit::TransitStatus>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -166,10 +173,20 @@ impl Daemon {
             names: Names::default(),
             policies,
             local_ids: None,
+            transit: None,
+            transit_routes: BTreeSet::new(),
+            transit_status: None,
             cfg,
         };
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
         d.setup_devices().await?;
+        if let Some(t) = &d.cfg.transit {
+            d.transit = Some(
+                transit::TransitRuntime::start(t, &d.nl)
+                    .await
+                    .context("gateway-to-gateway transit")?,
+            );
+        }
         d.names.ensure(&d.cfg, &d.nl, d.dev.legacy).await;
         d.reconcile(Pass::Repair).await?;
         d.attach()?;
@@ -336,11 +353,35 @@ impl Daemon {
             .bpf
             .apply(&mut self.dp, &d)
             .context("programming the BPF maps")?;
+        let mut tunnel_routes = Vec::new();
+        let mut learned = BTreeSet::new();
+        if let Some(t) = &mut self.transit {
+            if let Err(e) = t.sync(&self.nl).await {
+                warn!(error = %format!("{e:#}"), "WireGuard peers not updated");
+            }
+            learned = t.learned().into_keys().collect();
+            tunnel_routes = learned
+                .iter()
+                .map(|dst| crate::netlink::DesiredRoute {
+                    dst: *dst,
+                    oif: t.ifindex,
+                    via: None,
+                    onlink: false,
+                    encap: None,
+                })
+                .collect();
+        }
         let kernel_changed = d.vips != self.desired.vips
             || d.routes != self.desired.routes
-            || d.nodes != self.desired.nodes;
+            || d.nodes != self.desired.nodes
+            || learned != self.transit_routes;
         let kernel = if pass == Pass::Repair || kernel_changed {
-            kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d).await?
+            let k = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d, &tunnel_routes).await?;
+            if learned != self.transit_routes {
+                info!(routes = ?learned, "tunnel routes reconciled");
+            }
+            self.transit_routes = learned;
+            k
         } else {
             Default::default()
         };
@@ -363,6 +404,9 @@ impl Daemon {
         }
         self.announce(&d);
         self.desired = d;
+        if let Some(t) = &mut self.transit {
+            self.transit_status = Some(t.status(&self.transit_routes).await);
+        }
         self.publish_status(&cat, &alloc);
         Ok(())
     }
@@ -453,6 +497,7 @@ impl Daemon {
             reconciled_at: unix_now(),
             started_at: self.started_at,
             reload_error: self.reload_error.clone(),
+            transit: self.transit_status.clone(),
         };
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
@@ -541,6 +586,16 @@ impl Daemon {
             self.names
                 .ensure(&self.cfg, &self.nl, self.dev.legacy)
                 .await;
+            match (&mut self.transit, &self.cfg.transit) {
+                (Some(t), Some(c)) => t.reload(c, &self.nl).await?,
+                (None, Some(c)) => {
+                    self.transit = Some(transit::TransitRuntime::start(c, &self.nl).await?)
+                }
+                (_, None) => {
+                    self.transit = None;
+                    self.transit_status = None;
+                }
+            }
             self.reconcile(Pass::Repair).await
         }
         .await;
@@ -564,6 +619,14 @@ impl Daemon {
 
     fn ready_file(&self) -> PathBuf {
         self.cfg.gateway.state_dir.join("ready")
+    }
+}
+
+/// Resolves when peering changed what is learned; never without transit.
+async fn transit_changed(t: &mut Option<transit::TransitRuntime>) {
+    match t {
+        Some(t) => t.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -610,6 +673,9 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 if let Err(e) = d.reconcile(Pass::Update).await {
                     error!(error = %format!("{e:#}"), "reconcile at the end of a grace period failed");
                 }
+            }
+            _ = transit_changed(&mut d.transit) => {
+                due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
             }
             _ = hup.recv() => d.reload().await,
             _ = term.recv() => break,

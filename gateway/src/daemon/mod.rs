@@ -43,6 +43,9 @@ use status::{unix_now, ClusterStatus, PortalStatus, Status};
 /// neighbour expired).
 const RESYNC: Duration = Duration::from_secs(10);
 
+/// How often the transit part of the status (tunnel counters, sessions) is rewritten.
+const TRANSIT_STATUS: Duration = Duration::from_secs(1);
+
 /// How long cluster events are gathered before one reconcile applies them: a relist delivers
 /// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -117,6 +120,8 @@ struct Daemon {
     transit_routes: BTreeSet<ipnet::IpNet>,
     /// Its status at the last reconcile.
     transit_status: Option<transit::TransitStatus>,
+    /// The status last published, for refreshing the transit counters between reconciles.
+    last_status: Option<Status>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -176,6 +181,7 @@ impl Daemon {
             transit: None,
             transit_routes: BTreeSet::new(),
             transit_status: None,
+            last_status: None,
             cfg,
         };
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
@@ -429,7 +435,7 @@ impl Daemon {
         self.announced = d.vips.clone();
     }
 
-    fn publish_status(&self, cat: &Catalog, alloc: &vip::Allocation) {
+    fn publish_status(&mut self, cat: &Catalog, alloc: &vip::Allocation) {
         let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
         let portals = cat
             .services
@@ -502,6 +508,7 @@ impl Daemon {
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
         }
+        self.last_status = Some(st);
     }
 
     fn cluster_status(&self) -> Vec<ClusterStatus> {
@@ -617,6 +624,20 @@ impl Daemon {
         }
     }
 
+    /// Rewrites the status with fresh WireGuard counters and peering sessions (they change
+    /// with traffic, not with the catalog, so reconciles alone would show stale numbers).
+    async fn refresh_transit_status(&mut self) {
+        let (Some(t), Some(st)) = (&mut self.transit, &mut self.last_status) else {
+            return;
+        };
+        let fresh = t.status(&self.transit_routes).await;
+        self.transit_status = Some(fresh.clone());
+        st.transit = Some(fresh);
+        if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
+            warn!(error = %e, "cannot write status");
+        }
+    }
+
     fn ready_file(&self) -> PathBuf {
         self.cfg.gateway.state_dir.join("ready")
     }
@@ -650,6 +671,8 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(RESYNC);
     tick.tick().await;
+    let mut status_tick = tokio::time::interval(TRANSIT_STATUS);
+    status_tick.tick().await;
     // When gathered cluster events are due to be applied.
     let mut due: Option<Instant> = None;
     loop {
@@ -677,6 +700,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             _ = transit_changed(&mut d.transit) => {
                 due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
             }
+            _ = status_tick.tick(), if d.transit.is_some() => d.refresh_transit_status().await,
             _ = hup.recv() => d.reload().await,
             _ = term.recv() => break,
             _ = int.recv() => break,

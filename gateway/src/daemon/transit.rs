@@ -90,8 +90,8 @@ fn mss_clamp_script(interface: &str) -> String {
          table inet meshgw_transit {{\n\
            chain forward {{\n\
              type filter hook forward priority mangle; policy accept;\n\
-             oifname \"{interface}\" tcp flags syn tcp option maxseg size set rt mtu\n\
-             iifname \"{interface}\" tcp flags syn tcp option maxseg size set rt mtu\n\
+             oifname \"{interface}\" tcp flags syn counter tcp option maxseg size set rt mtu\n\
+             iifname \"{interface}\" tcp flags syn counter tcp option maxseg size set rt mtu\n\
            }}\n\
          }}\n"
     )
@@ -375,7 +375,9 @@ mod tests {
     #[test]
     fn mss_clamp_script_names_the_interface_both_ways_and_replaces_the_table() {
         let s = mss_clamp_script("meshgw-wg");
-        assert!(s.contains("oifname \"meshgw-wg\" tcp flags syn tcp option maxseg size set rt mtu"));
+        assert!(s.contains(
+            "oifname \"meshgw-wg\" tcp flags syn counter tcp option maxseg size set rt mtu"
+        ));
         assert!(s.contains("iifname \"meshgw-wg\""));
         assert!(s.contains("delete table inet meshgw_transit"));
     }

@@ -87,6 +87,11 @@ pub fn public_of(secret: &StaticSecret) -> PublicKey {
     PublicKey::from(secret)
 }
 
+/// The public key of a raw private key (as `wg pubkey` computes it).
+pub fn public_key_of(private: &[u8; 32]) -> [u8; 32] {
+    public_of(&StaticSecret::from(*private)).to_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -151,6 +151,12 @@ impl Line {
     }
 
     fn start(&mut self, i: usize) {
+        let ok = self.try_start(i);
+        assert!(ok.is_ok(), "{} not ready: {ok:?}", self.gws[i].id);
+    }
+
+    /// Starts gateway `i`; `Err` with its exit status if it exits before it is ready.
+    fn try_start(&mut self, i: usize) -> Result<(), String> {
         let g = &mut self.gws[i];
         let ready = g.state.join("ready");
         let _ = fs::remove_file(&ready);
@@ -169,8 +175,27 @@ impl Line {
             .spawn()
             .unwrap();
         g.child = Some(child);
-        let ok = poll(Duration::from_secs(30), || ready.exists().then_some(()));
-        assert!(ok.is_some(), "{} not ready", g.id);
+        let outcome = poll(Duration::from_secs(30), || {
+            if ready.exists() {
+                return Some(Ok(()));
+            }
+            match g.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(Err(status.to_string())),
+                _ => None,
+            }
+        });
+        match outcome {
+            Some(Err(e)) => {
+                g.child = None;
+                Err(e)
+            }
+            Some(Ok(())) => Ok(()),
+            None => Err("not ready within 30 s".into()),
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.gws[i].dir.join("log")).unwrap_or_default()
     }
 
     /// SIGKILL: no goodbye on the peering channel, the TUN device vanishes with the process.
@@ -226,18 +251,20 @@ impl Line {
     }
 }
 
-fn ca() -> (Issuer<'static, KeyPair>, String) {
+fn ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "peering-ca");
+    p.distinguished_name.push(DnType::CommonName, name);
     let pem = p.self_signed(&key).unwrap().pem();
     (Issuer::new(p, key), pem)
 }
 
-/// Writes keys, certificates and the config of each gateway.
-fn configure(line: &Line) {
-    let (issuer, ca_pem) = ca();
+/// Writes keys, certificates and the config of each gateway; with `foreign_b`, B's peering
+/// certificate comes from a CA the others do not trust.
+fn configure(line: &Line, foreign_b: bool) {
+    let (issuer, ca_pem) = ca("peering-ca");
+    let (other, _) = ca("another-ca");
     let mut wg_keys = Vec::new();
     for (n, g) in line.gws.iter().enumerate() {
         let mut k = [0u8; 32];
@@ -249,9 +276,14 @@ fn configure(line: &Line) {
         write(&g.dir.join("wg.key"), &B64.encode(k), 0o600);
         wg_keys.push(B64.encode(meshgw_tunnel::wireguard::keys::public_key_of(&k)));
         let key = KeyPair::generate().unwrap();
+        let signer = if foreign_b && g.id == "gw-b" {
+            &other
+        } else {
+            &issuer
+        };
         let cert = CertificateParams::new(vec![g.id.to_owned()])
             .unwrap()
-            .signed_by(&key, &issuer)
+            .signed_by(&key, signer)
             .unwrap();
         write(&g.dir.join("peer.crt"), &cert.pem(), 0o644);
         write(&g.dir.join("peer.key"), &key.serialize_pem(), 0o600);
@@ -337,7 +369,7 @@ fn ping(ns: &str, args: &[&str]) -> (bool, String) {
 #[test]
 fn legacy_host_reaches_across_two_tunnels_and_routes_follow_the_middle_gateway() {
     let mut line = Line::up("l");
-    configure(&line);
+    configure(&line, false);
     for i in 0..3 {
         line.start(i);
     }
@@ -519,4 +551,40 @@ impl Drop for Guard {
 
 fn scopeguard(c: Child) -> Guard {
     Guard(c, true)
+}
+
+#[test]
+fn a_readable_private_key_stops_the_start_and_a_foreign_ca_is_refused() {
+    let mut line = Line::up("f");
+    configure(&line, true);
+    // A private key group and others can read: the gateway refuses to start and says why.
+    let key = line.gws[0].dir.join("wg.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let r = line.try_start(0);
+    assert!(r.is_err(), "started with a 0644 private key");
+    let log = line.log(0);
+    assert!(
+        log.contains("mode 0644") && log.contains(&key.display().to_string()),
+        "the refusal names the file and its mode: {log}"
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    line.start(0);
+
+    // B presents a certificate from another CA: A (which dials B) refuses it and says why.
+    line.start(1);
+    let refused = poll(Duration::from_secs(30), || {
+        let st = line.status(0);
+        st.contains("refused:").then_some(st)
+    })
+    .unwrap_or_else(|| panic!("no refusal in A's status: {}", line.status(0)));
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    let log = line.log(0);
+    assert!(
+        log.contains("peering connection refused") && log.contains("UnknownIssuer"),
+        "the refusal is logged with its reason: {log}"
+    );
+    // Nothing was learned: no session, no routes.
+    assert!(!refused.contains("established"), "{refused}");
+    assert_eq!(line.tunnel_routes(0), Vec::<String>::new());
+    assert_eq!(line.tunnel_routes(1), Vec::<String>::new());
 }

@@ -194,6 +194,14 @@ impl Line {
         }
     }
 
+    /// SIGHUP: reload the config file.
+    fn hup(&self, i: usize) {
+        let pid = self.gws[i].child.as_ref().unwrap().id();
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0);
+    }
+
     fn log(&self, i: usize) -> String {
         fs::read_to_string(self.gws[i].dir.join("log")).unwrap_or_default()
     }
@@ -535,6 +543,64 @@ fn legacy_host_reaches_across_two_tunnels_and_routes_follow_the_middle_gateway()
     assert!(ok, "no traffic after B restarted: {out}");
     let st = line.status(0);
     assert!(st.contains("peer gw-b"), "{st}");
+
+    // Key rotation by reload: C gets a new key, B's config the new public key. B's session
+    // with A is not renegotiated (its handshake age keeps growing) and traffic to C resumes.
+    std::thread::sleep(Duration::from_millis(1500));
+    let wg_peer = |line: &Line, gw: usize, id: &str| -> serde_json::Value {
+        let text = fs::read_to_string(line.gws[gw].state.join("status.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["transit"]["wireguard"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no peer {id} in {text}"))
+    };
+    let before = wg_peer(&line, 1, "gw-a")["last_handshake_secs"]
+        .as_u64()
+        .unwrap();
+    let mut k = [0x5au8; 32];
+    k[0] &= 248;
+    k[31] = (k[31] & 127) | 64;
+    let new_pub = B64.encode(meshgw_tunnel::wireguard::keys::public_key_of(&k));
+    let old_pub = wg_peer(&line, 1, "gw-c")["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    write(&line.gws[2].dir.join("wg.key"), &B64.encode(k), 0o600);
+    let b_cfg = fs::read_to_string(&line.gws[1].config).unwrap();
+    write(
+        &line.gws[1].config,
+        &b_cfg.replace(&old_pub, &new_pub),
+        0o644,
+    );
+    line.hup(1);
+    line.hup(2);
+    let rotated = poll(Duration::from_secs(20), || {
+        (wg_peer(&line, 1, "gw-c")["public_key"] == new_pub.as_str()).then_some(())
+    });
+    assert!(rotated.is_some(), "B did not take C's new key");
+    let (ok, out) = poll(Duration::from_secs(20), || {
+        let r = ping(&ha, &["-c", "1", "-W", "2", "10.3.0.2"]);
+        r.0.then_some(r)
+    })
+    .unwrap_or_else(|| (false, String::new()));
+    assert!(ok, "no traffic after C's key rotation: {out}");
+    let after = wg_peer(&line, 1, "gw-a")["last_handshake_secs"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after >= before,
+        "B's session with A was renegotiated by C's rotation ({before} s -> {after} s)"
+    );
+    // C completed a handshake with its new key (its status is rewritten every second).
+    let c_side = poll(Duration::from_secs(10), || {
+        let p = wg_peer(&line, 2, "gw-b");
+        p["last_handshake_secs"].as_u64().map(|_| p)
+    });
+    assert!(c_side.is_some(), "{}", wg_peer(&line, 2, "gw-b"));
 }
 
 /// Kills a child process on drop unless disarmed.

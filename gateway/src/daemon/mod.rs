@@ -754,6 +754,11 @@ pub async fn down(source: ConfigSource) -> Result<()> {
         nl.delete_link(dev).await?;
     }
     meshgw_tunnel::vxlan::remove_vxlan(nl.handle(), &cfg.mesh.vxlan_device).await?;
+    if let Some(t) = &cfg.transit {
+        // A kernel WireGuard device outlives the daemon (a TUN device does not).
+        nl.delete_link(&t.wireguard.interface).await?;
+        transit::remove_mss_clamp();
+    }
     let _ = std::fs::remove_file(cfg.gateway.state_dir.join("ready"));
     Ok(())
 }

@@ -97,6 +97,11 @@ fn mss_clamp_script(interface: &str) -> String {
     )
 }
 
+/// Removes the MSS clamping table (`meshgw down`); absent is fine.
+pub fn remove_mss_clamp() {
+    let _ = nft("table inet meshgw_transit {}\ndelete table inet meshgw_transit\n");
+}
+
 fn mtu_of(ifindex: u32) -> Option<u32> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into buf.

@@ -4,7 +4,11 @@
 //!
 //! Forwarding of learned prefixes is the kernel's: they are routed into the WireGuard interface
 //! by the route reconciler (protocol meshgw, like the pod routes). The XDP program passes
-//! traffic that is not for a portal VIP to the kernel, which routes it; MSS clamping is an
+//! traffic that is not for a portal VIP to the kernel, which routes it. XDP_REDIRECT straight
+//! into the TUN device was tried on this kernel (6.18, veth ingress, a one-instruction
+//! `bpf_redirect(tun)` program): in native mode every redirected frame is dropped (veth rx
+//! `dropped` grows, the TUN transmits nothing); in generic mode the TUN reader gets the frame
+//! with its Ethernet header, which is not an IP packet. So the kernel path it is. MSS clamping is an
 //! nftables rule on the forward hook (`tcp option maxseg size set rt mtu`), and an oversize
 //! packet with DF set gets the kernel's ICMP "fragmentation needed" from the forward path
 //! because the tunnel's MTU is smaller than the legacy side's.

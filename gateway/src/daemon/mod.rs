@@ -342,6 +342,13 @@ impl Daemon {
             }
         }
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
+        if let Some(t) = &mut self.transit {
+            let mut used: BTreeSet<IpAddr> = alloc.vips.values().copied().collect();
+            used.extend(alloc.reserved.values().flatten().copied());
+            let imports = transit::plan_imports(&t.learned_services(), &self.cfg.vips.pool, &used);
+            d.vips.extend(imports.iter().map(|i| IpAddr::V4(i.vip)));
+            t.set_services(transit::origins(&cat, &alloc), imports);
+        }
         d.identities = compiled.prefixes;
         d.policy = compiled.entries;
         d.policy_enforced = compiled.enforced;

@@ -14,13 +14,14 @@
 //! because the tunnel's MTU is smaller than the legacy side's.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use meshgw_tunnel::mtu::{tunnel_mtu, Encap};
-use meshgw_tunnel::peering::proto::RouteKey;
+use meshgw_tunnel::peering::proto::{RouteKey, ServiceAttrs, ServicePort};
 use meshgw_tunnel::peering::session::{PeerSpec, Peering, PeeringConfig, PeeringStatus};
 use meshgw_tunnel::peering::tls::{Identity, Trust};
 use meshgw_tunnel::wireguard::kernel::{kernel_available, KernelDevice};
@@ -64,6 +65,10 @@ pub struct TransitRuntime {
     pub ifindex: u32,
     peering: Peering,
     changes: watch::Receiver<u64>,
+    /// The nftables script last applied.
+    table: String,
+    /// What was last given to peering (set only on change: every change wakes the daemon).
+    offered: Option<(Vec<Origin>, Vec<Imported>)>,
 }
 
 fn nft(script: &str) -> Result<()> {
@@ -85,9 +90,133 @@ fn nft(script: &str) -> Result<()> {
     Ok(())
 }
 
-/// The nftables table that clamps the MSS of TCP SYNs entering or leaving the tunnel to the
-/// route's MTU, so that endpoints with 1,500-byte MTUs never send segments the tunnel drops.
-fn mss_clamp_script(interface: &str) -> String {
+/// One frontend port of an offered service: protocol name, port, backends (address, target
+/// port).
+pub type OriginPort = (String, u16, Vec<(IpAddr, u16)>);
+
+/// A portal service of this gateway offered to peers: tunnel traffic to its VIP is balanced
+/// over its backends by the kernel (the XDP program only sees the legacy side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// `namespace`, `name`.
+    pub key: RouteKey,
+    /// Its IPv4 VIP here.
+    pub vip: Ipv4Addr,
+    /// Per frontend port: protocol name, port, backends (address, target port).
+    pub ports: Vec<OriginPort>,
+}
+
+/// A service learned from a peer and served here under a local VIP, forwarded to the VIP the
+/// peer announced (which is routed into the tunnel).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Imported {
+    /// `namespace`, `name`.
+    pub key: RouteKey,
+    /// The VIP here.
+    pub vip: Ipv4Addr,
+    /// The next gateway's VIP for it.
+    pub next: IpAddr,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+}
+
+/// The portal services of the catalog that can be offered: an IPv4 VIP and backends.
+pub fn origins(cat: &crate::catalog::Catalog, alloc: &crate::vip::Allocation) -> Vec<Origin> {
+    let mut out = Vec::new();
+    for svc in cat.services.values() {
+        let Some(IpAddr::V4(vip)) = alloc.vips.get(&(svc.name.clone(), false)).copied() else {
+            continue;
+        };
+        let ports: Vec<OriginPort> = svc
+            .ports
+            .iter()
+            .map(|p| {
+                let backends = svc
+                    .backends
+                    .iter()
+                    .filter(|b| b.addr.is_ipv4())
+                    .filter_map(|b| b.ports.get(&p.name).map(|t| (b.addr, *t)))
+                    .collect();
+                let proto = if p.proto == 6 { "tcp" } else { "udp" };
+                (proto.to_owned(), p.port, backends)
+            })
+            .filter(|(_, _, b): &OriginPort| !b.is_empty())
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        out.push(Origin {
+            key: RouteKey::Service {
+                namespace: svc.name.namespace.clone(),
+                name: svc.name.name.clone(),
+            },
+            vip,
+            ports,
+        });
+    }
+    out
+}
+
+/// Local VIPs for learned services: taken from the top of the IPv4 pool ranges, skipping
+/// addresses in `used`, in key order (so the same set of services gets the same VIPs).
+pub fn plan_imports(
+    learned: &[(RouteKey, ServiceAttrs)],
+    pool: &[IpNet],
+    used: &BTreeSet<IpAddr>,
+) -> Vec<Imported> {
+    let mut free = pool
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(v4) => Some(v4.hosts().rev()),
+            IpNet::V6(_) => None,
+        })
+        .flatten()
+        .filter(|a| !used.contains(&IpAddr::V4(*a)));
+    let mut sorted: Vec<&(RouteKey, ServiceAttrs)> = learned.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (key, attrs) in sorted {
+        let Some(vip) = free.next() else { break };
+        out.push(Imported {
+            key: key.clone(),
+            vip,
+            next: attrs.vip,
+            ports: attrs.ports.clone(),
+        });
+    }
+    out
+}
+
+/// The nftables table of transit: TCP MSS clamping on the tunnel (SYNs entering or leaving it
+/// get the route's MTU, so endpoints with 1,500-byte MTUs never send segments the tunnel
+/// drops), and the DNAT of service traffic: a local VIP of an imported service to the next
+/// gateway's VIP, and tunnel traffic to a VIP of ours to its backends.
+fn table_script(interface: &str, origins: &[Origin], imports: &[Imported]) -> String {
+    let mut nat = String::new();
+    for i in imports {
+        for p in &i.ports {
+            let proto = if p.protocol == "udp" { "udp" } else { "tcp" };
+            nat.push_str(&format!(
+                "    ip daddr {} {proto} dport {} dnat ip to {}\n",
+                i.vip, p.port, i.next
+            ));
+        }
+    }
+    for o in origins {
+        for (proto, port, backends) in &o.ports {
+            let map: Vec<String> = backends
+                .iter()
+                .enumerate()
+                .map(|(n, (a, t))| format!("{n} : {a} . {t}"))
+                .collect();
+            nat.push_str(&format!(
+                "    iifname \"{interface}\" ip daddr {} {proto} dport {port} dnat ip to numgen random mod {} map {{ {} }}\n",
+                o.vip,
+                backends.len(),
+                map.join(", ")
+            ));
+        }
+    }
     format!(
         "table inet meshgw_transit {{}}\n\
          delete table inet meshgw_transit\n\
@@ -96,6 +225,10 @@ fn mss_clamp_script(interface: &str) -> String {
              type filter hook forward priority mangle; policy accept;\n\
              oifname \"{interface}\" tcp flags syn counter tcp option maxseg size set rt mtu\n\
              iifname \"{interface}\" tcp flags syn counter tcp option maxseg size set rt mtu\n\
+           }}\n\
+           chain prerouting {{\n\
+             type nat hook prerouting priority dstnat; policy accept;\n\
+         {nat}\
            }}\n\
          }}\n"
     )
@@ -181,7 +314,8 @@ impl TransitRuntime {
             .await?
             .with_context(|| format!("WireGuard interface {} vanished", wg.interface))?
             .index;
-        if let Err(e) = nft(&mss_clamp_script(&wg.interface)) {
+        let table = table_script(&wg.interface, &[], &[]);
+        if let Err(e) = nft(&table) {
             warn!(error = %format!("{e:#}"), "TCP MSS clamping is not installed");
         }
         let peering = start_peering(cfg)?;
@@ -194,7 +328,84 @@ impl TransitRuntime {
             ifindex,
             peering,
             changes,
+            table,
+            offered: None,
         })
+    }
+
+    /// Services learned from peers, with the VIP the peer serves them under.
+    pub fn learned_services(&self) -> Vec<(RouteKey, ServiceAttrs)> {
+        self.peering
+            .best()
+            .into_iter()
+            .filter(|(k, b)| b.via.is_some() && matches!(k, RouteKey::Service { .. }))
+            .filter_map(|(k, b)| b.service.map(|s| (k, s)))
+            .collect()
+    }
+
+    /// Offers this gateway's portal services to peers, serves the imported ones under their
+    /// local VIPs (re-offered to other peers with those VIPs) and installs the DNAT rules.
+    pub fn set_services(&mut self, origins: Vec<Origin>, imports: Vec<Imported>) {
+        let offer = (origins, imports);
+        if self.offered.as_ref() != Some(&offer) {
+            let mut local: BTreeMap<RouteKey, Option<ServiceAttrs>> = self
+                .cfg
+                .peering
+                .announce
+                .iter()
+                .map(|n| (RouteKey::Prefix { prefix: *n }, None))
+                .collect();
+            for o in &offer.0 {
+                local.insert(
+                    o.key.clone(),
+                    Some(ServiceAttrs {
+                        vip: IpAddr::V4(o.vip),
+                        ports: o
+                            .ports
+                            .iter()
+                            .map(|(proto, port, _)| ServicePort {
+                                port: *port,
+                                protocol: proto.clone(),
+                            })
+                            .collect(),
+                    }),
+                );
+            }
+            self.peering.set_local(local);
+            self.peering.set_served(
+                offer
+                    .1
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.key.clone(),
+                            ServiceAttrs {
+                                vip: IpAddr::V4(i.vip),
+                                ports: i.ports.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+            );
+            self.offered = Some(offer);
+        }
+        let Some((origins, imports)) = &self.offered else {
+            return;
+        };
+        let table = table_script(&self.wg.interface, origins, imports);
+        if table != self.table {
+            match nft(&table) {
+                Ok(()) => {
+                    info!(
+                        origins = origins.len(),
+                        imports = imports.len(),
+                        "transit DNAT rules installed"
+                    );
+                    self.table = table;
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "transit DNAT rules not installed"),
+            }
+        }
     }
 
     /// Resolves when peering learned or withdrew something.
@@ -382,12 +593,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mss_clamp_script_names_the_interface_both_ways_and_replaces_the_table() {
-        let s = mss_clamp_script("meshgw-wg");
+    fn table_script_names_the_interface_both_ways_and_replaces_the_table() {
+        let s = table_script("meshgw-wg", &[], &[]);
         assert!(s.contains(
             "oifname \"meshgw-wg\" tcp flags syn counter tcp option maxseg size set rt mtu"
         ));
         assert!(s.contains("iifname \"meshgw-wg\""));
         assert!(s.contains("delete table inet meshgw_transit"));
+    }
+
+    fn svc(name: &str) -> RouteKey {
+        RouteKey::Service {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn imports_take_free_pool_addresses_from_the_top_in_key_order() {
+        let attrs = |v: &str| ServiceAttrs {
+            vip: v.parse().unwrap(),
+            ports: vec![ServicePort {
+                port: 80,
+                protocol: "tcp".into(),
+            }],
+        };
+        let learned = vec![
+            (svc("web"), attrs("10.202.0.9")),
+            (svc("api"), attrs("10.202.0.8")),
+        ];
+        let pool: Vec<IpNet> = vec!["10.201.0.0/29".parse().unwrap()];
+        let used = BTreeSet::from(["10.201.0.6".parse().unwrap()]);
+        let plan = plan_imports(&learned, &pool, &used);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(
+            (plan[0].key.clone(), plan[0].vip),
+            (svc("api"), "10.201.0.5".parse().unwrap())
+        );
+        assert_eq!(
+            (plan[1].key.clone(), plan[1].vip),
+            (svc("web"), "10.201.0.4".parse().unwrap())
+        );
+        let s = table_script("wg", &[], &plan);
+        assert!(
+            s.contains("ip daddr 10.201.0.5 tcp dport 80 dnat ip to 10.202.0.8"),
+            "{s}"
+        );
+        let o = Origin {
+            key: svc("echo"),
+            vip: "10.200.0.10".parse().unwrap(),
+            ports: vec![(
+                "tcp".into(),
+                80,
+                vec![
+                    ("10.244.1.10".parse().unwrap(), 8080),
+                    ("10.244.2.10".parse().unwrap(), 8080),
+                ],
+            )],
+        };
+        let s = table_script("wg", &[o], &[]);
+        assert!(s.contains("iifname \"wg\" ip daddr 10.200.0.10 tcp dport 80 dnat ip to numgen random mod 2 map { 0 : 10.244.1.10 . 8080, 1 : 10.244.2.10 . 8080 }"), "{s}");
     }
 }

@@ -654,3 +654,189 @@ fn a_readable_private_key_stops_the_start_and_a_foreign_ca_is_refused() {
     assert_eq!(line.tunnel_routes(0), Vec::<String>::new());
     assert_eq!(line.tunnel_routes(1), Vec::<String>::new());
 }
+
+/// Like [`configure`] for A and B of `line`, with C being the lab's gateway: A announces its
+/// legacy prefix, C offers the lab's portal service (echo, VIP 10.200.0.10) to B, B to A.
+fn configure_with_lab(line: &Line, lab: &lab::Lab) {
+    let (issuer, ca_pem) = ca("peering-ca");
+    let dirs = [
+        line.gws[0].dir.clone(),
+        line.gws[1].dir.clone(),
+        lab.dir.clone(),
+    ];
+    let ids = ["gw-a", "gw-b", "gw-c"];
+    let mut pubs = Vec::new();
+    for (n, d) in dirs.iter().enumerate() {
+        let mut k = [0u8; 32];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(17) ^ (n as u8 * 53 + 9) ^ (std::process::id() as u8);
+        }
+        k[0] &= 248;
+        k[31] = (k[31] & 127) | 64;
+        write(&d.join("wg.key"), &B64.encode(k), 0o600);
+        pubs.push(B64.encode(meshgw_tunnel::wireguard::keys::public_key_of(&k)));
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![ids[n].to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        write(&d.join("peer.crt"), &cert.pem(), 0o644);
+        write(&d.join("peer.key"), &key.serialize_pem(), 0o600);
+        write(&d.join("ca.crt"), &ca_pem, 0o644);
+    }
+    let transit = |n: usize, announce: &str, peers: &[(usize, &str, Option<&str>)]| {
+        let d = dirs[n].display();
+        let mut t = format!(
+            r#"
+[wireguard]
+private_key_file = "{d}/wg.key"
+backend = "userspace"
+
+[peering]
+gateway_id = "{}"
+cert_file = "{d}/peer.crt"
+key_file = "{d}/peer.key"
+ca_files = ["{d}/ca.crt"]
+hold_time_seconds = {HOLD}
+announce = {announce}
+"#,
+            ids[n]
+        );
+        for (p, ep, quic) in peers {
+            t.push_str(&format!(
+                "\n[[peer]]\nid = \"{}\"\npublic_key = \"{}\"\nendpoint = \"{ep}\"\npersistent_keepalive = 5\n",
+                ids[*p], pubs[*p]
+            ));
+            if let Some(q) = quic {
+                t.push_str(&format!("quic_endpoint = \"{q}\"\n"));
+            }
+        }
+        t
+    };
+    for n in 0..2 {
+        let g = &line.gws[n];
+        let name = g.state.file_name().unwrap().to_str().unwrap();
+        let peers: Vec<(usize, &str, Option<&str>)> = if n == 0 {
+            vec![(1, "192.168.10.2:51820", Some("192.168.10.2:4433"))]
+        } else {
+            vec![
+                (0, "192.168.10.1:51820", None),
+                (2, "192.168.20.2:51820", Some("192.168.20.2:4433")),
+            ]
+        };
+        let announce = if n == 0 { r#"["10.1.0.0/24"]"# } else { "[]" };
+        let text = format!(
+            r#"[gateway]
+name = "{name}"
+state_dir = "{}"
+bpf_pin_dir = "{}"
+
+[interfaces]
+legacy = "legacy"
+mesh = "mesh"
+xdp_mode = "native"
+
+[mesh]
+address = "172.18.0.1"
+
+[vips]
+pool = ["10.20{}.0.0/24"]
+announce = false
+{}"#,
+            g.state.display(),
+            g.pins.display(),
+            n + 1,
+            transit(n, announce, &peers)
+        );
+        write(&g.config, &text, 0o644);
+    }
+    let extra: toml_edit::DocumentMut = transit(2, "[]", &[(1, "192.168.20.1:51820", None)])
+        .parse()
+        .unwrap();
+    lab.write_config(|doc| {
+        for (k, v) in extra.iter() {
+            doc[k] = v.clone();
+        }
+    });
+}
+
+#[test]
+fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
+    // C is a full lab gateway (nodes, pods, the portal service echo); A and B only peer.
+    let mut lab = lab::Lab::up("transit-svc");
+    let mut line = Line::up("s");
+    // Line made its own C namespace; this test uses the lab's gateway instead.
+    let own_c = line.gws.pop().unwrap();
+    let _ = Command::new("ip")
+        .args(["netns", "del", &own_c.ns])
+        .output();
+    let _ = fs::remove_dir_all(&own_c.dir);
+    let c_ns = lab.gw();
+    let b_ns = line.gws[1].ns.clone();
+    // The link B - C (Line wired B's "wc" into its own C namespace, gone with it).
+    let _ = Command::new("ip")
+        .args(["-n", &b_ns, "link", "del", "wc"])
+        .output();
+    wire(
+        (&b_ns, "wc", "192.168.20.1/24"),
+        (&c_ns, "wb", "192.168.20.2/24"),
+    );
+    // Cilium's VTEP CIDR must cover the legacy prefixes replies go to: the nodes route A's
+    // prefix to the gateway as they route the lab's legacy network.
+    for n in 1..=2 {
+        let node = lab.ns(&format!("node{n}"));
+        run(Command::new("ip").args([
+            "-n",
+            &node,
+            "route",
+            "replace",
+            "10.1.0.0/24",
+            "via",
+            "169.254.0.1",
+            "dev",
+            "vxlan0",
+            "onlink",
+            "encap",
+            "ip",
+            "id",
+            "2",
+            "dst",
+            "172.18.0.1",
+        ]));
+    }
+    configure_with_lab(&line, &lab);
+    lab.start_gateway();
+    line.start(0);
+    line.start(1);
+
+    // A learns the service through B and serves it under a VIP of its own pool.
+    let vip_a = "10.201.0.254";
+    line.wait_routes(
+        0,
+        &["10.202.0.254"],
+        "A routes B's VIP for the service into the tunnel",
+    );
+    let addrs = lab::addresses(&line.gws[0].ns, "legacy");
+    let have = poll(Duration::from_secs(20), || {
+        lab::addresses(&line.gws[0].ns, "legacy")
+            .iter()
+            .any(|a| a.starts_with(vip_a))
+            .then_some(())
+    });
+    assert!(have.is_some(), "A has no VIP {vip_a}: {addrs:?}");
+    let st = line.status(0);
+    assert!(st.contains("services learned: default/echo"), "{st}");
+
+    let ha = line.hosts[0].clone();
+    let addr: std::net::SocketAddr = format!("{vip_a}:80").parse().unwrap();
+    let answers = lab::tcp_many(&ha, addr, 20);
+    let mut counts = std::collections::BTreeMap::new();
+    for a in &answers {
+        match a {
+            Ok((_, who)) => *counts.entry(who.clone()).or_insert(0usize) += 1,
+            Err(e) => panic!("connection to {addr} through A-B-C failed: {e}; {answers:?}"),
+        }
+    }
+    assert_eq!(counts.values().sum::<usize>(), 20, "{counts:?}");
+    lab::assert_both_pods("service across A-B-C", &counts);
+}

@@ -1,6 +1,6 @@
 //! Gateway-to-gateway transit in the daemon: the WireGuard interface (kernel or boringtun), the
-//! peering session set, the WireGuard allowed IPs that follow what peering learned, TCP MSS
-//! clamping on the tunnel, and the status of both.
+//! peering session set, the WireGuard allowed IPs that follow what peering learned, remote
+//! services under local VIPs (kernel DNAT), TCP MSS clamping on the tunnel, and the status.
 //!
 //! Forwarding of learned prefixes is the kernel's: they are routed into the WireGuard interface
 //! by the route reconciler (protocol meshgw, like the pod routes). The XDP program passes

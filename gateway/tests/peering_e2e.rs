@@ -595,6 +595,40 @@ fn legacy_host_reaches_across_two_tunnels_and_routes_follow_the_middle_gateway()
         after >= before,
         "B's session with A was renegotiated by C's rotation ({before} s -> {after} s)"
     );
+    // A changed announce list is announced and withdrawn on the running sessions.
+    let a_cfg = fs::read_to_string(&line.gws[0].config).unwrap();
+    let more = a_cfg.replace(
+        r#"announce = ["10.1.0.0/24"]"#,
+        r#"announce = ["10.1.0.0/24", "10.1.9.0/24"]"#,
+    );
+    assert_ne!(more, a_cfg);
+    write(&line.gws[0].config, &more, 0o644);
+    line.hup(0);
+    line.wait_routes(
+        2,
+        &["10.1.0.0/24", "10.1.9.0/24"],
+        "C learns A's new prefix",
+    );
+    write(&line.gws[0].config, &a_cfg, 0o644);
+    line.hup(0);
+    line.wait_routes(2, &["10.1.0.0/24"], "C withdraws A's removed prefix");
+    let sessions = |line: &Line| -> u64 {
+        let text = fs::read_to_string(line.gws[1].state.join("status.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["transit"]["peering"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "gw-a")
+            .and_then(|p| p["sessions"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        sessions(&line),
+        1,
+        "the announce change reopened B's session with A"
+    );
+
     // C completed a handshake with its new key (its status is rewritten every second).
     let c_side = poll(Duration::from_secs(10), || {
         let p = wg_peer(&line, 2, "gw-b");

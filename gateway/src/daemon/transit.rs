@@ -472,7 +472,13 @@ impl TransitRuntime {
         let want = device_config(cfg, nl, &learned).await?;
         self.apply(&want).await?;
         self.wg = want;
-        let peering_changed = cfg.peering != self.cfg.peering
+        // A changed announce list is an update on the running sessions; anything else about
+        // peering (identity, trust, listen address, peers) needs new sessions.
+        let mut same_announce = cfg.peering.clone();
+        same_announce
+            .announce
+            .clone_from(&self.cfg.peering.announce);
+        let peering_changed = same_announce != self.cfg.peering
             || cfg
                 .peers
                 .iter()
@@ -488,6 +494,10 @@ impl TransitRuntime {
             let peering = start_peering(cfg)?;
             self.changes = peering.subscribe();
             self.peering = peering;
+        }
+        if cfg.peering.announce != self.cfg.peering.announce {
+            // The next reconcile offers the new list (set_services compares what it offered).
+            self.offered = None;
         }
         self.cfg = cfg.clone();
         Ok(())

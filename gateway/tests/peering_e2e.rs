@@ -873,4 +873,28 @@ fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
     }
     assert_eq!(counts.values().sum::<usize>(), 20, "{counts:?}");
     lab::assert_both_pods("service across A-B-C", &counts);
+
+    // C stops serving the service (its portal is removed by a reload): A withdraws its VIP and
+    // the route to B's.
+    let text = fs::read_to_string(&lab.config).unwrap();
+    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+    doc.remove("service");
+    fs::write(&lab.config, doc.to_string()).unwrap();
+    lab.reload_gateway();
+    line.wait_routes(0, &[], "A withdraws the service's route");
+    let gone = poll(Duration::from_secs(20), || {
+        (!lab::addresses(&line.gws[0].ns, "legacy")
+            .iter()
+            .any(|a| a.starts_with(vip_a)))
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "A still holds {vip_a}: {:?}",
+        lab::addresses(&line.gws[0].ns, "legacy")
+    );
+    assert!(
+        lab::tcp_many(&ha, addr, 1)[0].is_err(),
+        "the withdrawn service still answers"
+    );
 }

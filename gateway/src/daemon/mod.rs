@@ -8,6 +8,7 @@
 
 pub mod kernel;
 pub mod names;
+pub mod observe;
 pub mod status;
 
 use std::collections::BTreeSet;
@@ -45,6 +46,8 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// How long cluster events are gathered before one reconcile applies them: a relist delivers
 /// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How often the telemetry snapshot (API, metrics, dashboard) is refreshed from the maps.
+const TELEMETRY: Duration = Duration::from_secs(1);
 
 /// What a reconcile pass checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +113,10 @@ struct Daemon {
     policies: Vec<Policy>,
     /// Gateway-local identities, read once, written when one is added.
     local_ids: Option<LocalIdentities>,
+    /// Flow events, the control API, metrics and IPFIX (started once the datapath is loaded).
+    observer: Option<observe::Observer>,
+    /// The status as last published.
+    last_status: Status,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -166,8 +173,15 @@ impl Daemon {
             names: Names::default(),
             policies,
             local_ids: None,
+            observer: None,
+            last_status: Status::default(),
             cfg,
         };
+        d.observer = Some(
+            observe::Observer::start(&d.cfg, &mut d.dp)
+                .await
+                .context("observability")?,
+        );
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
         d.setup_devices().await?;
         d.names.ensure(&d.cfg, &d.nl, d.dev.legacy).await;
@@ -380,6 +394,9 @@ impl Daemon {
         self.announce(&d);
         self.desired = d;
         self.publish_status(&cat, &alloc);
+        if let Some(o) = &mut self.observer {
+            o.learn(&self.cfg, &cat, &self.desired, &self.bpf);
+        }
         Ok(())
     }
 
@@ -401,7 +418,16 @@ impl Daemon {
         self.announced = d.vips.clone();
     }
 
-    fn publish_status(&self, cat: &Catalog, alloc: &vip::Allocation) {
+    /// Refreshes the telemetry snapshot (once a second).
+    fn refresh_telemetry(&mut self) {
+        let mut st = self.last_status.clone();
+        st.clusters = self.cluster_status();
+        if let Some(o) = &self.observer {
+            o.refresh(&mut self.dp, &st);
+        }
+    }
+
+    fn publish_status(&mut self, cat: &Catalog, alloc: &vip::Allocation) {
         let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
         let portals = cat
             .services
@@ -473,6 +499,7 @@ impl Daemon {
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
         }
+        self.last_status = st;
     }
 
     fn cluster_status(&self) -> Vec<ClusterStatus> {
@@ -563,6 +590,16 @@ impl Daemon {
         match result {
             Ok(()) => {
                 self.clusters.configure(&self.cfg.clusters);
+                if let Err(e) = observe::configure_events(&mut self.dp, &self.cfg.observe) {
+                    warn!(error = %format!("{e:#}"), "flow event settings not applied");
+                }
+                if old.observe.api_socket != self.cfg.observe.api_socket
+                    || old.observe.metrics_listen != self.cfg.observe.metrics_listen
+                    || old.observe.ipfix_collector != self.cfg.observe.ipfix_collector
+                    || old.observe.max_flows != self.cfg.observe.max_flows
+                {
+                    warn!("[api], [metrics], [ipfix] and [flows].max_flows take effect at the next start");
+                }
                 self.reload_error = None;
                 info!("configuration reloaded");
             }
@@ -603,6 +640,8 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(RESYNC);
     tick.tick().await;
+    let mut telemetry = tokio::time::interval(TELEMETRY);
+    telemetry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When gathered cluster events are due to be applied.
     let mut due: Option<Instant> = None;
     loop {
@@ -628,6 +667,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 }
             }
             _ = hup.recv() => d.reload().await,
+            _ = telemetry.tick() => d.refresh_telemetry(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
@@ -644,6 +684,9 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     }
     d.clusters.shutdown();
     let _ = std::fs::remove_file(&ready);
+    // No socket: clients say "daemon not running" rather than time out.
+    let _ = std::fs::remove_file(&d.cfg.observe.api_socket);
+    d.observer = None;
     info!("stopping; the XDP datapath stays attached and forwarding (meshgw down removes it)");
     Ok(())
 }

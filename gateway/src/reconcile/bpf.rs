@@ -50,6 +50,16 @@ fn free_id(used: &BTreeSet<u32>) -> u32 {
 }
 
 impl BpfReconciler {
+    /// The id a frontend was given, once written (telemetry names counters by it).
+    pub fn service_id(&self, k: &ServiceKey) -> Option<u32> {
+        self.service_ids.get(k).copied()
+    }
+
+    /// The id a backend was given, once written.
+    pub fn backend_id(&self, b: &crate::desired::BackendSpec) -> Option<u32> {
+        self.backend_ids.get(b).copied()
+    }
+
     /// Recovers the ids already in the (possibly pinned) maps.
     pub fn recover(dp: &mut Datapath) -> Result<Self, DatapathError> {
         let mut r = BpfReconciler::default();

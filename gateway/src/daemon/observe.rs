@@ -1,0 +1,344 @@
+//! The daemon's observability: starts the flow event reader, the control API, `/metrics` and the
+//! IPFIX exporter, and refreshes the shared snapshot from the maps once a second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use meshgw_common::maps::{ServiceKey, ID_WORLD};
+use meshgw_common::telemetry::{EventsConfig, FlowEvent, EVENTS_F_DROPS, EVENTS_F_FLOWS};
+use meshgw_datapath::Datapath;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::server::{self, Shared};
+use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot};
+use crate::catalog::Catalog;
+use crate::config::{Config, Observability};
+use crate::desired::{addr_from16, BackendSpec, Desired};
+use crate::flows::table::{FlowKey, Tracked};
+use crate::flows::Names;
+use crate::reconcile::bpf::BpfReconciler;
+
+use super::status::Status;
+
+/// Converts the datapath's `bpf_ktime_get_ns` (CLOCK_MONOTONIC) into Unix milliseconds.
+#[derive(Clone, Copy)]
+struct Clock {
+    unix_ms: u64,
+    mono_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out pointer for the call's duration.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Clock {
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        }
+    }
+
+    fn unix_ms(&self, mono_ns: u64) -> u64 {
+        let age_ms = self.mono_ns.saturating_sub(mono_ns) / 1_000_000;
+        self.unix_ms.saturating_sub(age_ms)
+    }
+}
+
+/// One frontend as the telemetry names it.
+struct FrontendInfo {
+    key: ServiceKey,
+    service_id: u32,
+    service: String,
+    backends: Vec<(u32, BackendSpec)>,
+}
+
+/// The running observability tasks and their shared state.
+pub struct Observer {
+    /// What the API, metrics and IPFIX read.
+    pub shared: Arc<Shared>,
+    frontends: Vec<FrontendInfo>,
+    nodes: BTreeMap<Ipv4Addr, String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        // The socket's existence says "daemon running" to clients.
+    }
+}
+
+/// Sets which events the datapath sends.
+pub fn configure_events(dp: &mut Datapath, o: &Observability) -> Result<()> {
+    let flags = if o.flow_events {
+        EVENTS_F_FLOWS | EVENTS_F_DROPS
+    } else {
+        0
+    };
+    dp.set_events_config(&EventsConfig {
+        sample_rate: o.sample_rate,
+        flags,
+    })
+    .context("writing the event settings")
+}
+
+impl Observer {
+    /// Starts everything `cfg` asks for. Fails when the control socket or the metrics address
+    /// cannot be bound (a configuration error the operator must see).
+    pub async fn start(cfg: &Config, dp: &mut Datapath) -> Result<Observer> {
+        let o = &cfg.observe;
+        let shared = Shared::new(o.max_flows);
+        let mut tasks = Vec::new();
+        configure_events(dp, o)?;
+        let ring = dp.take_events().context("the flow event ring buffer")?;
+        tasks.push(tokio::spawn(read_events(ring, shared.clone())));
+        let listener = server::bind(&o.api_socket)
+            .with_context(|| format!("[api].socket {}", o.api_socket.display()))?;
+        info!(socket = %o.api_socket.display(), "control API listening");
+        tasks.push(tokio::spawn(server::serve(listener, shared.clone())));
+        if let Some(addr) = o.metrics_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("[metrics].listen {addr}"))?;
+            info!(%addr, "metrics listening");
+            tasks.push(tokio::spawn(crate::metrics::serve(l, shared.clone())));
+        }
+        if let Some(collector) = o.ipfix_collector {
+            let ex = crate::ipfix::Exporter {
+                collector,
+                interval: Duration::from_secs(o.ipfix_interval_seconds),
+                domain: o.ipfix_domain,
+            };
+            info!(%collector, "IPFIX export");
+            tasks.push(tokio::spawn(ex.run(shared.table.clone())));
+        }
+        Ok(Observer {
+            shared,
+            frontends: Vec::new(),
+            nodes: BTreeMap::new(),
+            tasks,
+        })
+    }
+
+    /// Learns what the ids mean after a reconcile.
+    pub fn learn(&mut self, cfg: &Config, cat: &Catalog, d: &Desired, bpf: &BpfReconciler) {
+        let mut names = Names::default();
+        names
+            .identities
+            .insert(ID_WORLD, vec!["reserved:world".to_string()]);
+        let labels = |l: &BTreeMap<String, String>| -> Vec<String> {
+            l.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        };
+        for p in &cfg.legacy_prefixes {
+            if let Some(id) = d.identities.get(&p.prefix) {
+                names.identities.insert(*id, labels(&p.labels));
+            }
+        }
+        let mut pod_labels: HashMap<IpAddr, Vec<String>> = HashMap::new();
+        for s in cat.services.values() {
+            for b in &s.backends {
+                pod_labels.insert(b.addr, labels(&b.labels));
+            }
+        }
+        self.frontends.clear();
+        for (key, f) in &d.frontends {
+            let Some(service_id) = bpf.service_id(key) else {
+                continue;
+            };
+            let service = f.service.to_string();
+            names.services.insert(service_id, service.clone());
+            let mut backends = Vec::new();
+            for (spec, _) in &f.backends {
+                let Some(id) = bpf.backend_id(spec) else {
+                    continue;
+                };
+                names.backends.insert(
+                    id,
+                    format!("{}", std::net::SocketAddr::new(spec.addr, spec.port)),
+                );
+                if spec.identity != 0 {
+                    if let Some(l) = pod_labels.get(&spec.addr) {
+                        names.identities.insert(spec.identity, l.clone());
+                    }
+                }
+                backends.push((id, *spec));
+            }
+            self.frontends.push(FrontendInfo {
+                key: *key,
+                service_id,
+                service,
+                backends,
+            });
+        }
+        self.nodes = cat
+            .nodes
+            .values()
+            .map(|n| (n.address, format!("{}/{}", n.id.cluster, n.id.name)))
+            .collect();
+        if let Ok(mut n) = self.shared.names.write() {
+            *n = names;
+        }
+    }
+
+    /// Reads the maps into a new snapshot; `status` is the last published status.
+    pub fn refresh(&self, dp: &mut Datapath, status: &Status) {
+        let clock = Clock::now();
+        let mut snap = Snapshot {
+            taken_at_ms: clock.unix_ms,
+            status: status.clone(),
+            ..Snapshot::default()
+        };
+        match dp.counters() {
+            Ok(c) => {
+                snap.counters = c
+                    .into_iter()
+                    .map(|(c, v)| (c.name().to_string(), v))
+                    .collect()
+            }
+            Err(e) => warn!(error = %e, "reading counters"),
+        }
+        self.refresh_flows(dp, &clock);
+        let (connections, stats) = match self.shared.table.lock() {
+            Ok(t) => (
+                t.connections(),
+                FlowStats {
+                    held: t.held() as u64,
+                    new_flows: t.events[1],
+                    samples: t.events[2],
+                    drops: t.events[3],
+                },
+            ),
+            Err(_) => Default::default(),
+        };
+        snap.flows = stats;
+        let ids: Vec<u32> = self.frontends.iter().map(|f| f.service_id).collect();
+        let svc: HashMap<u32, _> = dp
+            .service_traffic(&ids)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let be: HashMap<u32, _> = dp
+            .backend_traffic()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for f in &self.frontends {
+            let t = svc.get(&f.service_id).copied().unwrap_or_default();
+            snap.services.push(ServiceTelemetry {
+                service: f.service.clone(),
+                vip: addr_from16(f.key.addr, f.key.family),
+                port: u16::from_be(f.key.port),
+                proto: if f.key.proto == 6 { "tcp" } else { "udp" }.to_string(),
+                packets: t.packets,
+                bytes: t.bytes,
+                connections: connections.get(&f.service).copied().unwrap_or(0),
+                backends: f
+                    .backends
+                    .iter()
+                    .map(|(id, spec)| {
+                        let t = be.get(id).copied().unwrap_or_default();
+                        BackendTelemetry {
+                            backend: std::net::SocketAddr::new(spec.addr, spec.port).to_string(),
+                            node: spec.node_ip.to_string(),
+                            active: true,
+                            packets: t.packets,
+                            bytes: t.bytes,
+                        }
+                    })
+                    .collect(),
+            });
+        }
+        for (ip, t) in dp.node_traffic().unwrap_or_default() {
+            let ip = Ipv4Addr::from(ip);
+            snap.nodes.push(NodeTelemetry {
+                node: self.nodes.get(&ip).cloned().unwrap_or_default(),
+                address: ip.to_string(),
+                packets: t.packets,
+                bytes: t.bytes,
+            });
+        }
+        snap.nodes.sort_by(|a, b| a.address.cmp(&b.address));
+        if let Ok(mut s) = self.shared.snapshot.write() {
+            *s = snap;
+        }
+    }
+
+    /// Brings the counters of the flows the table follows up to date from connection tracking.
+    fn refresh_flows(&self, dp: &mut Datapath, clock: &Clock) {
+        let keys = match self.shared.table.lock() {
+            Ok(t) => t.tracked_keys(),
+            Err(_) => return,
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let Ok(ct) = dp.ct() else { return };
+        let found: Vec<(FlowKey, Option<Tracked>)> = keys
+            .into_iter()
+            .map(|k| {
+                let t = ct.get(&k.ct, 0).ok().map(|e| Tracked {
+                    packets: e.packets,
+                    bytes: e.bytes,
+                    last_seen_ms: clock.unix_ms(e.last_seen_ns),
+                });
+                (k, t)
+            })
+            .collect();
+        if let Ok(mut t) = self.shared.table.lock() {
+            for (k, tr) in found {
+                t.update(&k, tr);
+            }
+        }
+    }
+}
+
+/// Reads flow events as they come, into the table and to followers.
+async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as the
+    // AsyncFd owns the ring buffer.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e.into_parts().1, "cannot poll the flow event ring buffer; no flow events");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "flow event ring buffer poll failed; no more flow events");
+                return;
+            }
+        };
+        let clock = Clock::now();
+        {
+            let rb = guard.get_inner_mut();
+            let (Ok(names), Ok(mut table)) = (shared.names.read(), shared.table.lock()) else {
+                return;
+            };
+            while let Some(item) = rb.next() {
+                let Some(ev) = FlowEvent::from_bytes(&item) else {
+                    continue;
+                };
+                let rec = table.ingest(&ev, clock.unix_ms(ev.ts_ns), &names);
+                // No follower is the usual case, not an error.
+                let _ = shared.flows.send(rec);
+            }
+        }
+        guard.clear_ready();
+    }
+}

@@ -66,8 +66,14 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
     if json {
         let c: serde_json::Map<String, serde_json::Value> =
             ctrs.iter().map(|(c, v)| (c.clone(), (*v).into())).collect();
-        let services = snap.as_ref().map(|s| &s.services);
-        let v = serde_json::json!({ "running": running, "status": st, "counters": c, "services": services });
+        let v = serde_json::json!({
+            "running": running,
+            "status": st,
+            "counters": c,
+            "services": snap.as_ref().map(|s| &s.services),
+            "nodes": snap.as_ref().map(|s| &s.nodes),
+            "flows": snap.as_ref().map(|s| &s.flows),
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

@@ -237,14 +237,19 @@ impl Observer {
             .collect();
         for f in &self.frontends {
             let t = svc.get(&f.service_id).copied().unwrap_or_default();
+            let vip = addr_from16(f.key.addr, f.key.family);
+            let port = u16::from_be(f.key.port);
             snap.services.push(ServiceTelemetry {
                 service: f.service.clone(),
-                vip: addr_from16(f.key.addr, f.key.family),
-                port: u16::from_be(f.key.port),
+                vip,
+                port,
                 proto: if f.key.proto == 6 { "tcp" } else { "udp" }.to_string(),
                 packets: t.packets,
                 bytes: t.bytes,
-                connections: connections.get(&f.service).copied().unwrap_or(0),
+                connections: connections
+                    .get(&(vip, port, f.key.proto))
+                    .copied()
+                    .unwrap_or(0),
                 backends: f
                     .backends
                     .iter()

@@ -200,12 +200,14 @@ impl FlowTable {
         v
     }
 
-    /// Active forwarded flows per service.
-    pub fn connections(&self) -> BTreeMap<String, u64> {
+    /// Forwarded flows connection tracking still holds, per frontend (VIP, port, protocol).
+    pub fn connections(&self) -> BTreeMap<(IpAddr, u16, u8), u64> {
         let mut out = BTreeMap::new();
         for e in self.flows.values() {
-            if let (true, Some(s)) = (e.rec.active, &e.rec.service) {
-                *out.entry(s.clone()).or_insert(0) += 1;
+            let r = &e.rec;
+            if r.active && r.verdict == Verdict::Forwarded {
+                *out.entry((r.dst.addr, r.dst.port, r.proto_num))
+                    .or_insert(0) += 1;
             }
         }
         out
@@ -303,7 +305,8 @@ mod tests {
                 last_seen_ms: 8_000,
             }),
         );
-        assert_eq!(t.connections().get("default/web"), Some(&1));
+        let vip = "10.200.0.1".parse().unwrap();
+        assert_eq!(t.connections().get(&(vip, 80, 6)), Some(&1));
         let d = t.take_deltas();
         assert_eq!(d.len(), 2);
         let fwd = d.iter().find(|r| r.verdict == Verdict::Forwarded).unwrap();

@@ -132,3 +132,35 @@ async fn metrics_endpoint_passes_promtool_and_carries_the_values() {
     let (ok, _) = promtool("# HELP meshgw_bad Bad.\n# TYPE meshgw_bad counter\nmeshgw_bad 1\n");
     assert!(!ok, "promtool accepted a counter without _total");
 }
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../../../config/grafana/meshgw.json")).unwrap();
+    let text = super::prometheus_text(&snapshot());
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut queried = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("meshgw_") {
+                    queried += 1;
+                    assert!(
+                        exported.contains(word),
+                        "{word} (panel {}) is not exported",
+                        p["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        queried >= 10,
+        "the dashboard queries meshgw metrics ({queried})"
+    );
+}

@@ -41,7 +41,15 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
     let live = Client::connect(&cfg.observe.api_socket).and_then(|mut c| c.status());
     let (st, ctrs, running, snap) = match live {
         Ok(snap) => {
-            let ctrs: Vec<(String, u64)> = snap.counters.clone().into_iter().collect();
+            // Live from the pinned map where it can be read (the snapshot is up to a second
+            // old); the snapshot's otherwise.
+            let ctrs: Vec<(String, u64)> = match counters(&cfg.gateway.bpf_pin_dir) {
+                Ok(c) => c
+                    .into_iter()
+                    .map(|(c, v)| (c.name().to_string(), v))
+                    .collect(),
+                Err(_) => snap.counters.clone().into_iter().collect(),
+            };
             (snap.status.clone(), ctrs, true, Some(snap))
         }
         Err(e) => {

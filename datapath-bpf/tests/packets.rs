@@ -803,10 +803,19 @@ fn egress_to_a_host_without_neighbour_entry_is_translated_and_left_to_the_kernel
 #[test]
 fn egress_policy_admits_by_endpoint_identity_and_port_and_drops_the_rest() {
     use meshgw_common::maps::{PolicyKey, PolicyValue, CFG_F_POLICY, POLICY_ALLOW};
+    use meshgw_common::telemetry::{
+        EventsConfig, FlowEvent, EVENTS_F_DROPS, EVENTS_F_FLOWS, EVENT_DROP, EVENT_NEW_FLOW,
+    };
     let ns = lab();
     ns.run(|| {
         let mut dp = datapath();
         with_egress_rule(&mut dp);
+        let mut events = dp.take_events().unwrap();
+        dp.set_events_config(&EventsConfig {
+            sample_rate: 0,
+            flags: EVENTS_F_FLOWS | EVENTS_F_DROPS,
+        })
+        .unwrap();
         // The pod is identity 1000, 10.100.0.0/25 identity 70000; the pod may reach it on
         // TCP 8080 only.
         let mut ids = dp.identities().unwrap();
@@ -885,6 +894,20 @@ fn egress_policy_admits_by_endpoint_identity_and_port_and_drops_the_rest() {
             .unwrap();
         expect_action(&dp, &r, action::DROP);
         assert_eq!(dp.counter(Counter::DropPolicyEgress).unwrap(), 2);
+        // The flow log hears of the new flow and of both drops, with the identities.
+        let mut got = Vec::new();
+        while let Some(item) = events.next() {
+            got.push(FlowEvent::from_bytes(&item).expect("full record"));
+        }
+        let kinds: Vec<(u8, u8)> = got.iter().map(|e| (e.kind, e.reason)).collect();
+        let drop = Counter::DropPolicyEgress as u8;
+        assert_eq!(
+            kinds,
+            [(EVENT_NEW_FLOW, 0), (EVENT_DROP, drop), (EVENT_DROP, drop)]
+        );
+        assert_eq!((got[1].src_identity, got[1].dst_identity), (1000, 70_000));
+        assert_eq!(got[1].dport, 22u16.to_be());
+        assert_eq!(got[1].src, v4_mapped(POD4));
     });
 }
 

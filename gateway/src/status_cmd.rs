@@ -163,6 +163,29 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
             println!("      backend {b}");
         }
     }
+    if st.policy.enforced || !st.policy.egress.is_empty() {
+        println!(
+            "policy{}",
+            if st.policy.enforced {
+                " (enforced)"
+            } else {
+                ""
+            }
+        );
+        for p in &st.policy.policies {
+            println!("  {p}");
+        }
+        if !st.policy.egress.is_empty() {
+            println!("egress");
+            for e in &st.policy.egress {
+                println!("  {e}");
+            }
+        }
+        println!("identities");
+        for i in &st.policy.identities {
+            println!("  {i}");
+        }
+    }
     println!("nodes");
     for n in &st.nodes {
         println!("  {n}");

@@ -116,9 +116,7 @@ fn selected_pod_leaves_with_the_egress_address_and_policy_drops_the_rest() {
         let mut arr = toml_edit::ArrayOfTables::new();
         arr.push(rule);
         doc["egress"] = toml_edit::Item::ArrayOfTables(arr);
-        let mut pol = toml_edit::Table::new();
-        pol["files"] = toml_edit::value(toml_edit::Array::from_iter([policy_s.as_str()]));
-        doc["policy"] = toml_edit::Item::Table(pol);
+        lab::set_policy_files(doc, &[policy_s.as_str()]);
     });
     lab.start_gateway();
     let pod1 = lab.ns("pod1");
@@ -147,6 +145,17 @@ fn selected_pod_leaves_with_the_egress_address_and_policy_drops_the_rest() {
         gw_addrs.iter().any(|a| a.starts_with(EGRESS_IP)),
         "{gw_addrs:?}"
     );
+
+    // The status lists the rule with the one endpoint it selects, and the policy.
+    let st = lab.status();
+    assert_eq!(
+        st["policy"]["egress"][0].as_str(),
+        Some("backup 10.200.0.250 -> 10.100.0.0/24 (1 endpoints)"),
+        "{st}"
+    );
+    assert!(st["policy"]["policies"][0]
+        .as_str()
+        .is_some_and(|p| p.starts_with("backup-to-hq (default) egress from")));
 
     // The policy allows the selected pod port 9000 only: 9001 is dropped and counted.
     let before = lab.counter("drop_policy_egress");

@@ -32,10 +32,8 @@ fn http_from(lab: &Lab, src: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-#[test]
-fn l3_rule_admits_the_good_client_and_drops_the_other() {
-    let mut lab = Lab::up("policy");
-    // A second legacy source, unlabelled.
+/// A second, unlabelled source on the legacy host: 10.100.0.3.
+fn second_legacy_source(lab: &Lab) {
     lab::run(Command::new("ip").args([
         "-n",
         &lab.legacy(),
@@ -45,6 +43,12 @@ fn l3_rule_admits_the_good_client_and_drops_the_other() {
         "dev",
         "eth0",
     ]));
+}
+
+#[test]
+fn l3_rule_admits_the_good_client_and_drops_the_other() {
+    let mut lab = Lab::up("policy");
+    second_legacy_source(&lab);
     let policy = lab.dir.join("l3-rule.yaml");
     std::fs::write(&policy, L3_RULE).unwrap();
     let policy_s = policy.display().to_string();
@@ -66,9 +70,7 @@ fn l3_rule_admits_the_good_client_and_drops_the_other() {
         let mut arr = toml_edit::ArrayOfTables::new();
         arr.push(lp);
         doc["legacy_prefix"] = toml_edit::Item::ArrayOfTables(arr);
-        let mut pol = toml_edit::Table::new();
-        pol["files"] = toml_edit::value(toml_edit::Array::from_iter([policy_s.as_str()]));
-        doc["policy"] = toml_edit::Item::Table(pol);
+        lab::set_policy_files(doc, &[policy_s.as_str()]);
     });
     lab.start_gateway();
 
@@ -120,4 +122,100 @@ fn l3_rule_admits_the_good_client_and_drops_the_other() {
     );
     held.ping()
         .expect("still serving after the rejected reload");
+}
+
+/// How a TCP connection from `src` on the legacy host to the VIP's `port` ends: "open",
+/// "refused" (a RST came back: the packet reached the pod) or "timeout" (dropped on the way).
+fn tcp_outcome(lab: &Lab, src: &str, port: u16) -> &'static str {
+    let script = format!(
+        "import socket\ns=socket.socket()\ns.settimeout(2)\ns.bind(('{src}',0))\n\
+         try:\n s.connect(('{}',{port})); print('open')\n\
+         except ConnectionRefusedError: print('refused')\n\
+         except OSError: print('timeout')\n",
+        lab::vip4_http().ip()
+    );
+    let out = lab::run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.legacy(),
+        "python3",
+        "-c",
+        &script,
+    ]));
+    match out.trim() {
+        "open" => "open",
+        "refused" => "refused",
+        _ => "timeout",
+    }
+}
+
+#[test]
+fn port_and_cidr_rules_allow_http_and_drop_ssh_to_the_same_vip() {
+    let mut lab = Lab::up("policy-ports");
+    second_legacy_source(&lab);
+    let policy = lab.dir.join("ports.yaml");
+    // Backend ports, as Cilium's toPorts are: the VIP's 80 is the pods' 8080; 22 stays 22.
+    std::fs::write(
+        &policy,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-hq}
+spec:
+  endpointSelector: {matchLabels: {run: nginx}}
+  ingress:
+  - fromCIDR: ["10.100.0.2/32"]
+    toPorts:
+    - ports: [{port: 8080, protocol: TCP}]
+"#,
+    )
+    .unwrap();
+    let policy_s = policy.display().to_string();
+    let base = |doc: &mut toml_edit::DocumentMut| {
+        let svc = &mut doc["service"][0];
+        let ports = svc["ports"].as_array_mut().unwrap();
+        let mut ssh = toml_edit::InlineTable::new();
+        ssh.insert("name", "ssh".into());
+        ssh.insert("port", 22.into());
+        ssh.insert("protocol", "tcp".into());
+        ports.push(ssh);
+        for b in svc["backend"].as_array_of_tables_mut().unwrap().iter_mut() {
+            let mut labels = toml_edit::InlineTable::new();
+            labels.insert("run", "nginx".into());
+            b["labels"] = toml_edit::value(labels);
+        }
+    };
+    lab.write_config(base);
+    lab.start_gateway();
+    // Without policy, 22 reaches a pod (nothing listens there: refused) and 80 is open.
+    let open = poll(Duration::from_secs(10), || {
+        (tcp_outcome(&lab, "10.100.0.2", 80) == "open").then_some(())
+    });
+    assert!(open.is_some(), "log:\n{}", lab.log_tail(30));
+    assert_eq!(tcp_outcome(&lab, "10.100.0.2", 22), "refused");
+
+    lab.write_config(|doc| {
+        base(doc);
+        lab::set_policy_files(doc, &[policy_s.as_str()]);
+    });
+    lab.reload_gateway();
+    let enforced = poll(Duration::from_secs(10), || {
+        (tcp_outcome(&lab, "10.100.0.2", 22) == "timeout").then_some(())
+    });
+    assert!(
+        enforced.is_some(),
+        "22/TCP is dropped once the policy selects the service"
+    );
+    let before = lab.counter("drop_policy");
+    assert_eq!(
+        tcp_outcome(&lab, "10.100.0.2", 80),
+        "open",
+        "80 -> 8080 is allowed"
+    );
+    assert_eq!(
+        tcp_outcome(&lab, "10.100.0.3", 80),
+        "timeout",
+        "a source outside the CIDR is dropped"
+    );
+    assert!(lab.counter("drop_policy") > before);
 }

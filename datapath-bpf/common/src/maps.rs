@@ -24,8 +24,9 @@ pub const MAX_MAGLEV: u32 = 65_536;
 pub const MAX_NODES: u32 = 16_384;
 /// Connection-tracking entries (forward and reverse entries both count); LRU-evicted when full.
 pub const CT_MAX: u32 = 524_288;
-/// Prefixes with a source identity (legacy prefixes and policy CIDRs).
-pub const MAX_IDENTITY_PREFIXES: u32 = 16_384;
+/// Prefixes with an identity: legacy prefixes and policy CIDRs, and, while policy is enforced,
+/// every endpoint address (as many as backends).
+pub const MAX_IDENTITY_PREFIXES: u32 = MAX_BACKENDS;
 /// Policy entries.
 pub const MAX_POLICY: u32 = 65_536;
 /// Egress rules, expanded: one entry per (mesh endpoint, destination prefix).

@@ -21,6 +21,7 @@ use meshgw_common::stats::Counter;
 
 use crate::ct;
 use crate::ctx::XdpPacket;
+use crate::events::{self, EventMeta};
 use crate::fib::{self, Fib};
 use crate::maps::{Scratch, CONFIG, EGRESS, SNAT};
 use crate::policy;
@@ -126,6 +127,17 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
         let src = policy::source_identity(&inner.src);
         let dst = policy::source_identity(&inner.dst);
         if !policy::admits_egress(src, dst, inner.dport, inner.proto) {
+            events::dropped(
+                inner,
+                &EventMeta {
+                    kind: events::DROP,
+                    reason: Counter::DropPolicyEgress as u8,
+                    service_id: 0,
+                    backend_id: 0,
+                    src_identity: src,
+                    dst_identity: dst,
+                },
+            );
             return Class::Denied;
         }
         (src, dst)
@@ -168,6 +180,17 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
     e.src_identity = src_id;
     e.dst_identity = dst_id;
     e.rule = rule;
+    events::new_flow(
+        inner,
+        &EventMeta {
+            kind: events::NEW_FLOW,
+            reason: 0,
+            service_id: 0,
+            backend_id: 0,
+            src_identity: src_id,
+            dst_identity: dst_id,
+        },
+    );
     Class::New
 }
 

@@ -117,6 +117,8 @@ struct Daemon {
     observer: Option<observe::Observer>,
     /// The status as last published.
     last_status: Status,
+    /// Policies, identities and egress rules as the last reconcile compiled them, for the status.
+    policy_view: status::PolicyView,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -175,6 +177,7 @@ impl Daemon {
             local_ids: None,
             observer: None,
             last_status: Status::default(),
+            policy_view: status::PolicyView::default(),
             cfg,
         };
         d.observer = Some(
@@ -343,6 +346,8 @@ impl Daemon {
                 b.identity = compiled.backend_identity.get(&b.addr).copied();
             }
         }
+        self.policy_view =
+            status::PolicyView::of(&self.policies, &compiled, &self.cfg.egress, &egress);
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
         d.identities = compiled.prefixes;
         d.policy = compiled.entries;
@@ -492,6 +497,7 @@ impl Daemon {
                 .map(|n| format!("{}/{} {}", n.id.cluster, n.id.name, n.address))
                 .collect(),
             problems: self.desired.problems.clone(),
+            policy: self.policy_view.clone(),
             reconciled_at: unix_now(),
             started_at: self.started_at,
             reload_error: self.reload_error.clone(),

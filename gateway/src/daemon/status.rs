@@ -83,12 +83,98 @@ pub struct Status {
     pub nodes: Vec<String>,
     /// Problems that leave part of the catalog unserved.
     pub problems: Vec<String>,
+    /// Policies, identities and egress rules in force.
+    #[serde(default)]
+    pub policy: PolicyView,
     /// Unix time of the last reconcile.
     pub reconciled_at: u64,
     /// Unix time the daemon started.
     pub started_at: u64,
     /// The last configuration reload error, if the running config is older than the file.
     pub reload_error: Option<String>,
+}
+
+/// What the status shows of policy and egress.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PolicyView {
+    /// Whether new flows are checked at all.
+    pub enforced: bool,
+    /// "name (namespace) ingress/egress from file".
+    pub policies: Vec<String>,
+    /// "identity labels" for every identity the gateway uses.
+    pub identities: Vec<String>,
+    /// "name egress_ip -> prefixes (N endpoints)".
+    pub egress: Vec<String>,
+}
+
+impl PolicyView {
+    /// Builds the view from what the reconcile compiled.
+    pub fn of(
+        policies: &[crate::policy::cnp::Policy],
+        compiled: &crate::policy::compile::Compiled,
+        rules: &[crate::config::EgressRule],
+        egress: &crate::egress::Compiled,
+    ) -> PolicyView {
+        let dirs = |p: &crate::policy::cnp::Policy| {
+            let mut d = Vec::new();
+            if p.ingress.is_some() {
+                d.push("ingress");
+            }
+            if p.egress.is_some() {
+                d.push("egress");
+            }
+            d.join("+")
+        };
+        PolicyView {
+            enforced: compiled.enforced,
+            policies: policies
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} ({}) {} from {}",
+                        p.name,
+                        p.namespace.as_deref().unwrap_or("cluster-wide"),
+                        dirs(p),
+                        p.file.display()
+                    )
+                })
+                .collect(),
+            identities: compiled
+                .labels
+                .iter()
+                .map(|(id, l)| {
+                    let labels: Vec<String> = l
+                        .iter()
+                        .map(|(k, v)| {
+                            if v.is_empty() {
+                                k.clone()
+                            } else {
+                                format!("{k}={v}")
+                            }
+                        })
+                        .collect();
+                    format!("{id} {}", labels.join(","))
+                })
+                .collect(),
+            egress: rules
+                .iter()
+                .zip(&egress.selected)
+                .map(|(r, n)| {
+                    let dst: Vec<String> = r
+                        .destination_cidrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    format!(
+                        "{} {} -> {} ({n} endpoints)",
+                        r.name,
+                        r.egress_ip,
+                        dst.join(",")
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Status {

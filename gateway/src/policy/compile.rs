@@ -210,9 +210,13 @@ pub fn compile(
     // any policy, so its egress is open too.
     entries.extend(key(POLICY_EGRESS, ID_WORLD, ID_ANY, ANY_PORT));
     out.entries = entries;
-    // Endpoints' own addresses, for the source identity of egress flows.
-    for (addr, id) in &out.backend_identity {
-        out.prefixes.entry(IpNet::from(*addr)).or_insert(*id);
+    // Endpoints' own addresses, for the source identity of egress flows; looked up only while
+    // policy is enforced, so written only then (a large mesh has many more endpoints than
+    // legacy prefixes).
+    if out.enforced {
+        for (addr, id) in &out.backend_identity {
+            out.prefixes.entry(IpNet::from(*addr)).or_insert(*id);
+        }
     }
     out
 }

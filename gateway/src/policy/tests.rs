@@ -173,6 +173,10 @@ fn without_policies_every_backend_is_open_and_nothing_is_enforced() {
         proto: PROTO_ANY,
         dir: 0
     }));
+    // Without policy nothing looks endpoints up: their addresses stay out of the trie.
+    for addr in c.backend_identity.keys() {
+        assert!(!c.prefixes.contains_key(&ipnet::IpNet::from(*addr)));
+    }
 }
 
 #[test]

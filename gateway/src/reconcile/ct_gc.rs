@@ -5,10 +5,15 @@
 //! A forward entry (client -> VIP) expires on its own idleness; its reverse entry (backend ->
 //! client) lives as long as the forward one exists, because replies can be rarer than requests
 //! (a one-way UDP stream) and a reply that misses its reverse entry would leave without the VIP.
+//! Egress source-NAT entries (`MGW_SNAT`) follow the same rule: the endpoint's entry expires on
+//! its idleness, the reply entry (which holds the port claim) with it.
 
 use std::collections::HashSet;
 
-use meshgw_common::maps::{CtEntry, CtKey, CT_DIR_FORWARD, CT_DIR_REVERSE, CT_F_CLOSING};
+use meshgw_common::maps::{
+    CtEntry, CtKey, SnatEntry, CT_DIR_EGRESS, CT_DIR_EGRESS_REPLY, CT_DIR_FORWARD, CT_DIR_REVERSE,
+    CT_F_CLOSING,
+};
 use meshgw_common::parse::IPPROTO_TCP;
 use meshgw_datapath::{Datapath, DatapathError};
 
@@ -19,10 +24,10 @@ pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
 /// Idle time after which a UDP flow ends (Cilium: 60 s).
 pub const UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
 
-fn timeout(k: &CtKey, e: &CtEntry) -> u64 {
-    if k.proto != IPPROTO_TCP {
+fn timeout(proto: u8, flags: u32) -> u64 {
+    if proto != IPPROTO_TCP {
         UDP_IDLE_NS
-    } else if e.flags & CT_F_CLOSING != 0 {
+    } else if flags & CT_F_CLOSING != 0 {
         TCP_CLOSING_NS
     } else {
         TCP_IDLE_NS
@@ -46,7 +51,7 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
     let mut out = Vec::new();
     let mut live_forward: HashSet<CtKey> = HashSet::new();
     for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_FORWARD) {
-        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k, e) {
+        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k.proto, e.flags) {
             out.push(*k);
         } else {
             live_forward.insert(*k);
@@ -54,6 +59,37 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
     }
     for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_REVERSE) {
         if !live_forward.contains(&forward_of(k, e)) {
+            out.push(*k);
+        }
+    }
+    out
+}
+
+/// The endpoint-side key a source-NAT reply entry belongs to.
+pub fn egress_of(k: &CtKey, e: &SnatEntry) -> CtKey {
+    CtKey {
+        src: e.addr,
+        dst: k.src,
+        sport: e.port,
+        dport: k.sport,
+        dir: CT_DIR_EGRESS,
+        ..*k
+    }
+}
+
+/// Which source-NAT entries to delete at monotonic time `now_ns`.
+pub fn snat_expired(entries: &[(CtKey, SnatEntry)], now_ns: u64) -> Vec<CtKey> {
+    let mut out = Vec::new();
+    let mut live: HashSet<CtKey> = HashSet::new();
+    for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_EGRESS) {
+        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k.proto, e.flags) {
+            out.push(*k);
+        } else {
+            live.insert(*k);
+        }
+    }
+    for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_EGRESS_REPLY) {
+        if !live.contains(&egress_of(k, e)) {
             out.push(*k);
         }
     }
@@ -71,18 +107,27 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Sweeps the map; returns (entries seen, entries removed).
+/// Sweeps both tables; returns (entries seen, entries removed).
 pub fn sweep(dp: &mut Datapath) -> Result<(usize, usize), DatapathError> {
+    let now = monotonic_ns();
     let mut ct = dp.ct()?;
     let entries: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).collect();
-    let dead = expired(&entries, monotonic_ns());
     let mut removed = 0;
-    for k in &dead {
+    for k in &expired(&entries, now) {
         if ct.remove(k).is_ok() {
             removed += 1;
         }
     }
-    Ok((entries.len(), removed))
+    let mut seen = entries.len();
+    let mut snat = dp.snat()?;
+    let entries: Vec<(CtKey, SnatEntry)> = snat.iter().filter_map(Result::ok).collect();
+    for k in &snat_expired(&entries, now) {
+        if snat.remove(k).is_ok() {
+            removed += 1;
+        }
+    }
+    seen += entries.len();
+    Ok((seen, removed))
 }
 
 #[cfg(test)]
@@ -169,5 +214,48 @@ mod tests {
         let now = 100 * S;
         let [_, rev] = pair(IPPROTO_TCP, 0, now, 0);
         assert_eq!(expired(&[rev], now), vec![rev.0]);
+    }
+
+    #[test]
+    fn snat_reply_entries_live_and_die_with_their_endpoint_entry() {
+        let now = 10_000 * S;
+        let (pod, host, egress) = ([3u8; 16], [1u8; 16], [9u8; 16]);
+        let ek = CtKey {
+            src: pod,
+            dst: host,
+            sport: 4000,
+            dport: 22,
+            proto: IPPROTO_TCP,
+            family: 4,
+            dir: CT_DIR_EGRESS,
+            _pad: 0,
+        };
+        let rk = CtKey {
+            src: host,
+            dst: egress,
+            sport: 22,
+            dport: 61_234,
+            dir: CT_DIR_EGRESS_REPLY,
+            ..ek
+        };
+        let re = SnatEntry {
+            addr: pod,
+            port: 4000,
+            last_seen_ns: now,
+            ..Default::default()
+        };
+        assert_eq!(egress_of(&rk, &re), ek);
+        let live = SnatEntry {
+            last_seen_ns: now - 3_600 * S,
+            ..Default::default()
+        };
+        assert!(snat_expired(&[(ek, live), (rk, re)], now).is_empty());
+        let closing = SnatEntry {
+            last_seen_ns: now - 11 * S,
+            flags: CT_F_CLOSING,
+            ..Default::default()
+        };
+        assert_eq!(snat_expired(&[(ek, closing), (rk, re)], now), vec![ek, rk]);
+        assert_eq!(snat_expired(&[(rk, re)], now), vec![rk]);
     }
 }

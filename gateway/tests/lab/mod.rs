@@ -124,6 +124,13 @@ pub fn ip_json(ns: &str, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("ip {args:?} in {ns}: bad JSON ({e}): {out}"))
 }
 
+/// Sets `[policy].files` in a config being written.
+pub fn set_policy_files(doc: &mut toml_edit::DocumentMut, files: &[&str]) {
+    let mut pol = toml_edit::Table::new();
+    pol["files"] = toml_edit::value(toml_edit::Array::from_iter(files.iter().copied()));
+    doc["policy"] = toml_edit::Item::Table(pol);
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns` (a name under /run/netns).
 /// Sockets created by `f` stay in that namespace and can be returned to the caller.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {

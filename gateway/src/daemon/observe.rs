@@ -310,7 +310,13 @@ impl Observer {
     }
 }
 
-/// Reads flow events as they come, into the table and to followers.
+/// How often the ring buffer is drained without a wakeup: the datapath wakes the reader only
+/// when a quarter of the ring is pending (a wakeup per event would cost the packet path
+/// microseconds), so this bounds how late a flow shows up.
+const EVENT_POLL: Duration = Duration::from_millis(100);
+
+/// Reads flow events into the table and to followers: on a wakeup (the ring filling) and every
+/// [`EVENT_POLL`].
 async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as the
     // AsyncFd owns the ring buffer.
@@ -322,28 +328,36 @@ async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) {
         }
     };
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!(error = %e, "flow event ring buffer poll failed; no more flow events");
-                return;
-            }
-        };
-        let clock = Clock::now();
-        {
-            let rb = guard.get_inner_mut();
-            let (Ok(names), Ok(mut table)) = (shared.names.read(), shared.table.lock()) else {
-                return;
-            };
-            while let Some(item) = rb.next() {
-                let Some(ev) = FlowEvent::from_bytes(&item) else {
-                    continue;
-                };
-                let rec = table.ingest(&ev, clock.unix_ms(ev.ts_ns), &names);
-                // No follower is the usual case, not an error.
-                let _ = shared.flows.send(rec);
-            }
+        tokio::select! {
+            r = fd.readable_mut() => match r {
+                // Cleared before draining: data arriving meanwhile makes it ready again.
+                Ok(mut g) => g.clear_ready(),
+                Err(e) => {
+                    warn!(error = %e, "flow event ring buffer poll failed; no more flow events");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(EVENT_POLL) => {}
         }
-        guard.clear_ready();
+        if !drain(fd.get_mut(), &shared) {
+            return;
+        }
     }
+}
+
+/// Reads every pending event; false when the shared state is poisoned (a panic elsewhere).
+fn drain(rb: &mut RingBuf<MapData>, shared: &Shared) -> bool {
+    let clock = Clock::now();
+    let (Ok(names), Ok(mut table)) = (shared.names.read(), shared.table.lock()) else {
+        return false;
+    };
+    while let Some(item) = rb.next() {
+        let Some(ev) = FlowEvent::from_bytes(&item) else {
+            continue;
+        };
+        let rec = table.ingest(&ev, clock.unix_ms(ev.ts_ns), &names);
+        // No follower is the usual case, not an error.
+        let _ = shared.flows.send(rec);
+    }
+    true
 }

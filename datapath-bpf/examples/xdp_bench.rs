@@ -86,6 +86,24 @@ fn flow_frame(_: u32) -> Vec<u8> {
     udp4(CLIENT4, 40_000, VIP4, 53, CLIENT_MAC, LEGACY_MAC)
 }
 
+/// Packet `i` of the first-packet rows: each from its own client address and port.
+fn new_flow_frame(i: u32) -> Vec<u8> {
+    let [_, a, b, c] = i.to_be_bytes();
+    udp4(
+        [10, 100 + a, b, c],
+        1024 + (i % 60_000) as u16,
+        VIP4,
+        53,
+        CLIENT_MAC,
+        LEGACY_MAC,
+    )
+}
+
+/// The policy-drop rows' frame (no allow entry exists).
+fn denied_frame(_: u32) -> Vec<u8> {
+    udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC)
+}
+
 /// Establishes the flow of [`flow_frame`].
 fn establish() -> Vec<(Program, Vec<u8>)> {
     vec![(Program::Legacy, flow_frame(0))]
@@ -126,17 +144,7 @@ const CASES: &[Case] = &[
         action: action::REDIRECT,
         counter: Some(Counter::CtCreated),
         policy: false,
-        frame: |i| {
-            let [_, a, b, c] = i.to_be_bytes();
-            udp4(
-                [10, 100 + a, b, c],
-                1024 + (i % 60_000) as u16,
-                VIP4,
-                53,
-                CLIENT_MAC,
-                LEGACY_MAC,
-            )
-        },
+        frame: new_flow_frame,
         warm: no_warm,
         events: None,
     },
@@ -172,7 +180,7 @@ const CASES: &[Case] = &[
         action: action::DROP,
         counter: Some(Counter::DropPolicy),
         policy: true,
-        frame: |_| udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC),
+        frame: denied_frame,
         warm: no_warm,
         events: None,
     },
@@ -184,17 +192,7 @@ const CASES: &[Case] = &[
         action: action::REDIRECT,
         counter: Some(Counter::CtCreated),
         policy: false,
-        frame: |i| {
-            let [_, a, b, c] = i.to_be_bytes();
-            udp4(
-                [10, 100 + a, b, c],
-                1024 + (i % 60_000) as u16,
-                VIP4,
-                53,
-                CLIENT_MAC,
-                LEGACY_MAC,
-            )
-        },
+        frame: new_flow_frame,
         warm: no_warm,
         events: ALL_EVENTS,
     },
@@ -218,7 +216,7 @@ const CASES: &[Case] = &[
         action: action::DROP,
         counter: Some(Counter::DropPolicy),
         policy: true,
-        frame: |_| udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC),
+        frame: denied_frame,
         warm: no_warm,
         events: ALL_EVENTS,
     },

@@ -480,6 +480,7 @@ fn main() -> Result<()> {
                 "per_call_ns": call.json(),
                 "net_ns": net.json(),
                 "repeat_ns": rep.map(|r| r.json()),
+                "events": c.events.is_some(),
             }));
         }
         Ok(rows)

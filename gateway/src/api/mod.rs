@@ -124,6 +124,12 @@ pub struct NodeTelemetry {
     pub packets: u64,
     /// Bytes sent (inner L3).
     pub bytes: u64,
+    /// Tunnel kind: "vxlan" (Cilium VTEP), or another gateway's tunnel (e.g. "wireguard").
+    #[serde(default)]
+    pub kind: String,
+    /// Seconds since the tunnel's last handshake; `None` for kinds without one (VXLAN).
+    #[serde(default)]
+    pub handshake_age_s: Option<u64>,
 }
 
 /// Flow event statistics.
@@ -155,3 +161,6 @@ pub struct Snapshot {
     /// Flow events.
     pub flows: FlowStats,
 }
+
+#[cfg(test)]
+mod tests;

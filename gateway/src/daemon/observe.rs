@@ -273,6 +273,8 @@ impl Observer {
                 address: ip.to_string(),
                 packets: t.packets,
                 bytes: t.bytes,
+                kind: "vxlan".to_string(),
+                handshake_age_s: None,
             });
         }
         snap.nodes.sort_by(|a, b| a.address.cmp(&b.address));

@@ -53,6 +53,8 @@ fn snapshot() -> Snapshot {
             address: "172.18.0.11".into(),
             packets: 7,
             bytes: 700,
+            kind: "vxlan".into(),
+            handshake_age_s: None,
         }],
         flows: FlowStats {
             held: 3,

@@ -214,8 +214,12 @@ fn tunnels(f: &mut Frame<'_>, m: &Model, r: Rect) {
             };
             Row::new(vec![
                 name,
-                "vxlan".to_string(),
-                "-".to_string(),
+                match n.kind.as_str() {
+                    "wireguard" => "wg".to_string(),
+                    k => k.chars().take(5).collect(),
+                },
+                n.handshake_age_s
+                    .map_or_else(|| "-".to_string(), |a| format!("{a}s")),
                 format!("{}b/s", human(rate.bps)),
             ])
             .style(selected(m, Pane::Tunnels, i))
@@ -226,7 +230,7 @@ fn tunnels(f: &mut Frame<'_>, m: &Model, r: Rect) {
         [
             Constraint::Min(10),
             Constraint::Length(5),
-            Constraint::Length(3),
+            Constraint::Length(4),
             Constraint::Length(8),
         ],
     )

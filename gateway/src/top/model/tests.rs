@@ -53,6 +53,8 @@ fn snap(at_ms: u64, packets: u64, drops: u64) -> Snapshot {
             address: "172.18.0.11".into(),
             packets,
             bytes: packets * 100,
+            kind: "wireguard".into(),
+            handshake_age_s: Some(7),
         }],
         ..Snapshot::default()
     }
@@ -168,6 +170,8 @@ fn the_screen_at_80x24_shows_services_vip_rate_and_flows() {
     ] {
         assert!(s.contains(want), "missing {want:?}:\n{s}");
     }
+    let peer = s.lines().find(|l| l.contains("east/n1")).unwrap();
+    assert!(peer.contains(" wg ") && peer.contains(" 7s "), "{peer}");
     m.on_key(Key::Char('/'));
     for c in "40001".chars() {
         m.on_key(Key::Char(c));

@@ -483,6 +483,49 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
         && num(&r[&11]) == 53
         && num(&r[&152]) <= num(&r[&153])));
 
+    // Following: the listing first, then a new drop as it happens.
+    let mut follow = Command::new(MESHGW)
+        .args([
+            "flows",
+            "--follow",
+            "--verdict",
+            "dropped",
+            "--output",
+            "json",
+            "--config",
+        ])
+        .arg(&lab.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the listing");
+    assert_eq!(first["src"]["port"], d["src"]["port"]);
+    // Another denied connection (a new source port): a new flow on the stream.
+    assert!(!http_from(&lab, BAD));
+    let next = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the new drop, followed");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(next["src"]["addr"], BAD);
+    assert_ne!(next["src"]["port"], d["src"]["port"]);
+    assert_eq!(next["verdict"], "dropped");
+
     // The dashboard, with traffic flowing so that the rate is not zero.
     let stop = AtomicBool::new(false);
     let sock = format!("obs{}", std::process::id());

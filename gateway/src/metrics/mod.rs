@@ -76,12 +76,12 @@ fn registry(s: &Snapshot) -> Registry {
     let drops = counters::<OneLabel>(
         &mut reg,
         "datapath_drops",
-        "Packets the XDP datapath dropped, by reason.",
+        "Packets the XDP datapath dropped, by reason",
     );
     let dp = counters::<OneLabel>(
         &mut reg,
         "datapath_packets",
-        "Packets the XDP datapath handled, by what happened to them (drops excluded).",
+        "Packets the XDP datapath handled, by what happened to them (drops excluded)",
     );
     for (name, v) in &s.counters {
         let (fam, label) = match name.strip_prefix("drop_") {
@@ -96,27 +96,27 @@ fn registry(s: &Snapshot) -> Registry {
     let svc_p = counters::<FrontendLabels>(
         &mut reg,
         "service_packets",
-        "Packets from clients to a service frontend (VIP, port, protocol).",
+        "Packets from clients to a service frontend (VIP, port, protocol)",
     );
     let svc_b = counters::<FrontendLabels>(
         &mut reg,
         "service_bytes",
-        "Bytes (IP) from clients to a service frontend.",
+        "Bytes (IP) from clients to a service frontend",
     );
     let svc_c = gauges::<FrontendLabels>(
         &mut reg,
         "service_connections",
-        "Flows to a service frontend that connection tracking holds.",
+        "Flows to a service frontend that connection tracking holds",
     );
     let be_p = counters::<BackendLabels>(
         &mut reg,
         "backend_packets",
-        "Packets load-balanced to a backend.",
+        "Packets load-balanced to a backend",
     );
     let be_b = counters::<BackendLabels>(
         &mut reg,
         "backend_bytes",
-        "Bytes (IP) load-balanced to a backend.",
+        "Bytes (IP) load-balanced to a backend",
     );
     for f in &s.services {
         let l = FrontendLabels {
@@ -144,12 +144,12 @@ fn registry(s: &Snapshot) -> Registry {
     let peer_p = counters::<PeerLabels>(
         &mut reg,
         "tunnel_peer_packets",
-        "Packets sent into the tunnel to a node.",
+        "Packets sent into the tunnel to a node",
     );
     let peer_b = counters::<PeerLabels>(
         &mut reg,
         "tunnel_peer_bytes",
-        "Bytes (inner IP) sent into the tunnel to a node.",
+        "Bytes (inner IP) sent into the tunnel to a node",
     );
     for n in &s.nodes {
         let l = PeerLabels {
@@ -162,22 +162,22 @@ fn registry(s: &Snapshot) -> Registry {
     let up = gauges::<ClusterLabels>(
         &mut reg,
         "cluster_connected",
-        "Whether the etcd connection to a cluster is up (1) or not (0).",
+        "Whether the etcd connection to a cluster is up (1) or not (0)",
     );
     let synced = gauges::<ClusterLabels>(
         &mut reg,
         "cluster_synced",
-        "Whether a cluster's services and nodes are completely synchronised.",
+        "Whether a cluster's services and nodes are completely synchronised",
     );
     let age = gauges::<ClusterLabels>(
         &mut reg,
         "cluster_last_event_age_seconds",
-        "Seconds since the last event from a cluster.",
+        "Seconds since the last event from a cluster",
     );
     let exported = gauges::<ClusterLabels>(
         &mut reg,
         "cluster_services",
-        "Global services a cluster exports.",
+        "Global services a cluster exports",
     );
     for c in &s.status.clusters {
         let l = ClusterLabels {
@@ -192,14 +192,14 @@ fn registry(s: &Snapshot) -> Registry {
     }
     let portals = Gauge::<i64>::default();
     portals.set(i(s.status.portals.len() as u64));
-    reg.register("portals", "Services the gateway exposes on a VIP.", portals);
+    reg.register("portals", "Services the gateway exposes on a VIP", portals);
     let held = Gauge::<i64>::default();
     held.set(i(s.flows.held));
-    reg.register("flows_held", "Flows kept in memory for the flow log.", held);
+    reg.register("flows_held", "Flows kept in memory for the flow log", held);
     let events = counters::<OneLabel>(
         &mut reg,
         "flow_events",
-        "Flow events read from the datapath, by kind.",
+        "Flow events read from the datapath, by kind",
     );
     for (k, v) in [
         ("new_flow", s.flows.new_flows),

@@ -203,6 +203,8 @@ impl BpfReconciler {
                 ch.removed += 1;
             }
             let _ = dp.maglev()?.remove(&id);
+            // The id may be reused: its traffic counters must start again from zero.
+            let _ = dp.forget_service_traffic(id);
             self.service_ids.remove(&key);
             self.applied.remove(&key);
         }
@@ -218,6 +220,7 @@ impl BpfReconciler {
             if dp.backends()?.remove(&id).is_ok() {
                 ch.removed += 1;
             }
+            let _ = dp.forget_backend_traffic(id);
             self.backend_ids.remove(&spec);
         }
 

@@ -119,6 +119,8 @@ struct Daemon {
     last_status: Status,
     /// Policies, identities and egress rules as the last reconcile compiled them, for the status.
     policy_view: status::PolicyView,
+    /// The socket VIP announcements go out of, opened on first use.
+    announcer: Option<announce::Announcer>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -178,6 +180,7 @@ impl Daemon {
             observer: None,
             last_status: Status::default(),
             policy_view: status::PolicyView::default(),
+            announcer: None,
             cfg,
         };
         d.observer = Some(
@@ -410,10 +413,22 @@ impl Daemon {
             self.announced = d.vips.clone();
             return;
         }
+        if self.announcer.is_none() {
+            match announce::Announcer::new() {
+                Ok(a) => self.announcer = Some(a),
+                Err(e) => {
+                    warn!(error = %e, "cannot open the announcement socket; VIPs are not announced");
+                    return;
+                }
+            }
+        }
+        let Some(announcer) = &self.announcer else {
+            return;
+        };
         for ip in d.vips.difference(&self.announced) {
             let r = match ip {
-                IpAddr::V4(v4) => announce::gratuitous_arp(self.dev.legacy, self.legacy_mac, *v4),
-                IpAddr::V6(v6) => announce::unsolicited_na(self.dev.legacy, self.legacy_mac, *v6),
+                IpAddr::V4(v4) => announcer.gratuitous_arp(self.dev.legacy, self.legacy_mac, *v4),
+                IpAddr::V6(v6) => announcer.unsolicited_na(self.dev.legacy, self.legacy_mac, *v6),
             };
             match r {
                 Ok(()) => info!(vip = %ip, "VIP announced"),

@@ -2,7 +2,9 @@
 //! neighbour advertisement for an IPv6 one, so that hosts which cached another MAC for the
 //! address (a previous gateway) switch to ours at once instead of after their cache expires.
 //!
-//! Frames are built by pure functions and sent on an `AF_PACKET` socket.
+//! Frames are built by pure functions and sent on an `AF_PACKET` socket, one [`Announcer`] per
+//! daemon: closing a packet socket waits for an RCU grace period (milliseconds on a VM), so a
+//! socket per frame made announcing 10,000 VIPs take tens of seconds.
 
 use std::io;
 use std::mem;
@@ -25,19 +27,51 @@ const ND_OPT_TARGET_LL_ADDR: u8 = 2;
 /// ICMPv6 part of the advertisement: header (4), flags (4), target (16), option (8).
 const NA_ICMP_LEN: usize = 32;
 
-/// Sends a gratuitous ARP for `ip` with `mac` out of device `ifindex`.
-pub fn gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
-    send_frame(ifindex, ETH_P_ARP, ETH_BROADCAST, &garp_frame(mac, ip))
+/// A send-only `AF_PACKET` socket for announcements, kept open.
+#[derive(Debug)]
+pub struct Announcer {
+    sock: OwnedFd,
 }
 
-/// Sends an unsolicited neighbour advertisement for `ip` with `mac` out of device `ifindex`.
+impl Announcer {
+    /// Opens the socket (needs CAP_NET_RAW).
+    pub fn new() -> io::Result<Announcer> {
+        // Protocol 0: the socket only sends, it never receives a copy of the traffic.
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        Ok(Announcer {
+            sock: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    /// Sends a gratuitous ARP for `ip` with `mac` out of device `ifindex`.
+    pub fn gratuitous_arp(&self, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+        self.send_frame(ifindex, ETH_P_ARP, ETH_BROADCAST, &garp_frame(mac, ip))
+    }
+
+    /// Sends an unsolicited neighbour advertisement for `ip` with `mac` out of device `ifindex`.
+    pub fn unsolicited_na(&self, ifindex: u32, mac: [u8; 6], ip: Ipv6Addr) -> io::Result<()> {
+        self.send_frame(
+            ifindex,
+            ETH_P_IPV6,
+            ETH_ALL_NODES,
+            &unsolicited_na_frame(mac, ip),
+        )
+    }
+}
+
+/// Sends a gratuitous ARP for `ip` with `mac` out of device `ifindex` (a socket of its own).
+pub fn gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+    Announcer::new()?.gratuitous_arp(ifindex, mac, ip)
+}
+
+/// Sends an unsolicited neighbour advertisement (a socket of its own).
 pub fn unsolicited_na(ifindex: u32, mac: [u8; 6], ip: Ipv6Addr) -> io::Result<()> {
-    send_frame(
-        ifindex,
-        ETH_P_IPV6,
-        ETH_ALL_NODES,
-        &unsolicited_na_frame(mac, ip),
-    )
+    Announcer::new()?.unsolicited_na(ifindex, mac, ip)
 }
 
 /// A gratuitous ARP as RFC 5227 calls an "ARP announcement": a broadcast request whose sender
@@ -112,45 +146,45 @@ fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
 }
 
 /// Sends one complete Ethernet frame out of device `ifindex`.
-fn send_frame(ifindex: u32, ethertype: u16, dst_mac: [u8; 6], frame: &[u8]) -> io::Result<()> {
-    let ifindex = i32::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
-    // Protocol 0: the socket only sends, it never receives a copy of the traffic.
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
+impl Announcer {
+    fn send_frame(
+        &self,
+        ifindex: u32,
+        ethertype: u16,
+        dst_mac: [u8; 6],
+        frame: &[u8],
+    ) -> io::Result<()> {
+        let ifindex = i32::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ethertype.to_be();
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&dst_mac);
+        // SAFETY: the buffer and the address are valid for the lengths given, for the whole call.
+        let sent = unsafe {
+            libc::sendto(
+                self.sock.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if sent as usize != frame.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "frame sent only in part",
+            ));
+        }
+        Ok(())
     }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ethertype.to_be();
-    addr.sll_ifindex = ifindex;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&dst_mac);
-    // SAFETY: the buffer and the address are valid for the lengths given, for the whole call.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const addr).cast(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if sent as usize != frame.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "frame sent only in part",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

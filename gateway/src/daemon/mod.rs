@@ -442,7 +442,7 @@ impl Daemon {
     fn refresh_telemetry(&mut self) {
         let mut st = self.last_status.clone();
         st.clusters = self.cluster_status();
-        if let Some(o) = &self.observer {
+        if let Some(o) = &mut self.observer {
             o.refresh(&mut self.dp, &st);
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use meshgw_common::maps::{ServiceKey, ID_WORLD};
-use meshgw_common::telemetry::{EventsConfig, FlowEvent, EVENTS_F_DROPS, EVENTS_F_FLOWS};
+use meshgw_common::telemetry::{EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS};
 use meshgw_datapath::Datapath;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -55,6 +55,9 @@ impl Clock {
     }
 }
 
+/// Frontends whose traffic counters are read per refresh (see [`Observer::refresh`]).
+const FRONTENDS_PER_REFRESH: usize = 4096;
+
 /// One frontend as the telemetry names it.
 struct FrontendInfo {
     key: ServiceKey,
@@ -68,6 +71,11 @@ pub struct Observer {
     /// What the API, metrics and IPFIX read.
     pub shared: Arc<Shared>,
     frontends: Vec<FrontendInfo>,
+    /// Frontend traffic as last read, and where the next read starts: at most
+    /// [`FRONTENDS_PER_REFRESH`] frontends are read a second (one syscall each), so that tens of
+    /// thousands of services refresh over several seconds instead of stalling the daemon's loop.
+    svc_traffic: HashMap<u32, Traffic>,
+    svc_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -128,6 +136,8 @@ impl Observer {
         Ok(Observer {
             shared,
             frontends: Vec::new(),
+            svc_traffic: HashMap::new(),
+            svc_cursor: 0,
             nodes: BTreeMap::new(),
             tasks,
         })
@@ -154,6 +164,13 @@ impl Observer {
             }
         }
         self.frontends.clear();
+        // Ids freed by this reconcile must not keep their last figures.
+        let live: std::collections::HashSet<u32> = d
+            .frontends
+            .keys()
+            .filter_map(|k| bpf.service_id(k))
+            .collect();
+        self.svc_traffic.retain(|id, _| live.contains(id));
         for (key, f) in &d.frontends {
             let Some(service_id) = bpf.service_id(key) else {
                 continue;
@@ -194,7 +211,7 @@ impl Observer {
     }
 
     /// Reads the maps into a new snapshot; `status` is the last published status.
-    pub fn refresh(&self, dp: &mut Datapath, status: &Status) {
+    pub fn refresh(&mut self, dp: &mut Datapath, status: &Status) {
         let clock = Clock::now();
         let mut snap = Snapshot {
             taken_at_ms: clock.unix_ms,
@@ -224,12 +241,21 @@ impl Observer {
             Err(_) => Default::default(),
         };
         snap.flows = stats;
-        let ids: Vec<u32> = self.frontends.iter().map(|f| f.service_id).collect();
-        let svc: HashMap<u32, _> = dp
-            .service_traffic(&ids)
-            .unwrap_or_default()
-            .into_iter()
+        let n = self.frontends.len();
+        if self.svc_cursor >= n {
+            self.svc_cursor = 0;
+        }
+        let end = n.min(self.svc_cursor + FRONTENDS_PER_REFRESH);
+        let ids: Vec<u32> = self.frontends[self.svc_cursor..end]
+            .iter()
+            .map(|f| f.service_id)
             .collect();
+        self.svc_cursor = end;
+        match dp.service_traffic(&ids) {
+            Ok(t) => self.svc_traffic.extend(t),
+            Err(e) => warn!(error = %e, "reading frontend traffic"),
+        }
+        let svc = &self.svc_traffic;
         let be: HashMap<u32, _> = dp
             .backend_traffic()
             .unwrap_or_default()

@@ -570,6 +570,27 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
                 .any(|l| l.contains(&format!("{GOOD}:"))),
             "{screen}"
         );
+        // A resize redraws at the new size.
+        tmux(
+            &sock,
+            &["resize-window", "-t", "top", "-x", "120", "-y", "40"],
+        );
+        let wide = poll(Duration::from_secs(5), || {
+            let s = tmux(&sock, &["capture-pane", "-p", "-t", "top"]);
+            (s.lines().count() == 40
+                && s.lines()
+                    .any(|l| l.trim_end().ends_with('┐') && l.chars().count() == 120))
+            .then_some(s)
+        });
+        assert!(
+            wide.is_some(),
+            "redrawn at 120x40:\n{}",
+            tmux(&sock, &["capture-pane", "-p", "-t", "top"])
+        );
+        tmux(
+            &sock,
+            &["resize-window", "-t", "top", "-x", "80", "-y", "24"],
+        );
         tmux(&sock, &["send-keys", "-t", "top", "/"]);
         tmux(&sock, &["send-keys", "-t", "top", "-l", BAD]);
         tmux(&sock, &["send-keys", "-t", "top", "Enter"]);

@@ -338,6 +338,13 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
         "every denied packet counted"
     );
 
+    let text = String::from_utf8_lossy(&meshgw(&lab, &["status"]).stdout).into_owned();
+    let row = format!("{}:80/tcp  {tcp_p} pkts {tcp_b} B", lab::VIP4);
+    assert!(
+        text.contains("(running, pid") && text.contains(&row),
+        "{row:?} in\n{text}"
+    );
+
     // The flow log: the known connections (one flow each) and the drop, with identities.
     let out = meshgw(&lab, &["flows", "--output", "json"]);
     assert!(out.status.success(), "{out:?}");

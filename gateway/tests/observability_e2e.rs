@@ -649,3 +649,19 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
     assert!(s.is_some(), "top says the daemon is not running");
     top_quits(&sock, &rc);
 }
+
+#[test]
+fn a_busy_metrics_port_is_a_status_problem_not_a_failure() {
+    let mut lab = Lab::up("observability-busy");
+    let _squatter = lab::in_netns(&lab.gw(), || {
+        std::net::TcpListener::bind(("127.0.0.1", 9963)).unwrap()
+    });
+    lab.start_gateway();
+    let st = lab.status();
+    let problems = st["problems"].to_string();
+    assert!(problems.contains("[metrics].listen 127.0.0.1:9963"), "{st}");
+    // Forwarding and the control API are unaffected.
+    let tcp = lab::tcp_many(&lab.legacy(), lab::vip4_http(), 2);
+    assert!(tcp.iter().all(Result::is_ok), "{tcp:?}");
+    assert!(status_json(&lab)["services"].is_array());
+}

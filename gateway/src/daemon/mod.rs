@@ -494,7 +494,7 @@ impl Daemon {
                 }
             })
             .collect();
-        let st = Status {
+        let mut st = Status {
             gateway: self.cfg.gateway.name.clone(),
             pid: std::process::id(),
             config: self.source.describe(),
@@ -517,6 +517,9 @@ impl Daemon {
             started_at: self.started_at,
             reload_error: self.reload_error.clone(),
         };
+        if let Some(o) = &self.observer {
+            st.problems.extend(o.problems.iter().cloned());
+        }
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
         }

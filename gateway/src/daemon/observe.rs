@@ -70,6 +70,8 @@ struct FrontendInfo {
 pub struct Observer {
     /// What the API, metrics and IPFIX read.
     pub shared: Arc<Shared>,
+    /// What could not be started (published in the status; forwarding goes on without it).
+    pub problems: Vec<String>,
     frontends: Vec<FrontendInfo>,
     /// Frontend traffic as last read, and where the next read starts: at most
     /// [`FRONTENDS_PER_REFRESH`] frontends are read a second (one syscall each), so that tens of
@@ -104,25 +106,40 @@ pub fn configure_events(dp: &mut Datapath, o: &Observability) -> Result<()> {
 }
 
 impl Observer {
-    /// Starts everything `cfg` asks for. Fails when the control socket or the metrics address
-    /// cannot be bound (a configuration error the operator must see).
+    /// Starts everything `cfg` asks for. A socket that cannot be bound (an address in use, a
+    /// directory not writable) is a problem in the status, as a DNS bind failure is: the
+    /// gateway forwards without it rather than not at all.
     pub async fn start(cfg: &Config, dp: &mut Datapath) -> Result<Observer> {
         let o = &cfg.observe;
         let shared = Shared::new(o.max_flows);
         let mut tasks = Vec::new();
+        let mut problems = Vec::new();
         configure_events(dp, o)?;
         let ring = dp.take_events().context("the flow event ring buffer")?;
         tasks.push(tokio::spawn(read_events(ring, shared.clone())));
-        let listener = server::bind(&o.api_socket)
-            .with_context(|| format!("[api].socket {}", o.api_socket.display()))?;
-        info!(socket = %o.api_socket.display(), "control API listening");
-        tasks.push(tokio::spawn(server::serve(listener, shared.clone())));
+        match server::bind(&o.api_socket) {
+            Ok(listener) => {
+                info!(socket = %o.api_socket.display(), "control API listening");
+                tasks.push(tokio::spawn(server::serve(listener, shared.clone())));
+            }
+            Err(e) => {
+                let p = format!("[api].socket {}: {e}", o.api_socket.display());
+                warn!(problem = %p, "no control API");
+                problems.push(p);
+            }
+        }
         if let Some(addr) = o.metrics_listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("[metrics].listen {addr}"))?;
-            info!(%addr, "metrics listening");
-            tasks.push(tokio::spawn(crate::metrics::serve(l, shared.clone())));
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(%addr, "metrics listening");
+                    tasks.push(tokio::spawn(crate::metrics::serve(l, shared.clone())));
+                }
+                Err(e) => {
+                    let p = format!("[metrics].listen {addr}: {e}");
+                    warn!(problem = %p, "no metrics endpoint");
+                    problems.push(p);
+                }
+            }
         }
         if let Some(collector) = o.ipfix_collector {
             let ex = crate::ipfix::Exporter {
@@ -135,6 +152,7 @@ impl Observer {
         }
         Ok(Observer {
             shared,
+            problems,
             frontends: Vec::new(),
             svc_traffic: HashMap::new(),
             svc_cursor: 0,

@@ -43,6 +43,8 @@ pub struct Config {
     pub egress: Vec<EgressRule>,
     /// `[api]`, `[metrics]`, `[flows]`, `[ipfix]`.
     pub observe: Observability,
+    /// `[wireguard]`, `[[peer]]` and `[peering]`: transit to other gateways.
+    pub transit: Option<Transit>,
 }
 
 /// Where the gateway tells what it does: the control socket, `/metrics`, flow events, IPFIX.
@@ -83,6 +85,81 @@ pub struct EgressRule {
     pub excluded_cidrs: Vec<IpNet>,
     /// The source address the flows leave with (inside `[vips].pool`).
     pub egress_ip: Ipv4Addr,
+}
+
+/// Gateway-to-gateway transit: the WireGuard interface, its peers and the peering channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transit {
+    /// `[wireguard]`.
+    pub wireguard: WireguardCfg,
+    /// `[[peer]]`.
+    pub peers: Vec<PeerCfg>,
+    /// `[peering]`.
+    pub peering: PeeringCfg,
+}
+
+/// Which WireGuard data plane runs the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgBackendChoice {
+    /// The kernel module where it works, else boringtun.
+    Auto,
+    /// The kernel module (the start fails without it).
+    Kernel,
+    /// boringtun in the daemon on a TUN device.
+    Userspace,
+}
+
+/// `[wireguard]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireguardCfg {
+    /// Interface name.
+    pub interface: String,
+    /// UDP port.
+    pub listen_port: u16,
+    /// Base64 private key file (mode 0600).
+    pub private_key_file: PathBuf,
+    /// Tunnel MTU; `None` derives it from the underlay.
+    pub mtu: Option<u32>,
+    /// Data plane.
+    pub backend: WgBackendChoice,
+}
+
+/// `[[peer]]`: another gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCfg {
+    /// Its gateway id.
+    pub id: String,
+    /// Its WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Its WireGuard endpoint.
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// Prefixes always routed to it (learned ones are added).
+    pub allowed_ips: Vec<IpNet>,
+    /// Keepalive seconds.
+    pub persistent_keepalive: Option<u16>,
+    /// Its peering (QUIC) address.
+    pub quic_endpoint: Option<std::net::SocketAddr>,
+}
+
+/// `[peering]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeeringCfg {
+    /// This gateway's id (default: `[gateway].name`).
+    pub gateway_id: String,
+    /// QUIC listen address.
+    pub listen: std::net::SocketAddr,
+    /// This gateway's certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its key (PEM, mode 0600).
+    pub key_file: PathBuf,
+    /// CAs whose certificates are accepted (for the peer's gateway id as DNS name).
+    pub ca_files: Vec<PathBuf>,
+    /// Or: the SHA-256 of each peer's certificate.
+    pub pinned: BTreeMap<String, [u8; 32]>,
+    /// How long a silent peer's routes are kept.
+    pub hold_time_seconds: u64,
+    /// Legacy prefixes behind this gateway, announced to the peers.
+    pub announce: Vec<IpNet>,
 }
 
 /// `[[legacy_prefix]]`: the labels (and so the security identity) of legacy sources in a prefix.
@@ -380,6 +457,10 @@ mod raw {
         pub metrics: Option<super::rules::observe::RawMetrics>,
         pub flows: Option<super::rules::observe::RawFlows>,
         pub ipfix: Option<super::rules::observe::RawIpfix>,
+        pub wireguard: Option<Wireguard>,
+        #[serde(default)]
+        pub peer: Vec<Peer>,
+        pub peering: Option<Peering>,
     }
 
     #[derive(Deserialize)]
@@ -394,6 +475,44 @@ mod raw {
         #[serde(default)]
         pub excluded_cidrs: Vec<String>,
         pub egress_ip: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Wireguard {
+        pub interface: Option<String>,
+        pub listen_port: Option<u16>,
+        pub private_key_file: PathBuf,
+        pub mtu: Option<u32>,
+        pub backend: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Peer {
+        pub id: String,
+        pub public_key: String,
+        pub endpoint: Option<String>,
+        #[serde(default)]
+        pub allowed_ips: Vec<String>,
+        pub persistent_keepalive: Option<u16>,
+        pub quic_endpoint: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Peering {
+        pub gateway_id: Option<String>,
+        pub listen: Option<String>,
+        pub cert_file: PathBuf,
+        pub key_file: PathBuf,
+        #[serde(default)]
+        pub ca_files: Vec<PathBuf>,
+        #[serde(default)]
+        pub pinned: BTreeMap<String, String>,
+        pub hold_time_seconds: Option<u64>,
+        #[serde(default)]
+        pub announce: Vec<String>,
     }
 
     #[derive(Deserialize)]

@@ -186,6 +186,9 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
             println!("  {i}");
         }
     }
+    if let Some(t) = &st.transit {
+        print_transit(t);
+    }
     println!("nodes");
     for n in &st.nodes {
         println!("  {n}");
@@ -222,4 +225,62 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
         println!("  {c:<20} {v}");
     }
     Ok(())
+}
+
+fn print_transit(t: &crate::daemon::transit::TransitStatus) {
+    use serde_json::Value;
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "transit      {}  ({}, mtu {})  routes {}",
+        t.interface,
+        t.backend,
+        t.mtu,
+        if t.routes.is_empty() {
+            "none".to_string()
+        } else {
+            t.routes.join(", ")
+        }
+    );
+    let sessions = t.peering["peers"].as_array().cloned().unwrap_or_default();
+    for p in t.wireguard["peers"].as_array().into_iter().flatten() {
+        let id = s(&p["id"]);
+        let c = &p["counters"];
+        let handshake = match p["last_handshake_secs"].as_u64() {
+            Some(secs) => format!("{secs} s ago"),
+            None => "never".into(),
+        };
+        let session = sessions.iter().find(|q| q["id"] == p["id"]);
+        println!(
+            "  peer {:<16} {:<12} endpoint {:<22} handshake {handshake}",
+            id,
+            session.map_or_else(|| "-".into(), |q| s(&q["state"])),
+            s(&p["endpoint"]),
+        );
+        println!(
+            "      rx {} B  tx {} B  tampered {}  dropped {}",
+            s(&c["rx_bytes"]),
+            s(&c["tx_bytes"]),
+            s(&c["tampered"]),
+            s(&c["dropped"])
+        );
+        if let Some(q) = session {
+            let list = |v: &Value| {
+                v.as_array()
+                    .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            };
+            println!("      prefixes learned: {}", list(&q["prefixes"]));
+            println!("      services learned: {}", list(&q["services"]));
+            if let Some(e) = q["last_error"].as_str() {
+                println!("      last error: {e}");
+            }
+        }
+    }
+    for r in t.peering["refusals"].as_array().into_iter().flatten() {
+        println!("  refused: {}", s(r));
+    }
 }

@@ -1,10 +1,14 @@
 //! Tunnel transports of meshgw: how the gateway reaches the Cilium nodes over the mesh network.
 //!
-//! This crate will host the `Transport` implementations. Today it has one, [`vxlan`]: the
-//! kernel VXLAN device in external (metadata) mode that Cilium's VTEP integration talks to
-//! (UDP 8472, VNI 2); WireGuard is planned for later.
+//! [`vxlan`]: the kernel VXLAN device in external (metadata) mode that Cilium's VTEP integration
+//! talks to (UDP 8472, VNI 2). [`wireguard`]: tunnels to other gateways, the kernel module where
+//! it exists, boringtun in user space where it does not. [`peering`]: the QUIC control channel
+//! over which gateways exchange what they reach. [`mtu`]: tunnel MTUs from underlay MTUs.
 
+pub mod mtu;
+pub mod peering;
 pub mod vxlan;
+pub mod wireguard;
 
 /// A failed tunnel device operation. `op` names the object concerned.
 #[derive(Debug, thiserror::Error)]

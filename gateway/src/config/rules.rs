@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use toml_edit::ImDocument;
 
 use super::position::{problem, KeyPath};
+
+mod transit;
 use super::*;
 
 mod egress;
@@ -724,6 +726,8 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         }
     }
 
+    let transit = transit::validate(&mut c, f.wireguard, f.peer, f.peering, &f.gateway.name);
+
     if !c.problems.is_empty() {
         c.problems
             .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
@@ -762,5 +766,6 @@ pub fn validate(f: raw::File, text: &str) -> Result<Config, Vec<Problem>> {
         policy_files,
         egress,
         observe,
+        transit,
     })
 }

@@ -357,3 +357,74 @@ fn cluster_and_portal_mistakes_point_at_their_keys() {
         line_of(&dup, "https://10.0.4.1") - 1,
     );
 }
+
+const TRANSIT: &str = r#"
+[wireguard]
+private_key_file = "/etc/meshgw/wg.key"
+
+[[peer]]
+id = "gw-b"
+public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+endpoint = "192.0.2.2:51820"
+allowed_ips = ["10.2.0.0/16"]
+persistent_keepalive = 25
+quic_endpoint = "192.0.2.2:4433"
+
+[peering]
+gateway_id = "gw-a"
+cert_file = "/etc/meshgw/peering.crt"
+key_file = "/etc/meshgw/peering.key"
+ca_files = ["/etc/meshgw/peering-ca.crt"]
+announce = ["10.1.0.0/16"]
+"#;
+
+#[test]
+fn transit_sections_parse_with_defaults() {
+    let cfg = parse_str(&format!("{MINIMAL}{TRANSIT}"), "t.toml").unwrap();
+    let t = cfg.transit.expect("transit");
+    assert_eq!(t.wireguard.interface, "meshgw-wg");
+    assert_eq!(t.wireguard.listen_port, 51820);
+    assert_eq!(t.wireguard.backend, WgBackendChoice::Auto);
+    assert_eq!(t.peering.hold_time_seconds, 10);
+    assert_eq!(t.peering.listen, "0.0.0.0:4433".parse().unwrap());
+    assert_eq!(t.peers[0].persistent_keepalive, Some(25));
+    assert_eq!(
+        t.peering.announce,
+        vec!["10.1.0.0/16".parse::<IpNet>().unwrap()]
+    );
+    assert!(parse_str(MINIMAL, "t.toml").unwrap().transit.is_none());
+}
+
+#[test]
+fn transit_problems_name_line_and_key() {
+    let bad = format!(
+        "{MINIMAL}{}",
+        TRANSIT
+            .replace("HIgo9xNz", "short")
+            .replace("192.0.2.2:51820", "192.0.2.2")
+            .replace("10.1.0.0/16", "10.1.0.1/16")
+    );
+    at(&bad, "peer[0].public_key", line_of(&bad, "public_key ="));
+    at(
+        &bad,
+        "peer[0].endpoint",
+        line_of(&bad, "endpoint = \"192.0.2.2\""),
+    );
+    let p = at(&bad, "peering.announce[0]", line_of(&bad, "announce ="));
+    assert!(p.message.contains("did you mean 10.1.0.0/16"), "{p:?}");
+    let both = format!(
+        "{MINIMAL}{TRANSIT}pinned = {{ gw-b = \"{}\" }}\n",
+        "ab".repeat(32)
+    );
+    at(&both, "peering.pinned", line_of(&both, "pinned ="));
+    let alone = format!("{MINIMAL}[wireguard]\nprivate_key_file = \"/k\"\n");
+    assert!(problems(&alone)
+        .iter()
+        .any(|p| p.message.contains("[peering]")));
+    let hold = format!("{MINIMAL}{TRANSIT}hold_time_seconds = 1\n");
+    at(
+        &hold,
+        "peering.hold_time_seconds",
+        line_of(&hold, "hold_time_seconds"),
+    );
+}

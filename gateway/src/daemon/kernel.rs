@@ -28,8 +28,16 @@ pub struct Devices {
     pub vxlan: u32,
 }
 
-/// Makes addresses, proxy entries, routes and neighbours match `d`.
-pub async fn reconcile(nl: &Netlink, cfg: &Config, dev: &Devices, d: &Desired) -> Result<Changes> {
+/// Makes addresses, proxy entries, routes and neighbours match `d`; `tunnel` are the routes
+/// into the WireGuard interface (prefixes learned over peering), reconciled with the pod routes
+/// because both are routes of protocol meshgw.
+pub async fn reconcile(
+    nl: &Netlink,
+    cfg: &Config,
+    dev: &Devices,
+    d: &Desired,
+    tunnel: &[DesiredRoute],
+) -> Result<Changes> {
     let mut ch = Changes::default();
     let add = |ch: &mut Changes, c: crate::netlink::Changes| {
         ch.written += c.added;
@@ -78,7 +86,7 @@ pub async fn reconcile(nl: &Netlink, cfg: &Config, dev: &Devices, d: &Desired) -
             .context("proxy NDP for IPv6 VIPs")?,
     );
 
-    let routes: Vec<DesiredRoute> = d
+    let mut routes: Vec<DesiredRoute> = d
         .routes
         .iter()
         .map(|r| DesiredRoute {
@@ -92,6 +100,7 @@ pub async fn reconcile(nl: &Netlink, cfg: &Config, dev: &Devices, d: &Desired) -
             }),
         })
         .collect();
+    routes.extend_from_slice(tunnel);
     let neighbours: Vec<DesiredNeighbour> = d
         .routes
         .iter()
@@ -108,7 +117,7 @@ pub async fn reconcile(nl: &Netlink, cfg: &Config, dev: &Devices, d: &Desired) -
         &mut ch,
         nl.reconcile_routes(&routes)
             .await
-            .context("pod CIDR routes")?,
+            .context("pod CIDR and tunnel routes")?,
     );
 
     for node in &d.nodes {

@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod names;
 pub mod observe;
 pub mod status;
+pub mod transit;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,6 +43,9 @@ use status::{unix_now, ClusterStatus, PortalStatus, Status};
 /// How often the daemon re-runs the reconcilers to repair drift (someone deleted a route, a
 /// neighbour expired).
 const RESYNC: Duration = Duration::from_secs(10);
+
+/// How often the transit part of the status (tunnel counters, sessions) is rewritten.
+const TRANSIT_STATUS: Duration = Duration::from_secs(1);
 
 /// How long cluster events are gathered before one reconcile applies them: a relist delivers
 /// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
@@ -115,12 +119,18 @@ struct Daemon {
     local_ids: Option<LocalIdentities>,
     /// Flow events, the control API, metrics and IPFIX (started once the datapath is loaded).
     observer: Option<observe::Observer>,
-    /// The status as last published.
-    last_status: Status,
     /// Policies, identities and egress rules as the last reconcile compiled them, for the status.
     policy_view: status::PolicyView,
     /// The socket VIP announcements go out of, opened on first use.
     announcer: Option<announce::Announcer>,
+    /// Gateway-to-gateway transit, when configured.
+    transit: Option<transit::TransitRuntime>,
+    /// The prefixes routed into the tunnel at the last reconcile.
+    transit_routes: BTreeSet<ipnet::IpNet>,
+    /// Its status at the last reconcile.
+    transit_status: Option<transit::TransitStatus>,
+    /// The status last published, for refreshing the transit counters between reconciles.
+    last_status: Option<Status>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -178,9 +188,12 @@ impl Daemon {
             policies,
             local_ids: None,
             observer: None,
-            last_status: Status::default(),
             policy_view: status::PolicyView::default(),
             announcer: None,
+            transit: None,
+            transit_routes: BTreeSet::new(),
+            transit_status: None,
+            last_status: None,
             cfg,
         };
         d.observer = Some(
@@ -190,6 +203,13 @@ impl Daemon {
         );
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
         d.setup_devices().await?;
+        if let Some(t) = &d.cfg.transit {
+            d.transit = Some(
+                transit::TransitRuntime::start(t, &d.nl)
+                    .await
+                    .context("gateway-to-gateway transit")?,
+            );
+        }
         d.names.ensure(&d.cfg, &d.nl, d.dev.legacy).await;
         d.reconcile(Pass::Repair).await?;
         d.attach()?;
@@ -352,6 +372,13 @@ impl Daemon {
         self.policy_view =
             status::PolicyView::of(&self.policies, &compiled, &self.cfg.egress, &egress);
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
+        if let Some(t) = &mut self.transit {
+            let mut used: BTreeSet<IpAddr> = alloc.vips.values().copied().collect();
+            used.extend(alloc.reserved.values().flatten().copied());
+            let imports = transit::plan_imports(&t.learned_services(), &self.cfg.vips.pool, &used);
+            d.vips.extend(imports.iter().map(|i| IpAddr::V4(i.vip)));
+            t.set_services(transit::origins(&cat, &alloc), imports);
+        }
         d.identities = compiled.prefixes;
         d.policy = compiled.entries;
         d.policy_enforced = compiled.enforced;
@@ -372,11 +399,35 @@ impl Daemon {
             .bpf
             .apply(&mut self.dp, &d)
             .context("programming the BPF maps")?;
+        let mut tunnel_routes = Vec::new();
+        let mut learned = BTreeSet::new();
+        if let Some(t) = &mut self.transit {
+            if let Err(e) = t.sync(&self.nl).await {
+                warn!(error = %format!("{e:#}"), "WireGuard peers not updated");
+            }
+            learned = t.learned().into_keys().collect();
+            tunnel_routes = learned
+                .iter()
+                .map(|dst| crate::netlink::DesiredRoute {
+                    dst: *dst,
+                    oif: t.ifindex,
+                    via: None,
+                    onlink: false,
+                    encap: None,
+                })
+                .collect();
+        }
         let kernel_changed = d.vips != self.desired.vips
             || d.routes != self.desired.routes
-            || d.nodes != self.desired.nodes;
+            || d.nodes != self.desired.nodes
+            || learned != self.transit_routes;
         let kernel = if pass == Pass::Repair || kernel_changed {
-            kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d).await?
+            let k = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d, &tunnel_routes).await?;
+            if learned != self.transit_routes {
+                info!(routes = ?learned, "tunnel routes reconciled");
+            }
+            self.transit_routes = learned;
+            k
         } else {
             Default::default()
         };
@@ -401,6 +452,9 @@ impl Daemon {
         }
         self.announce(&d);
         self.desired = d;
+        if let Some(t) = &mut self.transit {
+            self.transit_status = Some(t.status(&self.transit_routes).await);
+        }
         self.publish_status(&cat, &alloc);
         if let Some(o) = &mut self.observer {
             o.learn(&self.cfg, &cat, &self.desired, &self.bpf);
@@ -440,7 +494,7 @@ impl Daemon {
 
     /// Refreshes the telemetry snapshot (once a second).
     fn refresh_telemetry(&mut self) {
-        let mut st = self.last_status.clone();
+        let mut st = self.last_status.clone().unwrap_or_default();
         st.clusters = self.cluster_status();
         if let Some(o) = &mut self.observer {
             o.refresh(&mut self.dp, &st);
@@ -516,6 +570,7 @@ impl Daemon {
             reconciled_at: unix_now(),
             started_at: self.started_at,
             reload_error: self.reload_error.clone(),
+            transit: self.transit_status.clone(),
         };
         if let Some(o) = &self.observer {
             st.problems.extend(o.problems.iter().cloned());
@@ -523,7 +578,7 @@ impl Daemon {
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
         }
-        self.last_status = st;
+        self.last_status = Some(st);
     }
 
     fn cluster_status(&self) -> Vec<ClusterStatus> {
@@ -608,6 +663,16 @@ impl Daemon {
             self.names
                 .ensure(&self.cfg, &self.nl, self.dev.legacy)
                 .await;
+            match (&mut self.transit, &self.cfg.transit) {
+                (Some(t), Some(c)) => t.reload(c, &self.nl).await?,
+                (None, Some(c)) => {
+                    self.transit = Some(transit::TransitRuntime::start(c, &self.nl).await?)
+                }
+                (_, None) => {
+                    self.transit = None;
+                    self.transit_status = None;
+                }
+            }
             self.reconcile(Pass::Repair).await
         }
         .await;
@@ -639,8 +704,30 @@ impl Daemon {
         }
     }
 
+    /// Rewrites the status with fresh WireGuard counters and peering sessions (they change
+    /// with traffic, not with the catalog, so reconciles alone would show stale numbers).
+    async fn refresh_transit_status(&mut self) {
+        let (Some(t), Some(st)) = (&mut self.transit, &mut self.last_status) else {
+            return;
+        };
+        let fresh = t.status(&self.transit_routes).await;
+        self.transit_status = Some(fresh.clone());
+        st.transit = Some(fresh);
+        if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
+            warn!(error = %e, "cannot write status");
+        }
+    }
+
     fn ready_file(&self) -> PathBuf {
         self.cfg.gateway.state_dir.join("ready")
+    }
+}
+
+/// Resolves when peering changed what is learned; never without transit.
+async fn transit_changed(t: &mut Option<transit::TransitRuntime>) {
+    match t {
+        Some(t) => t.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -666,6 +753,8 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     tick.tick().await;
     let mut telemetry = tokio::time::interval(TELEMETRY);
     telemetry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_tick = tokio::time::interval(TRANSIT_STATUS);
+    status_tick.tick().await;
     // When gathered cluster events are due to be applied.
     let mut due: Option<Instant> = None;
     loop {
@@ -690,6 +779,10 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                     error!(error = %format!("{e:#}"), "reconcile at the end of a grace period failed");
                 }
             }
+            _ = transit_changed(&mut d.transit) => {
+                due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+            }
+            _ = status_tick.tick(), if d.transit.is_some() => d.refresh_transit_status().await,
             _ = hup.recv() => d.reload().await,
             _ = telemetry.tick() => d.refresh_telemetry(),
             _ = term.recv() => break,
@@ -747,6 +840,11 @@ pub async fn down(source: ConfigSource) -> Result<()> {
         nl.delete_link(dev).await?;
     }
     meshgw_tunnel::vxlan::remove_vxlan(nl.handle(), &cfg.mesh.vxlan_device).await?;
+    if let Some(t) = &cfg.transit {
+        // A kernel WireGuard device outlives the daemon (a TUN device does not).
+        nl.delete_link(&t.wireguard.interface).await?;
+        transit::remove_mss_clamp();
+    }
     let _ = std::fs::remove_file(cfg.gateway.state_dir.join("ready"));
     Ok(())
 }

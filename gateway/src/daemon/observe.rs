@@ -321,7 +321,11 @@ impl Observer {
                 handshake_age_s: None,
             });
         }
-        snap.nodes.sort_by(|a, b| a.address.cmp(&b.address));
+        if let Some(t) = &status.transit {
+            snap.nodes.extend(wireguard_peers(t));
+        }
+        snap.nodes
+            .sort_by(|a, b| (&a.kind, &a.address).cmp(&(&b.kind, &b.address)));
         if let Ok(mut s) = self.shared.snapshot.write() {
             *s = snap;
         }
@@ -354,6 +358,25 @@ impl Observer {
             }
         }
     }
+}
+
+/// The WireGuard peers of the transit status as tunnel peers: sent packets and bytes, and the
+/// handshake age.
+fn wireguard_peers(t: &super::transit::TransitStatus) -> Vec<NodeTelemetry> {
+    let Some(peers) = t.wireguard.get("peers").and_then(|p| p.as_array()) else {
+        return Vec::new();
+    };
+    peers
+        .iter()
+        .map(|p| NodeTelemetry {
+            node: p["id"].as_str().unwrap_or_default().to_string(),
+            address: p["endpoint"].as_str().unwrap_or_default().to_string(),
+            packets: p["counters"]["tx_packets"].as_u64().unwrap_or(0),
+            bytes: p["counters"]["tx_bytes"].as_u64().unwrap_or(0),
+            kind: "wireguard".to_string(),
+            handshake_age_s: p["last_handshake_secs"].as_u64(),
+        })
+        .collect()
 }
 
 /// How often the ring buffer is drained without a wakeup: the datapath wakes the reader only
@@ -406,4 +429,43 @@ fn drain(rb: &mut RingBuf<MapData>, shared: &Shared) -> bool {
         let _ = shared.flows.send(rec);
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wireguard_peers_become_tunnel_peers_with_their_handshake_age() {
+        let t = crate::daemon::transit::TransitStatus {
+            wireguard: serde_json::json!({
+                "backend": "userspace",
+                "peers": [
+                    {"id": "gw-b", "endpoint": "192.0.2.2:51820", "last_handshake_secs": 12,
+                     "counters": {"tx_packets": 5, "tx_bytes": 700}},
+                    {"id": "gw-c", "endpoint": null, "last_handshake_secs": null,
+                     "counters": {"tx_packets": 0, "tx_bytes": 0}}
+                ]
+            }),
+            ..Default::default()
+        };
+        let p = wireguard_peers(&t);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (
+                p[0].node.as_str(),
+                p[0].address.as_str(),
+                p[0].packets,
+                p[0].bytes
+            ),
+            ("gw-b", "192.0.2.2:51820", 5, 700)
+        );
+        assert_eq!(
+            (p[0].handshake_age_s, p[1].handshake_age_s),
+            (Some(12), None)
+        );
+        assert_eq!(p[1].kind, "wireguard");
+        let none = crate::daemon::transit::TransitStatus::default();
+        assert!(wireguard_peers(&none).is_empty());
+    }
 }

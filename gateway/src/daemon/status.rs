@@ -92,6 +92,9 @@ pub struct Status {
     pub started_at: u64,
     /// The last configuration reload error, if the running config is older than the file.
     pub reload_error: Option<String>,
+    /// Gateway-to-gateway transit (WireGuard peers, peering sessions), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit: Option<super::transit::TransitStatus>,
 }
 
 /// What the status shows of policy and egress.

@@ -36,6 +36,7 @@ struct BackendLabels {
 struct PeerLabels {
     node: String,
     address: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,13 +152,22 @@ fn registry(s: &Snapshot) -> Registry {
         "tunnel_peer_bytes",
         "Bytes (inner IP) sent into the tunnel to a node",
     );
+    let handshake = gauges::<PeerLabels>(
+        &mut reg,
+        "tunnel_peer_last_handshake_age_seconds",
+        "Seconds since a tunnel peer's last completed handshake (WireGuard peers that had one)",
+    );
     for n in &s.nodes {
         let l = PeerLabels {
             node: n.node.clone(),
             address: n.address.clone(),
+            kind: n.kind.clone(),
         };
         peer_p.get_or_create(&l).inc_by(n.packets);
         peer_b.get_or_create(&l).inc_by(n.bytes);
+        if let Some(a) = n.handshake_age_s {
+            handshake.get_or_create(&l).set(i(a));
+        }
     }
     let up = gauges::<ClusterLabels>(
         &mut reg,

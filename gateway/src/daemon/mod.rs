@@ -578,6 +578,9 @@ impl Daemon {
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
         }
+        if let Some(o) = &self.observer {
+            o.set_status(&st);
+        }
         self.last_status = Some(st);
     }
 
@@ -715,6 +718,9 @@ impl Daemon {
         st.transit = Some(fresh);
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
+        }
+        if let Some(o) = &self.observer {
+            o.set_status(st);
         }
     }
 

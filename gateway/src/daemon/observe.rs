@@ -228,6 +228,15 @@ impl Observer {
         }
     }
 
+    /// Puts a newly published status into the snapshot at once (the rest of the snapshot waits
+    /// for the next refresh): `meshgw status` must never show an older status than
+    /// `status.json` holds.
+    pub fn set_status(&self, st: &Status) {
+        if let Ok(mut s) = self.shared.snapshot.write() {
+            s.status = st.clone();
+        }
+    }
+
     /// Reads the maps into a new snapshot; `status` is the last published status.
     pub fn refresh(&mut self, dp: &mut Datapath, status: &Status) {
         let clock = Clock::now();

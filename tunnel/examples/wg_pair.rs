@@ -31,7 +31,10 @@ fn public(n: u8) -> [u8; 32] {
 fn ip(ns: &str, args: &[&str]) -> Result<()> {
     let out = Command::new("ip").arg("-n").arg(ns).args(args).output()?;
     if !out.status.success() {
-        bail!("ip -n {ns} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ip -n {ns} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -75,7 +78,10 @@ fn side(
         .join()
         .map_err(|_| anyhow::anyhow!("device thread panicked"))?
     })?;
-    ip(ns, &["addr", "add", &format!("10.{me}.0.1/32"), "dev", "wg0"])?;
+    ip(
+        ns,
+        &["addr", "add", &format!("10.{me}.0.1/32"), "dev", "wg0"],
+    )?;
     ip(
         ns,
         &[

@@ -10,7 +10,9 @@ need_root
 # Debian packages: iproute2/ethtool for the lab, etcd for the Cluster Mesh tests, tcpdump/iperf3/socat
 # as real peers in tests, bpftool for inspecting pinned programs, protoc and its well-known types for the etcd client's gRPC code,
 # dig (dnsutils) as an independent DNS client in tests.
-APT_PKGS=(iproute2 ethtool netsniff-ng nftables iputils-ping tcpdump socat curl netcat-openbsd iperf3 etcd-server etcd-client bpftool openssl python3 tmux protobuf-compiler libprotobuf-dev dnsutils)
+APT_PKGS=(iproute2 ethtool netsniff-ng nftables iputils-ping tcpdump socat curl netcat-openbsd iperf3 etcd-server etcd-client bpftool openssl python3 tmux protobuf-compiler libprotobuf-dev dnsutils
+  # promtool (`promtool check metrics` in the metrics tests) ships in Debian's prometheus package.
+  prometheus)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use meshgw_common::maps::*;
 use meshgw_common::stats::Counter;
+use meshgw_common::telemetry::{EventsConfig, EVENTS_F_DROPS, EVENTS_F_FLOWS};
 use meshgw_datapath::{action, Datapath, Program};
 use support::topology::{self, *};
 use support::{ifindex, NetNs};
@@ -64,7 +65,17 @@ struct Case {
     frame: fn(u32) -> Vec<u8>,
     /// Frames run once before timing (e.g. the flow's first packet, so the flow is established).
     warm: fn() -> Vec<(Program, Vec<u8>)>,
+    /// Flow events on (after the warm-up): every packet must then send exactly one event, which
+    /// is read off the ring buffer between calls (outside the timed region) so that the ring
+    /// never fills. Such rows run per call only: a repeated run cannot drain the ring.
+    events: Option<EventsConfig>,
 }
+
+/// Every new flow and drop reported, and every packet of tracked flows sampled.
+const ALL_EVENTS: Option<EventsConfig> = Some(EventsConfig {
+    sample_rate: 1,
+    flags: EVENTS_F_FLOWS | EVENTS_F_DROPS,
+});
 
 fn no_warm() -> Vec<(Program, Vec<u8>)> {
     Vec::new()
@@ -73,6 +84,24 @@ fn no_warm() -> Vec<(Program, Vec<u8>)> {
 /// The established flow's client frame.
 fn flow_frame(_: u32) -> Vec<u8> {
     udp4(CLIENT4, 40_000, VIP4, 53, CLIENT_MAC, LEGACY_MAC)
+}
+
+/// Packet `i` of the first-packet rows: each from its own client address and port.
+fn new_flow_frame(i: u32) -> Vec<u8> {
+    let [_, a, b, c] = i.to_be_bytes();
+    udp4(
+        [10, 100 + a, b, c],
+        1024 + (i % 60_000) as u16,
+        VIP4,
+        53,
+        CLIENT_MAC,
+        LEGACY_MAC,
+    )
+}
+
+/// The policy-drop rows' frame (no allow entry exists).
+fn denied_frame(_: u32) -> Vec<u8> {
+    udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC)
 }
 
 /// Establishes the flow of [`flow_frame`].
@@ -93,6 +122,7 @@ const CASES: &[Case] = &[
         policy: false,
         frame: |_| udp4(CLIENT4, 40_000, GW4, 5000, CLIENT_MAC, LEGACY_MAC),
         warm: no_warm,
+        events: None,
     },
     Case {
         name: "pass-through (not a VIP)",
@@ -104,6 +134,7 @@ const CASES: &[Case] = &[
         policy: false,
         frame: |_| udp4(CLIENT4, 40_000, GW4, 5000, CLIENT_MAC, LEGACY_MAC),
         warm: no_warm,
+        events: None,
     },
     Case {
         name: "VIP hit, first packet (CT create + DNAT + VXLAN encap)",
@@ -113,18 +144,9 @@ const CASES: &[Case] = &[
         action: action::REDIRECT,
         counter: Some(Counter::CtCreated),
         policy: false,
-        frame: |i| {
-            let [_, a, b, c] = i.to_be_bytes();
-            udp4(
-                [10, 100 + a, b, c],
-                1024 + (i % 60_000) as u16,
-                VIP4,
-                53,
-                CLIENT_MAC,
-                LEGACY_MAC,
-            )
-        },
+        frame: new_flow_frame,
         warm: no_warm,
+        events: None,
     },
     Case {
         name: "VIP hit, established flow (DNAT + VXLAN encap)",
@@ -136,6 +158,7 @@ const CASES: &[Case] = &[
         policy: false,
         frame: flow_frame,
         warm: establish,
+        events: None,
     },
     Case {
         name: "reply (VXLAN decap + reverse NAT)",
@@ -147,6 +170,7 @@ const CASES: &[Case] = &[
         policy: false,
         frame: |_| from_node(&udp4(POD4, 5353, CLIENT4, 40_000, NODE_INNER_MAC, VTEP_MAC)),
         warm: establish,
+        events: None,
     },
     Case {
         name: "policy drop (first packet denied)",
@@ -156,8 +180,45 @@ const CASES: &[Case] = &[
         action: action::DROP,
         counter: Some(Counter::DropPolicy),
         policy: true,
-        frame: |_| udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC),
+        frame: denied_frame,
         warm: no_warm,
+        events: None,
+    },
+    Case {
+        name: "VIP hit, first packet, flow events on (one event a flow)",
+        program: Program::Legacy,
+        unchanged: false,
+        new_flows: true,
+        action: action::REDIRECT,
+        counter: Some(Counter::CtCreated),
+        policy: false,
+        frame: new_flow_frame,
+        warm: no_warm,
+        events: ALL_EVENTS,
+    },
+    Case {
+        name: "VIP hit, established flow, every packet sampled",
+        program: Program::Legacy,
+        unchanged: false,
+        new_flows: false,
+        action: action::REDIRECT,
+        counter: Some(Counter::VipForwarded),
+        policy: false,
+        frame: flow_frame,
+        warm: establish,
+        events: ALL_EVENTS,
+    },
+    Case {
+        name: "policy drop, drop events on (one event a packet)",
+        program: Program::Legacy,
+        unchanged: true,
+        new_flows: false,
+        action: action::DROP,
+        counter: Some(Counter::DropPolicy),
+        policy: true,
+        frame: denied_frame,
+        warm: no_warm,
+        events: ALL_EVENTS,
     },
 ];
 
@@ -216,12 +277,15 @@ const FLOWS_PER_DATAPATH: u32 = CT_MAX / 4;
 
 /// A datapath with the case's warm-up frames run.
 fn prepared(c: &Case) -> Result<Datapath> {
-    let dp = datapath(c.policy)?;
+    let mut dp = datapath(c.policy)?;
     for (p, f) in (c.warm)() {
         let r = dp.run(p, &f, 1)?;
         if r.action != action::REDIRECT {
             bail!("{}: warm-up frame ended with action {}", c.name, r.action);
         }
+    }
+    if let Some(e) = &c.events {
+        dp.set_events_config(e)?;
     }
     Ok(dp)
 }
@@ -268,7 +332,12 @@ fn per_call(c: &Case, n: u32) -> Result<f64> {
         } else {
             n
         };
-        let dp = prepared(c)?;
+        let mut dp = prepared(c)?;
+        let mut ring = match c.events {
+            Some(_) => Some(dp.take_events()?),
+            None => None,
+        };
+        let mut events = 0u32;
         let before = count_of(&dp, c)?;
         let frames: Vec<Vec<u8>> = if c.new_flows {
             (done..done + chunk).map(c.frame).collect()
@@ -282,8 +351,16 @@ fn per_call(c: &Case, n: u32) -> Result<f64> {
                 bail!("{}: action {} (want {})", c.name, r.action, c.action);
             }
             total += r.duration.as_nanos();
+            if let Some(ring) = ring.as_mut() {
+                while ring.next().is_some() {
+                    events += 1;
+                }
+            }
         }
         check_counter(&dp, c, before, chunk)?;
+        if ring.is_some() && events != chunk {
+            bail!("{}: {events} events for {chunk} packets", c.name);
+        }
         done += chunk;
     }
     Ok(total as f64 / f64::from(n))
@@ -365,7 +442,7 @@ fn main() -> Result<()> {
             let mut reps = Vec::with_capacity(runs);
             for _ in 0..runs {
                 calls.push(per_call(c, iterations)?);
-                if c.unchanged {
+                if c.unchanged && c.events.is_none() {
                     reps.push(repeated(c, iterations)?);
                 }
             }
@@ -403,6 +480,7 @@ fn main() -> Result<()> {
                 "per_call_ns": call.json(),
                 "net_ns": net.json(),
                 "repeat_ns": rep.map(|r| r.json()),
+                "events": c.events.is_some(),
             }));
         }
         Ok(rows)

@@ -70,6 +70,56 @@ impl Datapath {
         self.hashed_traffic(names::NODE_STATS)
     }
 
+    /// Zeroes a frontend's traffic counters (its id is free again).
+    pub fn forget_service_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
+        let name = names::SVC_STATS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let mut a: PerCpuArray<&mut MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let zero =
+            aya::maps::PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| {
+                DatapathError::Map {
+                    name,
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "per-cpu values",
+                        io_error: e,
+                    }),
+                }
+            })?;
+        a.set(id, zero, 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Drops a backend's traffic counters (its id is free again).
+    pub fn forget_backend_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
+        let name = names::BACKEND_STATS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let mut h: PerCpuHashMap<&mut MapData, u32, Traffic> =
+            PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        match h.remove(&id) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(DatapathError::Map { name, source }),
+        }
+    }
+
     /// Takes the flow event ring buffer out of the datapath object, for a reader that owns it.
     /// A second call fails with [`DatapathError::MissingMap`].
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {

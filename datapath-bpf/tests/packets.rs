@@ -999,5 +999,12 @@ fn telemetry_counts_per_service_backend_and_node_and_reports_flows_samples_and_p
         assert_eq!(dp.service_traffic(&[2]).unwrap()[0].1, Traffic::default());
         assert_eq!(dp.backend_traffic().unwrap(), [(1, want)]);
         assert_eq!(dp.node_traffic().unwrap(), [(NODE_IP, want)]);
+
+        // A freed id starts again from zero.
+        dp.forget_service_traffic(1).unwrap();
+        dp.forget_backend_traffic(1).unwrap();
+        dp.forget_backend_traffic(77).unwrap();
+        assert_eq!(dp.service_traffic(&[1]).unwrap()[0].1, Traffic::default());
+        assert!(dp.backend_traffic().unwrap().is_empty());
     });
 }

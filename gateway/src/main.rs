@@ -3,6 +3,7 @@
 //! `meshgw run` is the daemon, `meshgw check` validates a configuration file, `meshgw status`
 //! shows what a running gateway serves, `meshgw down` removes everything a gateway created.
 
+mod api;
 mod bpffs;
 mod catalog;
 mod clustermesh;
@@ -11,12 +12,16 @@ mod daemon;
 mod desired;
 mod dns;
 mod egress;
+mod flows;
+mod ipfix;
 mod lb;
+mod metrics;
 mod netlink;
 mod policy;
 mod reconcile;
 mod statefile;
 mod status_cmd;
+mod top;
 mod vip;
 
 use std::path::PathBuf;
@@ -61,6 +66,30 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Show the flows the gateway saw (new flows, sampled packets, policy drops), as Hubble does.
+    Flows {
+        /// Configuration file of the gateway to ask about.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Keep printing flows as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only flows to this VIP.
+        #[arg(long)]
+        vip: Option<std::net::IpAddr>,
+        /// Only flows with this verdict (forwarded, dropped).
+        #[arg(long)]
+        verdict: Option<flows::Verdict>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: flows::cli::Output,
+    },
+    /// The live dashboard: clusters, services, tunnels, traffic, drops and flows.
+    Top {
+        /// Configuration file of the gateway to watch.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Remove the datapath, devices, routes and proxy entries a gateway created.
     Down {
@@ -132,6 +161,18 @@ fn main() -> ExitCode {
                 .and_then(|()| daemon::source_for(config.as_deref()))
                 .and_then(|src| runtime()?.block_on(daemon::down(src)))
         }
+        Cmd::Flows {
+            config,
+            follow,
+            vip,
+            verdict,
+            output,
+        } => daemon::source_for(config.as_deref())
+            .and_then(|src| status_cmd::config_of(&src))
+            .and_then(|cfg| flows::cli::run(&cfg.observe.api_socket, follow, vip, verdict, output)),
+        Cmd::Top { config } => daemon::source_for(config.as_deref())
+            .and_then(|src| status_cmd::config_of(&src))
+            .and_then(|cfg| top::run(&cfg.observe.api_socket)),
         Cmd::Status { config, json } => {
             daemon::source_for(config.as_deref()).and_then(|src| status_cmd::show(&src, json))
         }

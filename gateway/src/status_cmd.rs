@@ -1,4 +1,5 @@
-//! `meshgw status`: the daemon's published status plus live counters read from the pinned
+//! `meshgw status`: asks the daemon over the control API; when the daemon is not running, says
+//! so and falls back to its last published status plus live counters read from the pinned
 //! statistics map (the datapath keeps counting even while the daemon is down).
 
 use std::path::Path;
@@ -8,6 +9,7 @@ use aya::maps::{MapData, PerCpuArray};
 use meshgw_common::maps::names;
 use meshgw_common::stats::Counter;
 
+use crate::api::client::Client;
 use crate::daemon::status::{unix_now, Status};
 use crate::daemon::ConfigSource;
 
@@ -22,37 +24,75 @@ fn counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>> {
     Ok(out)
 }
 
-/// Prints the status of the gateway the configuration names.
-pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
-    let cfg = match src {
+/// The configuration `src` names.
+pub fn config_of(src: &ConfigSource) -> Result<crate::config::Config> {
+    Ok(match src {
         ConfigSource::File(p) => crate::config::load_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         ConfigSource::Embedded => {
             crate::config::parse_str(crate::config::DEFAULT_TOML, "<embedded default>")
                 .map_err(|e| anyhow::anyhow!("{e}"))?
         }
+    })
+}
+
+/// Prints the status of the gateway the configuration names.
+pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
+    let cfg = config_of(src)?;
+    let live = Client::connect(&cfg.observe.api_socket).and_then(|mut c| c.status());
+    let (st, ctrs, running, snap) = match live {
+        Ok(snap) => {
+            // Live from the pinned map where it can be read (the snapshot is up to a second
+            // old); the snapshot's otherwise.
+            let ctrs: Vec<(String, u64)> = match counters(&cfg.gateway.bpf_pin_dir) {
+                Ok(c) => c
+                    .into_iter()
+                    .map(|(c, v)| (c.name().to_string(), v))
+                    .collect(),
+                Err(_) => snap.counters.clone().into_iter().collect(),
+            };
+            (snap.status.clone(), ctrs, true, Some(snap))
+        }
+        Err(e) => {
+            eprintln!("meshgw: {e}; showing the last published status");
+            let st = Status::load(&cfg.gateway.state_dir).with_context(|| {
+                format!(
+                    "no status in {} (the daemon is not running and never ran with this state_dir)",
+                    cfg.gateway.state_dir.display()
+                )
+            })?;
+            let ctrs = counters(&cfg.gateway.bpf_pin_dir)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(c, v)| (c.name().to_string(), v))
+                .collect();
+            // Without the API (e.g. not root) the pid still tells whether a daemon runs.
+            let running = cfg.gateway.state_dir.join("ready").exists()
+                && Path::new(&format!("/proc/{}", st.pid)).exists();
+            (st, ctrs, running, None)
+        }
     };
-    let st = Status::load(&cfg.gateway.state_dir).with_context(|| {
-        format!(
-            "no status in {} (is the gateway running?)",
-            cfg.gateway.state_dir.display()
-        )
-    })?;
-    let running = cfg.gateway.state_dir.join("ready").exists()
-        && Path::new(&format!("/proc/{}", st.pid)).exists();
-    let ctrs = counters(&cfg.gateway.bpf_pin_dir).unwrap_or_default();
     if json {
-        let c: serde_json::Map<String, serde_json::Value> = ctrs
-            .iter()
-            .map(|(c, v)| (c.name().to_string(), (*v).into()))
-            .collect();
-        let v = serde_json::json!({ "running": running, "status": st, "counters": c });
+        let c: serde_json::Map<String, serde_json::Value> =
+            ctrs.iter().map(|(c, v)| (c.clone(), (*v).into())).collect();
+        let v = serde_json::json!({
+            "running": running,
+            "status": st,
+            "counters": c,
+            "services": snap.as_ref().map(|s| &s.services),
+            "nodes": snap.as_ref().map(|s| &s.nodes),
+            "flows": snap.as_ref().map(|s| &s.flows),
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
         "gateway {}  ({}, pid {})",
         st.gateway,
-        if running { "running" } else { "NOT running" },
+        if running {
+            "running"
+        } else {
+            "daemon NOT running"
+        },
         st.pid
     );
     println!("  config       {}", st.config);
@@ -159,9 +199,30 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
             println!("  {p}");
         }
     }
+    if let Some(snap) = &snap {
+        println!("traffic");
+        for s in &snap.services {
+            println!(
+                "  {:<32} {}:{}/{}  {} pkts {} B  {} connections",
+                s.service, s.vip, s.port, s.proto, s.packets, s.bytes, s.connections
+            );
+            for b in &s.backends {
+                println!(
+                    "      backend {:<28} {} pkts {} B",
+                    b.backend, b.packets, b.bytes
+                );
+            }
+        }
+        for n in &snap.nodes {
+            println!(
+                "  tunnel {:<20} {:<16} {} pkts {} B",
+                n.node, n.address, n.packets, n.bytes
+            );
+        }
+    }
     println!("datapath counters");
     for (c, v) in ctrs.iter().filter(|(_, v)| *v > 0) {
-        println!("  {:<20} {v}", c.name());
+        println!("  {c:<20} {v}");
     }
     Ok(())
 }

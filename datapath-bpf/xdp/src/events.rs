@@ -2,6 +2,7 @@
 //! flows, sampled packets, policy drops) through the `MGW_EVENTS` ring buffer. A full ring buffer
 //! loses the event, never the packet: the reader is the daemon, and it must not slow the path.
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -11,6 +12,11 @@ use meshgw_common::telemetry::{
     EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS, EVENTS_RING_BYTES,
     EVENT_DROP, EVENT_NEW_FLOW, EVENT_SAMPLE, MAX_NODE_STATS,
 };
+
+/// Pending bytes past which a submission wakes the reader. Below it no wakeup is sent: a wakeup
+/// is an irq_work (a self-IPI, a VM exit on a virtual machine) costing microseconds per event,
+/// and the daemon drains the ring on a short timer anyway.
+const WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
 
 #[map(name = "MGW_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
@@ -103,7 +109,13 @@ fn emit(f: &Flow, m: &EventMeta) {
         (*e).l3_len = f.l3_len as u32;
         (*e)._pad = 0;
     }
-    entry.submit(0);
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if pending > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }
 
 /// A new flow was tracked.

@@ -8,6 +8,7 @@
 
 pub mod kernel;
 pub mod names;
+pub mod observe;
 pub mod status;
 pub mod transit;
 
@@ -49,6 +50,8 @@ const TRANSIT_STATUS: Duration = Duration::from_secs(1);
 /// How long cluster events are gathered before one reconcile applies them: a relist delivers
 /// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How often the telemetry snapshot (API, metrics, dashboard) is refreshed from the maps.
+const TELEMETRY: Duration = Duration::from_secs(1);
 
 /// What a reconcile pass checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +117,8 @@ struct Daemon {
     policies: Vec<Policy>,
     /// Gateway-local identities, read once, written when one is added.
     local_ids: Option<LocalIdentities>,
+    /// Flow events, the control API, metrics and IPFIX (started once the datapath is loaded).
+    observer: Option<observe::Observer>,
     /// Policies, identities and egress rules as the last reconcile compiled them, for the status.
     policy_view: status::PolicyView,
     /// The socket VIP announcements go out of, opened on first use.
@@ -182,6 +187,7 @@ impl Daemon {
             names: Names::default(),
             policies,
             local_ids: None,
+            observer: None,
             policy_view: status::PolicyView::default(),
             announcer: None,
             transit: None,
@@ -190,6 +196,11 @@ impl Daemon {
             last_status: None,
             cfg,
         };
+        d.observer = Some(
+            observe::Observer::start(&d.cfg, &mut d.dp)
+                .await
+                .context("observability")?,
+        );
         d.bpf = BpfReconciler::recover(&mut d.dp).context("reading the pinned maps")?;
         d.setup_devices().await?;
         if let Some(t) = &d.cfg.transit {
@@ -445,6 +456,9 @@ impl Daemon {
             self.transit_status = Some(t.status(&self.transit_routes).await);
         }
         self.publish_status(&cat, &alloc);
+        if let Some(o) = &mut self.observer {
+            o.learn(&self.cfg, &cat, &self.desired, &self.bpf);
+        }
         Ok(())
     }
 
@@ -476,6 +490,15 @@ impl Daemon {
             }
         }
         self.announced = d.vips.clone();
+    }
+
+    /// Refreshes the telemetry snapshot (once a second).
+    fn refresh_telemetry(&mut self) {
+        let mut st = self.last_status.clone().unwrap_or_default();
+        st.clusters = self.cluster_status();
+        if let Some(o) = &mut self.observer {
+            o.refresh(&mut self.dp, &st);
+        }
     }
 
     fn publish_status(&mut self, cat: &Catalog, alloc: &vip::Allocation) {
@@ -525,7 +548,7 @@ impl Daemon {
                 }
             })
             .collect();
-        let st = Status {
+        let mut st = Status {
             gateway: self.cfg.gateway.name.clone(),
             pid: std::process::id(),
             config: self.source.describe(),
@@ -549,8 +572,14 @@ impl Daemon {
             reload_error: self.reload_error.clone(),
             transit: self.transit_status.clone(),
         };
+        if let Some(o) = &self.observer {
+            st.problems.extend(o.problems.iter().cloned());
+        }
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
+        }
+        if let Some(o) = &self.observer {
+            o.set_status(&st);
         }
         self.last_status = Some(st);
     }
@@ -653,6 +682,16 @@ impl Daemon {
         match result {
             Ok(()) => {
                 self.clusters.configure(&self.cfg.clusters);
+                if let Err(e) = observe::configure_events(&mut self.dp, &self.cfg.observe) {
+                    warn!(error = %format!("{e:#}"), "flow event settings not applied");
+                }
+                if old.observe.api_socket != self.cfg.observe.api_socket
+                    || old.observe.metrics_listen != self.cfg.observe.metrics_listen
+                    || old.observe.ipfix_collector != self.cfg.observe.ipfix_collector
+                    || old.observe.max_flows != self.cfg.observe.max_flows
+                {
+                    warn!("[api], [metrics], [ipfix] and [flows].max_flows take effect at the next start");
+                }
                 self.reload_error = None;
                 info!("configuration reloaded");
             }
@@ -679,6 +718,9 @@ impl Daemon {
         st.transit = Some(fresh);
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
+        }
+        if let Some(o) = &self.observer {
+            o.set_status(st);
         }
     }
 
@@ -715,6 +757,8 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(RESYNC);
     tick.tick().await;
+    let mut telemetry = tokio::time::interval(TELEMETRY);
+    telemetry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(TRANSIT_STATUS);
     status_tick.tick().await;
     // When gathered cluster events are due to be applied.
@@ -746,6 +790,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             }
             _ = status_tick.tick(), if d.transit.is_some() => d.refresh_transit_status().await,
             _ = hup.recv() => d.reload().await,
+            _ = telemetry.tick() => d.refresh_telemetry(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
@@ -762,6 +807,9 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     }
     d.clusters.shutdown();
     let _ = std::fs::remove_file(&ready);
+    // No socket: clients say "daemon not running" rather than time out.
+    let _ = std::fs::remove_file(&d.cfg.observe.api_socket);
+    d.observer = None;
     info!("stopping; the XDP datapath stays attached and forwarding (meshgw down removes it)");
     Ok(())
 }

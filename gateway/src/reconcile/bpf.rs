@@ -64,6 +64,16 @@ fn free_id(used: &BTreeSet<u32>) -> u32 {
 }
 
 impl BpfReconciler {
+    /// The id a frontend was given, once written (telemetry names counters by it).
+    pub fn service_id(&self, k: &ServiceKey) -> Option<u32> {
+        self.service_ids.get(k).copied()
+    }
+
+    /// The id a backend was given, once written.
+    pub fn backend_id(&self, b: &crate::desired::BackendSpec) -> Option<u32> {
+        self.backend_ids.get(b).copied()
+    }
+
     /// Recovers the ids already in the (possibly pinned) maps.
     pub fn recover(dp: &mut Datapath) -> Result<Self, DatapathError> {
         let mut r = BpfReconciler::default();
@@ -215,6 +225,8 @@ impl BpfReconciler {
                 ch.removed += 1;
             }
             let _ = dp.maglev()?.remove(&id);
+            // The id may be reused: its traffic counters must start again from zero.
+            let _ = dp.forget_service_traffic(id);
             self.service_ids.remove(&key);
             self.applied.remove(&key);
         }
@@ -230,6 +242,7 @@ impl BpfReconciler {
             if dp.backends()?.remove(&id).is_ok() {
                 ch.removed += 1;
             }
+            let _ = dp.forget_backend_traffic(id);
             self.backend_ids.remove(&spec);
         }
 

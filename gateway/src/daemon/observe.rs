@@ -1,0 +1,480 @@
+//! The daemon's observability: starts the flow event reader, the control API, `/metrics` and the
+//! IPFIX exporter, and refreshes the shared snapshot from the maps once a second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use meshgw_common::maps::{ServiceKey, ID_WORLD};
+use meshgw_common::telemetry::{EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS};
+use meshgw_datapath::Datapath;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::server::{self, Shared};
+use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot};
+use crate::catalog::Catalog;
+use crate::config::{Config, Observability};
+use crate::desired::{addr_from16, BackendSpec, Desired};
+use crate::flows::table::{FlowKey, Tracked};
+use crate::flows::Names;
+use crate::reconcile::bpf::BpfReconciler;
+
+use super::status::Status;
+
+/// Converts the datapath's `bpf_ktime_get_ns` (CLOCK_MONOTONIC) into Unix milliseconds.
+#[derive(Clone, Copy)]
+struct Clock {
+    unix_ms: u64,
+    mono_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out pointer for the call's duration.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Clock {
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        }
+    }
+
+    fn unix_ms(&self, mono_ns: u64) -> u64 {
+        let age_ms = self.mono_ns.saturating_sub(mono_ns) / 1_000_000;
+        self.unix_ms.saturating_sub(age_ms)
+    }
+}
+
+/// Frontends whose traffic counters are read per refresh (see [`Observer::refresh`]).
+const FRONTENDS_PER_REFRESH: usize = 4096;
+
+/// One frontend as the telemetry names it.
+struct FrontendInfo {
+    key: ServiceKey,
+    service_id: u32,
+    service: String,
+    backends: Vec<(u32, BackendSpec)>,
+}
+
+/// The running observability tasks and their shared state.
+pub struct Observer {
+    /// What the API, metrics and IPFIX read.
+    pub shared: Arc<Shared>,
+    /// What could not be started (published in the status; forwarding goes on without it).
+    pub problems: Vec<String>,
+    frontends: Vec<FrontendInfo>,
+    /// Frontend traffic as last read, and where the next read starts: at most
+    /// [`FRONTENDS_PER_REFRESH`] frontends are read a second (one syscall each), so that tens of
+    /// thousands of services refresh over several seconds instead of stalling the daemon's loop.
+    svc_traffic: HashMap<u32, Traffic>,
+    svc_cursor: usize,
+    nodes: BTreeMap<Ipv4Addr, String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        // The socket's existence says "daemon running" to clients.
+    }
+}
+
+/// Sets which events the datapath sends.
+pub fn configure_events(dp: &mut Datapath, o: &Observability) -> Result<()> {
+    let flags = if o.flow_events {
+        EVENTS_F_FLOWS | EVENTS_F_DROPS
+    } else {
+        0
+    };
+    dp.set_events_config(&EventsConfig {
+        sample_rate: o.sample_rate,
+        flags,
+    })
+    .context("writing the event settings")
+}
+
+impl Observer {
+    /// Starts everything `cfg` asks for. A socket that cannot be bound (an address in use, a
+    /// directory not writable) is a problem in the status, as a DNS bind failure is: the
+    /// gateway forwards without it rather than not at all.
+    pub async fn start(cfg: &Config, dp: &mut Datapath) -> Result<Observer> {
+        let o = &cfg.observe;
+        let shared = Shared::new(o.max_flows);
+        let mut tasks = Vec::new();
+        let mut problems = Vec::new();
+        configure_events(dp, o)?;
+        let ring = dp.take_events().context("the flow event ring buffer")?;
+        tasks.push(tokio::spawn(read_events(ring, shared.clone())));
+        match server::bind(&o.api_socket) {
+            Ok(listener) => {
+                info!(socket = %o.api_socket.display(), "control API listening");
+                tasks.push(tokio::spawn(server::serve(listener, shared.clone())));
+            }
+            Err(e) => {
+                let p = format!("[api].socket {}: {e}", o.api_socket.display());
+                warn!(problem = %p, "no control API");
+                problems.push(p);
+            }
+        }
+        if let Some(addr) = o.metrics_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(%addr, "metrics listening");
+                    tasks.push(tokio::spawn(crate::metrics::serve(l, shared.clone())));
+                }
+                Err(e) => {
+                    let p = format!("[metrics].listen {addr}: {e}");
+                    warn!(problem = %p, "no metrics endpoint");
+                    problems.push(p);
+                }
+            }
+        }
+        if let Some(collector) = o.ipfix_collector {
+            let ex = crate::ipfix::Exporter {
+                collector,
+                interval: Duration::from_secs(o.ipfix_interval_seconds),
+                domain: o.ipfix_domain,
+            };
+            info!(%collector, "IPFIX export");
+            tasks.push(tokio::spawn(ex.run(shared.table.clone())));
+        }
+        Ok(Observer {
+            shared,
+            problems,
+            frontends: Vec::new(),
+            svc_traffic: HashMap::new(),
+            svc_cursor: 0,
+            nodes: BTreeMap::new(),
+            tasks,
+        })
+    }
+
+    /// Learns what the ids mean after a reconcile.
+    pub fn learn(&mut self, cfg: &Config, cat: &Catalog, d: &Desired, bpf: &BpfReconciler) {
+        let mut names = Names::default();
+        names
+            .identities
+            .insert(ID_WORLD, vec!["reserved:world".to_string()]);
+        let labels = |l: &BTreeMap<String, String>| -> Vec<String> {
+            l.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        };
+        for p in &cfg.legacy_prefixes {
+            if let Some(id) = d.identities.get(&p.prefix) {
+                names.identities.insert(*id, labels(&p.labels));
+            }
+        }
+        let mut pod_labels: HashMap<IpAddr, Vec<String>> = HashMap::new();
+        for s in cat.services.values() {
+            for b in &s.backends {
+                pod_labels.insert(b.addr, labels(&b.labels));
+            }
+        }
+        self.frontends.clear();
+        // Ids freed by this reconcile must not keep their last figures.
+        let live: std::collections::HashSet<u32> = d
+            .frontends
+            .keys()
+            .filter_map(|k| bpf.service_id(k))
+            .collect();
+        self.svc_traffic.retain(|id, _| live.contains(id));
+        for (key, f) in &d.frontends {
+            let Some(service_id) = bpf.service_id(key) else {
+                continue;
+            };
+            let service = f.service.to_string();
+            names.services.insert(service_id, service.clone());
+            let mut backends = Vec::new();
+            for (spec, _) in &f.backends {
+                let Some(id) = bpf.backend_id(spec) else {
+                    continue;
+                };
+                names.backends.insert(
+                    id,
+                    format!("{}", std::net::SocketAddr::new(spec.addr, spec.port)),
+                );
+                if spec.identity != 0 {
+                    if let Some(l) = pod_labels.get(&spec.addr) {
+                        names.identities.insert(spec.identity, l.clone());
+                    }
+                }
+                backends.push((id, *spec));
+            }
+            self.frontends.push(FrontendInfo {
+                key: *key,
+                service_id,
+                service,
+                backends,
+            });
+        }
+        self.nodes = cat
+            .nodes
+            .values()
+            .map(|n| (n.address, format!("{}/{}", n.id.cluster, n.id.name)))
+            .collect();
+        if let Ok(mut n) = self.shared.names.write() {
+            *n = names;
+        }
+    }
+
+    /// Puts a newly published status into the snapshot at once (the rest of the snapshot waits
+    /// for the next refresh): `meshgw status` must never show an older status than
+    /// `status.json` holds.
+    pub fn set_status(&self, st: &Status) {
+        if let Ok(mut s) = self.shared.snapshot.write() {
+            s.status = st.clone();
+        }
+    }
+
+    /// Reads the maps into a new snapshot; `status` is the last published status.
+    pub fn refresh(&mut self, dp: &mut Datapath, status: &Status) {
+        let clock = Clock::now();
+        let mut snap = Snapshot {
+            taken_at_ms: clock.unix_ms,
+            status: status.clone(),
+            ..Snapshot::default()
+        };
+        match dp.counters() {
+            Ok(c) => {
+                snap.counters = c
+                    .into_iter()
+                    .map(|(c, v)| (c.name().to_string(), v))
+                    .collect()
+            }
+            Err(e) => warn!(error = %e, "reading counters"),
+        }
+        self.refresh_flows(dp, &clock);
+        let (connections, stats) = match self.shared.table.lock() {
+            Ok(t) => (
+                t.connections(),
+                FlowStats {
+                    held: t.held() as u64,
+                    new_flows: t.events[1],
+                    samples: t.events[2],
+                    drops: t.events[3],
+                },
+            ),
+            Err(_) => Default::default(),
+        };
+        snap.flows = stats;
+        let n = self.frontends.len();
+        if self.svc_cursor >= n {
+            self.svc_cursor = 0;
+        }
+        let end = n.min(self.svc_cursor + FRONTENDS_PER_REFRESH);
+        let ids: Vec<u32> = self.frontends[self.svc_cursor..end]
+            .iter()
+            .map(|f| f.service_id)
+            .collect();
+        self.svc_cursor = end;
+        match dp.service_traffic(&ids) {
+            Ok(t) => self.svc_traffic.extend(t),
+            Err(e) => warn!(error = %e, "reading frontend traffic"),
+        }
+        let svc = &self.svc_traffic;
+        let be: HashMap<u32, _> = dp
+            .backend_traffic()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for f in &self.frontends {
+            let t = svc.get(&f.service_id).copied().unwrap_or_default();
+            let vip = addr_from16(f.key.addr, f.key.family);
+            let port = u16::from_be(f.key.port);
+            snap.services.push(ServiceTelemetry {
+                service: f.service.clone(),
+                vip,
+                port,
+                proto: if f.key.proto == 6 { "tcp" } else { "udp" }.to_string(),
+                packets: t.packets,
+                bytes: t.bytes,
+                connections: connections
+                    .get(&(vip, port, f.key.proto))
+                    .copied()
+                    .unwrap_or(0),
+                backends: f
+                    .backends
+                    .iter()
+                    .map(|(id, spec)| {
+                        let t = be.get(id).copied().unwrap_or_default();
+                        BackendTelemetry {
+                            backend: std::net::SocketAddr::new(spec.addr, spec.port).to_string(),
+                            node: spec.node_ip.to_string(),
+                            active: true,
+                            packets: t.packets,
+                            bytes: t.bytes,
+                        }
+                    })
+                    .collect(),
+            });
+        }
+        for (ip, t) in dp.node_traffic().unwrap_or_default() {
+            let ip = Ipv4Addr::from(ip);
+            snap.nodes.push(NodeTelemetry {
+                node: self.nodes.get(&ip).cloned().unwrap_or_default(),
+                address: ip.to_string(),
+                packets: t.packets,
+                bytes: t.bytes,
+                kind: "vxlan".to_string(),
+                handshake_age_s: None,
+            });
+        }
+        if let Some(t) = &status.transit {
+            snap.nodes.extend(wireguard_peers(t));
+        }
+        snap.nodes
+            .sort_by(|a, b| (&a.kind, &a.address).cmp(&(&b.kind, &b.address)));
+        if let Ok(mut s) = self.shared.snapshot.write() {
+            *s = snap;
+        }
+    }
+
+    /// Brings the counters of the flows the table follows up to date from connection tracking.
+    fn refresh_flows(&self, dp: &mut Datapath, clock: &Clock) {
+        let keys = match self.shared.table.lock() {
+            Ok(t) => t.tracked_keys(),
+            Err(_) => return,
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let Ok(ct) = dp.ct() else { return };
+        let found: Vec<(FlowKey, Option<Tracked>)> = keys
+            .into_iter()
+            .map(|k| {
+                let t = ct.get(&k.ct, 0).ok().map(|e| Tracked {
+                    packets: e.packets,
+                    bytes: e.bytes,
+                    last_seen_ms: clock.unix_ms(e.last_seen_ns),
+                });
+                (k, t)
+            })
+            .collect();
+        if let Ok(mut t) = self.shared.table.lock() {
+            for (k, tr) in found {
+                t.update(&k, tr);
+            }
+        }
+    }
+}
+
+/// The WireGuard peers of the transit status as tunnel peers: sent packets and bytes, and the
+/// handshake age.
+fn wireguard_peers(t: &super::transit::TransitStatus) -> Vec<NodeTelemetry> {
+    let Some(peers) = t.wireguard.get("peers").and_then(|p| p.as_array()) else {
+        return Vec::new();
+    };
+    peers
+        .iter()
+        .map(|p| NodeTelemetry {
+            node: p["id"].as_str().unwrap_or_default().to_string(),
+            address: p["endpoint"].as_str().unwrap_or_default().to_string(),
+            packets: p["counters"]["tx_packets"].as_u64().unwrap_or(0),
+            bytes: p["counters"]["tx_bytes"].as_u64().unwrap_or(0),
+            kind: "wireguard".to_string(),
+            handshake_age_s: p["last_handshake_secs"].as_u64(),
+        })
+        .collect()
+}
+
+/// How often the ring buffer is drained without a wakeup: the datapath wakes the reader only
+/// when a quarter of the ring is pending (a wakeup per event would cost the packet path
+/// microseconds), so this bounds how late a flow shows up.
+const EVENT_POLL: Duration = Duration::from_millis(100);
+
+/// Reads flow events into the table and to followers: on a wakeup (the ring filling) and every
+/// [`EVENT_POLL`].
+async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as the
+    // AsyncFd owns the ring buffer.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e.into_parts().1, "cannot poll the flow event ring buffer; no flow events");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = fd.readable_mut() => match r {
+                // Cleared before draining: data arriving meanwhile makes it ready again.
+                Ok(mut g) => g.clear_ready(),
+                Err(e) => {
+                    warn!(error = %e, "flow event ring buffer poll failed; no more flow events");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(EVENT_POLL) => {}
+        }
+        if !drain(fd.get_mut(), &shared) {
+            return;
+        }
+    }
+}
+
+/// Reads every pending event; false when the shared state is poisoned (a panic elsewhere).
+fn drain(rb: &mut RingBuf<MapData>, shared: &Shared) -> bool {
+    let clock = Clock::now();
+    let (Ok(names), Ok(mut table)) = (shared.names.read(), shared.table.lock()) else {
+        return false;
+    };
+    while let Some(item) = rb.next() {
+        let Some(ev) = FlowEvent::from_bytes(&item) else {
+            continue;
+        };
+        let rec = table.ingest(&ev, clock.unix_ms(ev.ts_ns), &names);
+        // No follower is the usual case, not an error.
+        let _ = shared.flows.send(rec);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wireguard_peers_become_tunnel_peers_with_their_handshake_age() {
+        let t = crate::daemon::transit::TransitStatus {
+            wireguard: serde_json::json!({
+                "backend": "userspace",
+                "peers": [
+                    {"id": "gw-b", "endpoint": "192.0.2.2:51820", "last_handshake_secs": 12,
+                     "counters": {"tx_packets": 5, "tx_bytes": 700}},
+                    {"id": "gw-c", "endpoint": null, "last_handshake_secs": null,
+                     "counters": {"tx_packets": 0, "tx_bytes": 0}}
+                ]
+            }),
+            ..Default::default()
+        };
+        let p = wireguard_peers(&t);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (
+                p[0].node.as_str(),
+                p[0].address.as_str(),
+                p[0].packets,
+                p[0].bytes
+            ),
+            ("gw-b", "192.0.2.2:51820", 5, 700)
+        );
+        assert_eq!(
+            (p[0].handshake_age_s, p[1].handshake_age_s),
+            (Some(12), None)
+        );
+        assert_eq!(p[1].kind, "wireguard");
+        let none = crate::daemon::transit::TransitStatus::default();
+        assert!(wireguard_peers(&none).is_empty());
+    }
+}

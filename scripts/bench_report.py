@@ -147,9 +147,13 @@ for r in cp:
     if "error" in r:
         w(f"| {r['services']:,} | failed: {r['error']} | | | | |")
         continue
-    w(f"| {r['services']:,} | {mmm(r['start_to_programmed_s'], '{:.2f}')} | "
-      f"{mmm(r['start_to_reconciled_s'], '{:.2f}')} | {mmm(r['change_p50_ms'])} | "
-      f"{mmm(r['change_p99_ms'])} | {mmm(r['peak_rss_mib'])} |")
+    runs_note = "" if r.get("runs_done", r["runs"]) == r["runs"] else f" ({r['runs_done']} run)"
+    if r.get("change_error"):
+        p50 = p99 = f"**missed**: {r['change_error']}"
+    else:
+        p50, p99 = mmm(r['change_p50_ms']), mmm(r['change_p99_ms'])
+    w(f"| {r['services']:,}{runs_note} | {mmm(r['start_to_programmed_s'], '{:.2f}')} | "
+      f"{mmm(r['start_to_reconciled_s'], '{:.2f}')} | {p50} | {p99} | {mmm(r['peak_rss_mib'])} |")
 sizes = {r["services"]: r for r in cp}
 w("")
 w("Targets:")
@@ -159,6 +163,8 @@ def target(size, what, key, limit, unit):
         return f"- {what} at {size:,} services: not measured"
     if "error" in r:
         return f"- {what} at {size:,} services: **missed** (the run failed, see the table)"
+    if key.startswith("change") and r.get("change_error"):
+        return f"- {what} at {size:,} services: **missed** ({r['change_error']})"
     v = r[key]["median"]
     return f"- {what} at {size:,} services: {v:.2f} {unit}, " + ("met" if v < limit else "**missed**")
 w(target(10000, "all VIPs programmed in under 5 s", "start_to_programmed_s", 5, "s"))

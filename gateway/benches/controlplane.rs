@@ -424,6 +424,9 @@ struct RunOut {
     change_p50_ms: f64,
     change_p99_ms: f64,
     rss_mib: f64,
+    /// The first change not applied within 10 s (the run stops changing then): the start,
+    /// reconcile and memory figures still count, the latencies do not.
+    change_error: Option<String>,
 }
 
 /// Starts the daemon on a clean state, waits for `n` VIPs, applies `changes` backend changes.
@@ -516,6 +519,7 @@ async fn one_run(
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut lat = Vec::with_capacity(changes);
+    let mut change_error = None;
     for c in 0..changes {
         let s = ((c as u64 * 7919) % u64::from(n)) as u32;
         let vip = *vips
@@ -538,24 +542,34 @@ async fn one_run(
                 break;
             }
             if t.elapsed() > Duration::from_secs(10) {
-                bail!(
+                change_error = Some(format!(
                     "change {c} (svc-{s} backend -> {}) not applied after 10 s",
                     ip(new)
-                );
+                ));
+                break;
             }
             std::thread::sleep(Duration::from_micros(200));
+        }
+        if change_error.is_some() {
+            break;
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let rss_mib = vm_hwm_kib(pid)? as f64 / 1024.0;
     drop(daemon);
     lat.sort_by(f64::total_cmp);
+    let (p50, p99) = if change_error.is_some() || lat.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        (pct(&lat, 50.0), pct(&lat, 99.0))
+    };
     Ok(RunOut {
         start_s,
         reconciled_s,
-        change_p50_ms: pct(&lat, 50.0),
-        change_p99_ms: pct(&lat, 99.0),
+        change_p50_ms: p50,
+        change_p99_ms: p99,
         rss_mib,
+        change_error,
     })
 }
 
@@ -623,7 +637,13 @@ async fn bench(a: &Args) -> Result<Vec<serde_json::Value>> {
                         o.change_p99_ms,
                         o.rss_mib
                     );
+                    let missed = o.change_error.clone();
                     outs.push(o);
+                    if let Some(e) = missed {
+                        // Further runs would miss the same way, each after its 10 s wait.
+                        eprintln!("[controlplane] {n} services: {e}; no further runs");
+                        break;
+                    }
                 }
                 Err(e) => {
                     let msg = format!("{n} services, run {}: {e:#}", r + 1);
@@ -660,6 +680,8 @@ async fn bench(a: &Args) -> Result<Vec<serde_json::Value>> {
             "change_p50_ms": stat(outs.iter().map(|o| o.change_p50_ms).collect()),
             "change_p99_ms": stat(outs.iter().map(|o| o.change_p99_ms).collect()),
             "peak_rss_mib": stat(outs.iter().map(|o| o.rss_mib).collect()),
+            "change_error": outs.iter().find_map(|o| o.change_error.clone()),
+            "runs_done": outs.len(),
         }));
     }
     Ok(rows)

@@ -124,26 +124,9 @@ fn config(lab: &Lab) {
     std::fs::write(&policy, L3_RULE).unwrap();
     let policy_s = policy.display().to_string();
     lab.write_config(|doc| {
-        for b in doc["service"][0]["backend"]
-            .as_array_of_tables_mut()
-            .unwrap()
-            .iter_mut()
-        {
-            let mut labels = toml_edit::InlineTable::new();
-            labels.insert("run", "nginx".into());
-            b["labels"] = toml_edit::value(labels);
-        }
-        let mut lp = toml_edit::Table::new();
-        lp["prefix"] = toml_edit::value(format!("{GOOD}/32"));
-        let mut labels = toml_edit::InlineTable::new();
-        labels.insert("client", "good".into());
-        lp["labels"] = toml_edit::value(labels);
-        let mut arr = toml_edit::ArrayOfTables::new();
-        arr.push(lp);
-        doc["legacy_prefix"] = toml_edit::Item::ArrayOfTables(arr);
-        let mut pol = toml_edit::Table::new();
-        pol["files"] = toml_edit::value(toml_edit::Array::from_iter([policy_s.as_str()]));
-        doc["policy"] = toml_edit::Item::Table(pol);
+        lab::label_backends(doc, "run", "nginx");
+        lab::set_legacy_prefix(doc, &format!("{GOOD}/32"), "client", "good");
+        lab::set_policy_files(doc, &[policy_s.as_str()]);
         let mut ipfix = toml_edit::Table::new();
         ipfix["collector"] = toml_edit::value(format!("127.0.0.1:{IPFIX_PORT}"));
         ipfix["interval_seconds"] = toml_edit::value(1);

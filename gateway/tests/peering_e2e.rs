@@ -432,51 +432,7 @@ fn legacy_host_reaches_across_two_tunnels_and_routes_follow_the_middle_gateway()
     let _ = server.0.wait();
     server.1 = false;
     // 1,500-byte writes, every byte checked, through both tunnels.
-    let data: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
-        .collect();
-    let listener = lab::in_netns(&hc, || {
-        std::net::TcpListener::bind("10.3.0.2:5001").unwrap()
-    });
-    let rx = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        std::io::Read::read_to_end(&mut s, &mut got).unwrap();
-        got
-    });
-    let sent = data.clone();
-    lab::in_netns(&ha, move || {
-        let mut c = std::net::TcpStream::connect("10.3.0.2:5001").unwrap();
-        for chunk in sent.chunks(1500) {
-            std::io::Write::write_all(&mut c, chunk).unwrap();
-        }
-    });
-    let got = rx.join().unwrap();
-    assert_eq!(got.len(), data.len());
-    assert!(got == data, "the stream arrived altered");
-    // 1,500-byte writes, every byte checked, through both tunnels.
-    let data: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
-        .collect();
-    let listener = lab::in_netns(&hc, || {
-        std::net::TcpListener::bind("10.3.0.2:5001").unwrap()
-    });
-    let rx = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        std::io::Read::read_to_end(&mut s, &mut got).unwrap();
-        got
-    });
-    let sent = data.clone();
-    lab::in_netns(&ha, move || {
-        let mut c = std::net::TcpStream::connect("10.3.0.2:5001").unwrap();
-        for chunk in sent.chunks(1500) {
-            std::io::Write::write_all(&mut c, chunk).unwrap();
-        }
-    });
-    let got = rx.join().unwrap();
-    assert_eq!(got.len(), data.len());
-    assert!(got == data, "the stream arrived altered");
+    transfer_1500(&ha, &hc);
     // The SYNs went through A's clamp.
     let nft = run(Command::new("ip").args([
         "netns",
@@ -897,4 +853,28 @@ fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
         lab::tcp_many(&ha, addr, 1)[0].is_err(),
         "the withdrawn service still answers"
     );
+}
+
+/// 3 MB sent from `from` to 10.3.0.2:5001 in `to` in 1,500-byte writes; every byte checked.
+fn transfer_1500(from: &str, to: &str) {
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect();
+    let listener = lab::in_netns(to, || std::net::TcpListener::bind("10.3.0.2:5001").unwrap());
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut got).unwrap();
+        got
+    });
+    let sent = data.clone();
+    lab::in_netns(from, move || {
+        let mut c = std::net::TcpStream::connect("10.3.0.2:5001").unwrap();
+        for chunk in sent.chunks(1500) {
+            std::io::Write::write_all(&mut c, chunk).unwrap();
+        }
+    });
+    let got = rx.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the stream arrived altered");
 }

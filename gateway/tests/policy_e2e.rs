@@ -53,23 +53,8 @@ fn l3_rule_admits_the_good_client_and_drops_the_other() {
     std::fs::write(&policy, L3_RULE).unwrap();
     let policy_s = policy.display().to_string();
     lab.write_config(|doc| {
-        for b in doc["service"][0]["backend"]
-            .as_array_of_tables_mut()
-            .unwrap()
-            .iter_mut()
-        {
-            let mut labels = toml_edit::InlineTable::new();
-            labels.insert("run", "nginx".into());
-            b["labels"] = toml_edit::value(labels);
-        }
-        let mut lp = toml_edit::Table::new();
-        lp["prefix"] = toml_edit::value("10.100.0.2/32");
-        let mut labels = toml_edit::InlineTable::new();
-        labels.insert("client", "good".into());
-        lp["labels"] = toml_edit::value(labels);
-        let mut arr = toml_edit::ArrayOfTables::new();
-        arr.push(lp);
-        doc["legacy_prefix"] = toml_edit::Item::ArrayOfTables(arr);
+        lab::label_backends(doc, "run", "nginx");
+        lab::set_legacy_prefix(doc, "10.100.0.2/32", "client", "good");
         lab::set_policy_files(doc, &[policy_s.as_str()]);
     });
     lab.start_gateway();
@@ -179,11 +164,7 @@ spec:
         ssh.insert("port", 22.into());
         ssh.insert("protocol", "tcp".into());
         ports.push(ssh);
-        for b in svc["backend"].as_array_of_tables_mut().unwrap().iter_mut() {
-            let mut labels = toml_edit::InlineTable::new();
-            labels.insert("run", "nginx".into());
-            b["labels"] = toml_edit::value(labels);
-        }
+        lab::label_backends(doc, "run", "nginx");
     };
     lab.write_config(base);
     lab.start_gateway();

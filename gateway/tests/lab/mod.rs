@@ -124,6 +124,29 @@ pub fn ip_json(ns: &str, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("ip {args:?} in {ns}: bad JSON ({e}): {out}"))
 }
 
+/// Gives every backend of the first service the label `key=value`.
+pub fn label_backends(doc: &mut toml_edit::DocumentMut, key: &str, value: &str) {
+    if let Some(backends) = doc["service"][0]["backend"].as_array_of_tables_mut() {
+        for b in backends.iter_mut() {
+            let mut labels = toml_edit::InlineTable::new();
+            labels.insert(key, value.into());
+            b["labels"] = toml_edit::value(labels);
+        }
+    }
+}
+
+/// Sets `[[legacy_prefix]]` to one prefix labelled `key=value`.
+pub fn set_legacy_prefix(doc: &mut toml_edit::DocumentMut, prefix: &str, key: &str, value: &str) {
+    let mut lp = toml_edit::Table::new();
+    lp["prefix"] = toml_edit::value(prefix);
+    let mut labels = toml_edit::InlineTable::new();
+    labels.insert(key, value.into());
+    lp["labels"] = toml_edit::value(labels);
+    let mut arr = toml_edit::ArrayOfTables::new();
+    arr.push(lp);
+    doc["legacy_prefix"] = toml_edit::Item::ArrayOfTables(arr);
+}
+
 /// Sets `[policy].files` in a config being written.
 pub fn set_policy_files(doc: &mut toml_edit::DocumentMut, files: &[&str]) {
     let mut pol = toml_edit::Table::new();

@@ -4,9 +4,9 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use meshgw_common::maps::{
-    BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE, CT_F_CLOSING,
+    BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
 };
-use meshgw_common::parse::{Flow, IPPROTO_TCP, TCP_FIN, TCP_RST};
+use meshgw_common::parse::Flow;
 use meshgw_common::stats::Counter;
 
 use crate::events::{self, EventMeta};
@@ -19,7 +19,7 @@ use crate::stats::count;
 /// is a valid priority tag, so the TCI alone cannot say it).
 pub const CT_F_VLAN: u32 = 1 << 8;
 
-const REFRESH_NS: u64 = 1_000_000_000;
+pub const REFRESH_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -56,21 +56,35 @@ pub fn reverse_key(f: &Flow, b: &BackendValue) -> CtKey {
     }
 }
 
-/// Updates an entry's counters; the timestamp only once a second, to keep the cache line quiet.
+/// Counts a packet on a tracking entry (`CtEntry` or `SnatEntry`, which share these fields); the
+/// timestamp only once a second, to keep the cache line quiet. A macro because the two entry
+/// types are distinct map values and a BPF program has no trait objects worth their cost.
+macro_rules! touch_entry {
+    ($e:expr, $f:expr, $t:expr) => {{
+        let (e, f, t) = ($e, $f, $t);
+        // SAFETY: `e` is a live map value pointer; racing CPUs may lose an increment, which
+        // only makes the per-flow counters approximate (the per-CPU counters are exact).
+        unsafe {
+            (*e).packets += 1;
+            (*e).bytes += f.l3_len as u64;
+            if t > (*e).last_seen_ns + $crate::ct::REFRESH_NS {
+                (*e).last_seen_ns = t;
+            }
+            if f.proto == meshgw_common::parse::IPPROTO_TCP
+                && f.tcp_flags & (meshgw_common::parse::TCP_FIN | meshgw_common::parse::TCP_RST)
+                    != 0
+            {
+                (*e).flags |= meshgw_common::maps::CT_F_CLOSING;
+            }
+        }
+    }};
+}
+pub(crate) use touch_entry;
+
+/// Counts a packet on a connection-tracking entry.
 #[inline(always)]
 pub fn touch(e: *mut CtEntry, f: &Flow, t: u64) {
-    // SAFETY: `e` is a live map value pointer; racing CPUs may lose an increment, which only
-    // makes the per-flow counters approximate (the per-CPU counters are exact).
-    unsafe {
-        (*e).packets += 1;
-        (*e).bytes += f.l3_len as u64;
-        if t > (*e).last_seen_ns + REFRESH_NS {
-            (*e).last_seen_ns = t;
-        }
-        if f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            (*e).flags |= CT_F_CLOSING;
-        }
-    }
+    touch_entry!(e, f, t);
 }
 
 /// L2 details of the client side, recorded for the reply path.

@@ -13,10 +13,10 @@ use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use meshgw_common::hash::flow_hash;
 use meshgw_common::maps::{
     BackendValue, CtKey, EgressKey, SnatEntry, CFG_F_EGRESS, CFG_F_POLICY, CT_DIR_EGRESS,
-    CT_DIR_EGRESS_REPLY, CT_F_CLOSING, EGRESS_F_EXCLUDED, FAMILY_V4, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, SNAT_PORT_TRIES,
+    CT_DIR_EGRESS_REPLY, EGRESS_F_EXCLUDED, FAMILY_V4, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    SNAT_PORT_TRIES,
 };
-use meshgw_common::parse::{load, Flow, IPPROTO_TCP, TCP_FIN, TCP_RST};
+use meshgw_common::parse::{load, Flow};
 use meshgw_common::stats::Counter;
 
 use crate::ct;
@@ -27,7 +27,6 @@ use crate::maps::{Scratch, CONFIG, EGRESS, SNAT};
 use crate::policy;
 use crate::stats::{count, drop, pass};
 
-const REFRESH_NS: u64 = 1_000_000_000;
 const PORT_RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 
 #[inline(always)]
@@ -40,17 +39,7 @@ fn key(f: &Flow, dir: u8) -> CtKey {
 
 #[inline(always)]
 fn touch(e: *mut SnatEntry, f: &Flow, t: u64) {
-    // SAFETY: live map value; racing CPUs may lose an increment (per-flow counts are approximate).
-    unsafe {
-        (*e).packets += 1;
-        (*e).bytes += f.l3_len as u64;
-        if t > (*e).last_seen_ns + REFRESH_NS {
-            (*e).last_seen_ns = t;
-        }
-        if f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            (*e).flags |= CT_F_CLOSING;
-        }
-    }
+    ct::touch_entry!(e, f, t);
 }
 
 /// Where [`from_endpoint`] sends a packet.
@@ -174,7 +163,12 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
     e.bytes = 0;
     e.addr = inner.src;
     e.port = inner.sport;
-    e.node_ip = [s.flow.src[12], s.flow.src[13], s.flow.src[14], s.flow.src[15]];
+    e.node_ip = [
+        s.flow.src[12],
+        s.flow.src[13],
+        s.flow.src[14],
+        s.flow.src[15],
+    ];
     e.node_mac.copy_from_slice(&inner_macs[6..12]);
     e.flags = 0;
     e.src_identity = src_id;
@@ -199,7 +193,13 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
 #[inline(never)]
 fn allocate(s: &mut Scratch) -> bool {
     let inner = &s.inner;
-    let hash = flow_hash(&inner.src, &inner.dst, inner.sport, inner.dport, inner.proto);
+    let hash = flow_hash(
+        &inner.src,
+        &inner.dst,
+        inner.sport,
+        inner.dport,
+        inner.proto,
+    );
     let reply = &mut s.ct_key;
     reply.src = inner.dst;
     reply.dst = s.nat_addr;

@@ -13,8 +13,8 @@ use meshgw_common::parse::{
 use meshgw_common::stats::Counter;
 
 use crate::ct;
-use crate::egress;
 use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
+use crate::egress;
 use crate::encap::encapsulate;
 use crate::fib::{self, Fib};
 use crate::lookup;

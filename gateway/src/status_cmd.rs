@@ -208,8 +208,13 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
             );
             for b in &s.backends {
                 println!(
-                    "      backend {:<28} {} pkts {} B",
-                    b.backend, b.packets, b.bytes
+                    "      backend {:<28} {} pkts {} B  health {} ({} answered, {} unanswered in 60 s)",
+                    b.backend,
+                    b.packets,
+                    b.bytes,
+                    b.health.name(),
+                    b.answered,
+                    b.unanswered
                 );
             }
         }

@@ -73,7 +73,7 @@ fn nft_counters(lab: &Lab) -> HashMap<String, (u64, u64)> {
 fn nft_setup(lab: &Lab) {
     let vip = lab::VIP4;
     let rules = format!(
-        "table ip obs {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip saddr {GOOD} ip daddr {vip} tcp dport 80 counter comment \"tcp\"\n  ip saddr {GOOD} ip daddr {vip} udp dport 53 counter comment \"udp\"\n  ip saddr {BAD} ip daddr {vip} tcp dport 80 counter comment \"bad\"\n }}\n}}\n"
+        "table ip obs {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip saddr {GOOD} ip daddr {vip} tcp dport 80 counter comment \"tcp\"\n  ip saddr {GOOD} ip daddr {vip} udp dport 53 counter comment \"udp\"\n  ip saddr {BAD} ip daddr {vip} tcp dport 80 counter comment \"bad\"\n }}\n chain in {{\n  type filter hook input priority 0; policy accept;\n  ip saddr {vip} ip daddr {GOOD} tcp sport 80 counter comment \"tcp_back\"\n  ip saddr {vip} ip daddr {GOOD} udp sport 53 counter comment \"udp_back\"\n }}\n}}\n"
     );
     let path = lab.dir.join("obs.nft");
     std::fs::write(&path, rules).unwrap();
@@ -369,6 +369,45 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
         good["dst"]["labels"].to_string().contains("run=nginx") || good["dst"]["identity"] != 0,
         "{good}"
     );
+    // The reply direction: what the backends sent back through the gateway, per flow, equals what
+    // the client received (counted by nftables on its input).
+    let flows_json = |lab: &Lab| -> Vec<Value> {
+        String::from_utf8_lossy(&meshgw(lab, &["flows", "--output", "json"]).stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let replies = |flows: &[Value], port: u64, field: &str| -> u64 {
+        flows
+            .iter()
+            .filter(|f| {
+                f["src"]["addr"] == GOOD && f["dst"]["port"] == port && f["verdict"] == "forwarded"
+            })
+            .map(|f| f[field].as_u64().unwrap())
+            .sum()
+    };
+    let back = nft_counters(&lab);
+    let want = [back["tcp_back"], back["udp_back"]];
+    let got = poll(Duration::from_secs(5), || {
+        let f = flows_json(&lab);
+        let got = [
+            (
+                replies(&f, 80, "reply_packets"),
+                replies(&f, 80, "reply_bytes"),
+            ),
+            (
+                replies(&f, 53, "reply_packets"),
+                replies(&f, 53, "reply_bytes"),
+            ),
+        ];
+        (got == want).then_some(got)
+    });
+    assert!(
+        got.is_some(),
+        "replies counted by the client {want:?}; flows: {:#?}",
+        flows_json(&lab)
+    );
+    assert_eq!(want[1].0, UDP_QUERIES as u64, "one answer a query");
     let text = String::from_utf8_lossy(&meshgw(&lab, &["flows", "--verdict", "dropped"]).stdout)
         .into_owned();
     assert_eq!(text.lines().count(), 1, "{text}");
@@ -472,6 +511,72 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
     assert!(udp_recs.iter().all(|r| r[&12] == lab::VIP4.octets()
         && num(&r[&11]) == 53
         && num(&r[&152]) <= num(&r[&153])));
+
+    // Passive backend health: pod1 stops answering new connections (its SYNs are dropped in its
+    // namespace); the connections Maglev gives it go unanswered and it turns failing while pod2
+    // stays up; once it answers again, it is up again.
+    let pod1 = lab.ns("pod1");
+    lab::run(Command::new("ip").args([
+        "netns", "exec", &pod1, "nft", "add table inet blackhole; add chain inet blackhole in { type filter hook input priority 0; }; add rule inet blackhole in tcp flags & (syn | ack) == syn drop",
+    ]));
+    let pod1_addr = lab::addresses(&pod1, "eth0")
+        .into_iter()
+        .find(|a| !a.contains(':'))
+        .unwrap();
+    let pod1_addr = pod1_addr.split('/').next().unwrap().to_string();
+    let health_of = |st: &Value, mine: bool| -> Vec<String> {
+        service(st, 80)["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| {
+                b["backend"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{pod1_addr}:"))
+                    == mine
+            })
+            .map(|b| b["health"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let attempts = |n: usize| {
+        lab::in_netns(&lab.legacy(), || {
+            (0..n)
+                .filter(|_| {
+                    std::net::TcpStream::connect_timeout(
+                        &lab::vip4_http(),
+                        Duration::from_millis(300),
+                    )
+                    .is_ok()
+                })
+                .count()
+        })
+    };
+    let failing = poll(Duration::from_secs(20), || {
+        attempts(6);
+        let st = status_json(&lab);
+        (health_of(&st, true) == ["failing"]).then_some(st)
+    });
+    let st = failing
+        .unwrap_or_else(|| panic!("pod1 ({pod1_addr}) never failing: {}", status_json(&lab)));
+    assert_eq!(health_of(&st, false), ["up"], "pod2 answers: {st}");
+    let text = String::from_utf8_lossy(&meshgw(&lab, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("backend {pod1_addr}:")) && text.contains("health failing ("),
+        "{text}"
+    );
+    lab::run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &pod1,
+        "nft",
+        "delete table inet blackhole",
+    ]));
+    let up = poll(Duration::from_secs(20), || {
+        attempts(4);
+        (health_of(&status_json(&lab), true) == ["up"]).then_some(())
+    });
+    assert!(up.is_some(), "pod1 up again: {}", status_json(&lab));
 
     // Following: the listing first, then a new drop as it happens.
     let mut follow = Command::new(MESHGW)
@@ -581,6 +686,43 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
             &sock,
             &["resize-window", "-t", "top", "-x", "80", "-y", "24"],
         );
+        let narrow = poll(Duration::from_secs(5), || {
+            let s = tmux(&sock, &["capture-pane", "-p", "-t", "top"]);
+            (s.lines().count() == 24
+                && s.lines()
+                    .any(|l| l.trim_end().ends_with('┐') && l.chars().count() == 80))
+            .then_some(s)
+        });
+        assert!(narrow.is_some(), "redrawn at 80x24");
+        // Enter on the services pane: the selected service's backends with their health (the
+        // TCP frontend's: move down a row while the UDP one shows).
+        let title = format!("Backends of default/echo {}:80/tcp", lab::VIP4);
+        let mut detail = None;
+        for _ in 0..3 {
+            tmux(&sock, &["send-keys", "-t", "top", "Enter"]);
+            detail = poll(Duration::from_secs(5), || {
+                let s = tmux(&sock, &["capture-pane", "-p", "-t", "top"]);
+                (s.contains("Backends of default/echo") && s.contains(&format!("{pod1_addr}:")))
+                    .then_some(s)
+            });
+            if detail.as_ref().is_some_and(|s| s.contains(&title)) {
+                break;
+            }
+            tmux(&sock, &["send-keys", "-t", "top", "x"]);
+            tmux(&sock, &["send-keys", "-t", "top", "j"]);
+        }
+        let detail = detail.filter(|s| s.contains(&title)).unwrap_or_else(|| {
+            panic!(
+                "the backends overlay of {title}:\n{}",
+                tmux(&sock, &["capture-pane", "-p", "-t", "top"])
+            )
+        });
+        let row = detail
+            .lines()
+            .find(|l| l.contains(&format!("{pod1_addr}:")))
+            .unwrap();
+        assert!(row.contains(" up ") && row.contains("active"), "{detail}");
+        tmux(&sock, &["send-keys", "-t", "top", "x"]);
         tmux(&sock, &["send-keys", "-t", "top", "/"]);
         tmux(&sock, &["send-keys", "-t", "top", "-l", BAD]);
         tmux(&sock, &["send-keys", "-t", "top", "Enter"]);

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::status::Status;
+use crate::flows::health::Health;
 use crate::flows::{Filter, FlowRecord};
 
 /// The protocol version this build speaks.
@@ -111,6 +112,15 @@ pub struct BackendTelemetry {
     pub packets: u64,
     /// Bytes sent to it.
     pub bytes: u64,
+    /// Passive health from the connections it answered or not (see [`crate::flows::health`]).
+    #[serde(default)]
+    pub health: Health,
+    /// TCP connections of the last minute it answered.
+    #[serde(default)]
+    pub answered: u64,
+    /// TCP connections of the last minute it left unanswered.
+    #[serde(default)]
+    pub unanswered: u64,
 }
 
 /// Traffic into the tunnel to one node.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use meshgw_common::maps::{ServiceKey, ID_WORLD};
+use meshgw_common::maps::{CtEntry, ServiceKey, ID_WORLD};
 use meshgw_common::telemetry::{EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS};
 use meshgw_datapath::Datapath;
 use tokio::io::unix::AsyncFd;
@@ -19,7 +19,7 @@ use crate::api::server::{self, Shared};
 use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot};
 use crate::catalog::Catalog;
 use crate::config::{Config, Observability};
-use crate::desired::{addr_from16, BackendSpec, Desired};
+use crate::desired::{addr16, addr_from16, BackendSpec, Desired};
 use crate::flows::table::{FlowKey, Tracked};
 use crate::flows::Names;
 use crate::reconcile::bpf::BpfReconciler;
@@ -204,6 +204,9 @@ impl Observer {
                     id,
                     format!("{}", std::net::SocketAddr::new(spec.addr, spec.port)),
                 );
+                names
+                    .backend_keys
+                    .insert(id, (addr16(spec.addr).0, spec.port.to_be()));
                 if spec.identity != 0 {
                     if let Some(l) = pod_labels.get(&spec.addr) {
                         names.identities.insert(spec.identity, l.clone());
@@ -255,9 +258,10 @@ impl Observer {
             Err(e) => warn!(error = %e, "reading counters"),
         }
         self.refresh_flows(dp, &clock);
-        let (connections, stats) = match self.shared.table.lock() {
+        let (connections, health, stats) = match self.shared.table.lock() {
             Ok(t) => (
                 t.connections(),
+                t.backend_health(clock.unix_ms),
                 FlowStats {
                     held: t.held() as u64,
                     new_flows: t.events[1],
@@ -308,12 +312,17 @@ impl Observer {
                     .iter()
                     .map(|(id, spec)| {
                         let t = be.get(id).copied().unwrap_or_default();
+                        let backend = std::net::SocketAddr::new(spec.addr, spec.port).to_string();
+                        let h = health.get(&backend).copied().unwrap_or_default();
                         BackendTelemetry {
-                            backend: std::net::SocketAddr::new(spec.addr, spec.port).to_string(),
+                            backend,
                             node: spec.node_ip.to_string(),
                             active: true,
                             packets: t.packets,
                             bytes: t.bytes,
+                            health: h.health,
+                            answered: h.answered,
+                            unanswered: h.unanswered,
                         }
                     })
                     .collect(),
@@ -350,20 +359,25 @@ impl Observer {
             return;
         }
         let Ok(ct) = dp.ct() else { return };
-        let found: Vec<(FlowKey, Option<Tracked>)> = keys
+        let tracked = |e: CtEntry| Tracked {
+            packets: e.packets,
+            bytes: e.bytes,
+            last_seen_ms: clock.unix_ms(e.last_seen_ns),
+        };
+        let found: Vec<(FlowKey, Option<Tracked>, Option<Tracked>)> = keys
             .into_iter()
-            .map(|k| {
-                let t = ct.get(&k.ct, 0).ok().map(|e| Tracked {
-                    packets: e.packets,
-                    bytes: e.bytes,
-                    last_seen_ms: clock.unix_ms(e.last_seen_ns),
-                });
-                (k, t)
+            .map(|(k, reverse)| {
+                let t = ct.get(&k.ct, 0).ok().map(tracked);
+                let r = reverse
+                    .filter(|_| t.is_some())
+                    .and_then(|rk| ct.get(&rk, 0).ok())
+                    .map(tracked);
+                (k, t, r)
             })
             .collect();
         if let Ok(mut t) = self.shared.table.lock() {
-            for (k, tr) in found {
-                t.update(&k, tr);
+            for (k, tr, reply) in found {
+                t.update(&k, tr, reply);
             }
         }
     }

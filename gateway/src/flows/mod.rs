@@ -1,7 +1,9 @@
 //! Flows: the records the datapath's events become ([`record`]), the bounded table that
-//! aggregates them ([`table`]), and `meshgw flows` ([`cli`]).
+//! aggregates them ([`table`]), the backends' passive health they show ([`health`]), and
+//! `meshgw flows` ([`cli`]).
 
 pub mod cli;
+pub mod health;
 pub mod record;
 pub mod table;
 

@@ -75,6 +75,12 @@ pub struct FlowRecord {
     pub packets: u64,
     /// Bytes of those packets (L3).
     pub bytes: u64,
+    /// Packets the backend sent back (backend -> client), as connection tracking counts them.
+    #[serde(default)]
+    pub reply_packets: u64,
+    /// Bytes of those replies (L3).
+    #[serde(default)]
+    pub reply_bytes: u64,
     /// Whether connection tracking still holds the flow.
     pub active: bool,
 }
@@ -149,6 +155,12 @@ impl FlowRecord {
             s.push_str(&format!(" ({r})"));
         }
         s.push_str(&format!(" {} pkts {} B", self.packets, self.bytes));
+        if self.verdict == Verdict::Forwarded {
+            s.push_str(&format!(
+                ", {} pkts {} B back",
+                self.reply_packets, self.reply_bytes
+            ));
+        }
         s
     }
 

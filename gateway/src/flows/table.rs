@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use meshgw_common::maps::{CtKey, CT_DIR_FORWARD, FAMILY_V4};
+use meshgw_common::maps::{CtKey, CT_DIR_FORWARD, CT_DIR_REVERSE, FAMILY_V4};
 use meshgw_common::stats::Counter;
 use meshgw_common::telemetry::{FlowEvent, EVENT_DROP};
 
+use super::health::{self, BackendHealth};
 use super::record::{Endpoint, FlowRecord, Verdict};
 
 /// What the datapath's ids mean, as the daemon last reconciled them.
@@ -18,6 +19,9 @@ pub struct Names {
     pub services: HashMap<u32, String>,
     /// Backend id -> `addr:port`.
     pub backends: HashMap<u32, String>,
+    /// Backend id -> its address (IPv4-mapped for IPv4) and port in network order: the source
+    /// of the flow's reply tracking entry.
+    pub backend_keys: HashMap<u32, ([u8; 16], u16)>,
     /// Identity -> labels (`key=value`).
     pub identities: HashMap<u32, Vec<String>>,
 }
@@ -46,6 +50,8 @@ pub struct Tracked {
 struct Entry {
     rec: FlowRecord,
     exported: (u64, u64),
+    /// The reply direction's tracking key (backend -> client), when the backend is known.
+    reverse: Option<CtKey>,
 }
 
 /// The table.
@@ -141,9 +147,24 @@ impl FlowTable {
                 reason: dropped.then(|| reason_name(e.reason)),
                 packets: 0,
                 bytes: 0,
+                reply_packets: 0,
+                reply_bytes: 0,
                 active: !dropped,
             },
             exported: (0, 0),
+            reverse: (!dropped)
+                .then(|| names.backend_keys.get(&e.backend_id))
+                .flatten()
+                .map(|(addr, port)| CtKey {
+                    src: *addr,
+                    dst: e.src,
+                    sport: *port,
+                    dport: e.sport,
+                    proto: e.proto,
+                    family: e.family,
+                    dir: CT_DIR_REVERSE,
+                    _pad: 0,
+                }),
         });
         let r = &mut entry.rec;
         r.last_seen_ms = r.last_seen_ms.max(at_ms);
@@ -169,17 +190,19 @@ impl FlowTable {
         }
     }
 
-    /// Keys of the forwarded flows connection tracking may still hold.
-    pub fn tracked_keys(&self) -> Vec<FlowKey> {
+    /// Keys of the forwarded flows connection tracking may still hold, each with its reply
+    /// direction's key when known.
+    pub fn tracked_keys(&self) -> Vec<(FlowKey, Option<CtKey>)> {
         self.flows
             .iter()
             .filter(|(k, v)| !k.dropped && v.rec.active)
-            .map(|(k, _)| *k)
+            .map(|(k, v)| (*k, v.reverse))
             .collect()
     }
 
-    /// Applies what connection tracking says of `key` (`None`: the flow ended).
-    pub fn update(&mut self, key: &FlowKey, t: Option<Tracked>) {
+    /// Applies what connection tracking says of `key` (`None`: the flow ended) and of its reply
+    /// direction.
+    pub fn update(&mut self, key: &FlowKey, t: Option<Tracked>, reply: Option<Tracked>) {
         let Some(e) = self.flows.get_mut(key) else {
             return;
         };
@@ -191,6 +214,20 @@ impl FlowTable {
             }
             None => e.rec.active = false,
         }
+        if let Some(r) = reply {
+            e.rec.reply_packets = e.rec.reply_packets.max(r.packets);
+            e.rec.reply_bytes = e.rec.reply_bytes.max(r.bytes);
+            e.rec.last_seen_ms = e.rec.last_seen_ms.max(r.last_seen_ms);
+        }
+    }
+
+    /// Every backend's passive health at Unix milliseconds `now_ms` (see [`health`]), by
+    /// `addr:port`.
+    pub fn backend_health(&self, now_ms: u64) -> HashMap<String, BackendHealth> {
+        health::assess(self.flows.values().map(|e| &e.rec), now_ms)
+            .into_iter()
+            .map(|(b, h)| (b.to_string(), h))
+            .collect()
     }
 
     /// Every flow, the most recently seen last.
@@ -264,6 +301,7 @@ mod tests {
         Names {
             services: [(1, "default/web".to_string())].into(),
             backends: [(7, "10.244.1.10:8080".to_string())].into(),
+            backend_keys: [(7, (v4_mapped([10, 244, 1, 10]), 8080u16.to_be()))].into(),
             identities: [(2, vec!["reserved:world".to_string()])].into(),
         }
     }
@@ -297,12 +335,24 @@ mod tests {
 
         let keys = t.tracked_keys();
         assert_eq!(keys.len(), 1);
+        let (key, reverse) = keys[0];
+        let reverse = reverse.expect("the backend is known: so is the reply's key");
+        assert_eq!(
+            (reverse.src, reverse.dst, u16::from_be(reverse.sport)),
+            (v4_mapped([10, 244, 1, 10]), key.ct.src, 8080)
+        );
+        assert_eq!((reverse.dport, reverse.dir), (key.ct.sport, CT_DIR_REVERSE));
         t.update(
-            &keys[0],
+            &key,
             Some(Tracked {
                 packets: 10,
                 bytes: 900,
                 last_seen_ms: 8_000,
+            }),
+            Some(Tracked {
+                packets: 8,
+                bytes: 4000,
+                last_seen_ms: 8_100,
             }),
         );
         let vip = "10.200.0.1".parse().unwrap();
@@ -310,20 +360,31 @@ mod tests {
         let d = t.take_deltas();
         assert_eq!(d.len(), 2);
         let fwd = d.iter().find(|r| r.verdict == Verdict::Forwarded).unwrap();
-        assert_eq!((fwd.packets, fwd.bytes, fwd.last_seen_ms), (10, 900, 8_000));
+        assert_eq!((fwd.packets, fwd.bytes, fwd.last_seen_ms), (10, 900, 8_100));
+        assert_eq!((fwd.reply_packets, fwd.reply_bytes), (8, 4000));
+        assert!(
+            fwd.line().ends_with("10 pkts 900 B, 8 pkts 4000 B back"),
+            "{}",
+            fwd.line()
+        );
+        assert_eq!(
+            t.backend_health(9_000)["10.244.1.10:8080"].health,
+            health::Health::Up
+        );
         // Nothing new: nothing to export; then only the new packets.
         assert!(t.take_deltas().is_empty());
         t.update(
-            &keys[0],
+            &key,
             Some(Tracked {
                 packets: 13,
                 bytes: 1000,
                 last_seen_ms: 9_000,
             }),
+            None,
         );
         let d = t.take_deltas();
         assert_eq!((d[0].packets, d[0].bytes), (3, 100));
-        t.update(&keys[0], None);
+        t.update(&key, None, None);
         assert!(t.tracked_keys().is_empty());
         assert!(t.connections().is_empty());
     }

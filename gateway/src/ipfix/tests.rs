@@ -111,7 +111,7 @@ async fn exported_records_decode_with_an_independent_rfc7011_decoder() {
     let n = Names::default();
     let client = v4_mapped([10, 100, 0, 2]);
     table.ingest(&event(client, FAMILY_V4, 40_000, EVENT_NEW_FLOW), 1_000, &n);
-    let key = table.tracked_keys()[0];
+    let (key, _) = table.tracked_keys()[0];
     table.update(
         &key,
         Some(Tracked {
@@ -119,6 +119,7 @@ async fn exported_records_decode_with_an_independent_rfc7011_decoder() {
             bytes: 400,
             last_seen_ms: 3_000,
         }),
+        None,
     );
     table.ingest(&event(client, FAMILY_V4, 40_001, EVENT_DROP), 2_000, &n);
     let c6: Ipv6Addr = "fd00:100::2".parse().unwrap();

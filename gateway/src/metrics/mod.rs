@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::api::Snapshot;
+use crate::flows::health::Health;
 
 pub use http::serve;
 
@@ -30,6 +31,14 @@ struct BackendLabels {
     protocol: String,
     backend: String,
     node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    service: String,
+    backend: String,
+    node: String,
+    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +128,11 @@ fn registry(s: &Snapshot) -> Registry {
         "backend_bytes",
         "Bytes (IP) load-balanced to a backend",
     );
+    let be_h = gauges::<HealthLabels>(
+        &mut reg,
+        "backend_health",
+        "A backend's passive health (1 for its current state: up, failing, unknown), judged from the TCP connections of the last minute it answered or not",
+    );
     for f in &s.services {
         let l = FrontendLabels {
             service: f.service.clone(),
@@ -140,6 +154,15 @@ fn registry(s: &Snapshot) -> Registry {
             };
             be_p.get_or_create(&bl).inc_by(b.packets);
             be_b.get_or_create(&bl).inc_by(b.bytes);
+            for h in [Health::Up, Health::Failing, Health::Unknown] {
+                be_h.get_or_create(&HealthLabels {
+                    service: l.service.clone(),
+                    backend: b.backend.clone(),
+                    node: b.node.clone(),
+                    state: h.name().to_string(),
+                })
+                .set(i64::from(b.health == h));
+            }
         }
     }
     let peer_p = counters::<PeerLabels>(

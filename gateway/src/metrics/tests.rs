@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::api::server::Shared;
 use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot};
 use crate::daemon::status::{ClusterStatus, Status};
+use crate::flows::health::Health;
 
 fn snapshot() -> Snapshot {
     Snapshot {
@@ -46,6 +47,9 @@ fn snapshot() -> Snapshot {
                 active: true,
                 packets: 7,
                 bytes: 700,
+                health: Health::Failing,
+                answered: 1,
+                unanswered: 2,
             }],
         }],
         nodes: vec![
@@ -131,6 +135,8 @@ async fn metrics_endpoint_passes_promtool_and_carries_the_values() {
         "meshgw_cluster_connected{cluster=\"east\"} 1",
         "meshgw_service_connections{service=\"default/web\",vip=\"10.200.0.1\",port=\"80\",protocol=\"tcp\"} 2",
         "# TYPE meshgw_service_packets_total counter",
+        "meshgw_backend_health{service=\"default/web\",backend=\"10.244.1.10:8080\",node=\"172.18.0.11\",state=\"failing\"} 1",
+        "meshgw_backend_health{service=\"default/web\",backend=\"10.244.1.10:8080\",node=\"172.18.0.11\",state=\"up\"} 0",
     ] {
         assert!(body.contains(want), "missing {want:?} in\n{body}");
     }

@@ -21,14 +21,20 @@ use meshgw_datapath::{Datapath, DatapathError};
 pub const TCP_IDLE_NS: u64 = 6 * 3600 * 1_000_000_000;
 /// Idle time after which a TCP flow that saw FIN or RST ends (Cilium: 10 s).
 pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+/// Idle time after which a TCP flow its backend never answered ends (Cilium's SYN timeout:
+/// 60 s): a client gives up on an unanswered connection without telling anyone, so without this
+/// the flow would count as a connection for the full idle time.
+pub const TCP_SYN_NS: u64 = 60 * 1_000_000_000;
 /// Idle time after which a UDP flow ends (Cilium: 60 s).
 pub const UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
 
-fn timeout(proto: u8, flags: u32) -> u64 {
+fn timeout(proto: u8, flags: u32, answered: bool) -> u64 {
     if proto != IPPROTO_TCP {
         UDP_IDLE_NS
     } else if flags & CT_F_CLOSING != 0 {
         TCP_CLOSING_NS
+    } else if !answered {
+        TCP_SYN_NS
     } else {
         TCP_IDLE_NS
     }
@@ -49,9 +55,15 @@ pub fn forward_of(k: &CtKey, e: &CtEntry) -> CtKey {
 /// Which entries to delete at monotonic time `now_ns`.
 pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
     let mut out = Vec::new();
+    let answered: HashSet<CtKey> = entries
+        .iter()
+        .filter(|(k, e)| k.dir == CT_DIR_REVERSE && e.packets > 0)
+        .map(|(k, e)| forward_of(k, e))
+        .collect();
     let mut live_forward: HashSet<CtKey> = HashSet::new();
     for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_FORWARD) {
-        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k.proto, e.flags) {
+        let limit = timeout(k.proto, e.flags, answered.contains(k));
+        if now_ns.saturating_sub(e.last_seen_ns) > limit {
             out.push(*k);
         } else {
             live_forward.insert(*k);
@@ -82,7 +94,8 @@ pub fn snat_expired(entries: &[(CtKey, SnatEntry)], now_ns: u64) -> Vec<CtKey> {
     let mut out = Vec::new();
     let mut live: HashSet<CtKey> = HashSet::new();
     for (k, e) in entries.iter().filter(|(k, _)| k.dir == CT_DIR_EGRESS) {
-        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k.proto, e.flags) {
+        // Egress flows have no answered bit; the SYN timeout is for frontend flows.
+        if now_ns.saturating_sub(e.last_seen_ns) > timeout(k.proto, e.flags, true) {
             out.push(*k);
         } else {
             live.insert(*k);
@@ -170,9 +183,24 @@ mod tests {
             last_seen_ns: rev_seen,
             nat_addr: vip,
             nat_port: 80,
+            packets: 1,
             ..Default::default()
         };
         [(fk, fe), (rk, re)]
+    }
+
+    #[test]
+    fn an_unanswered_tcp_flow_ends_after_the_syn_timeout() {
+        let now = 100_000 * S;
+        let mut e = pair(IPPROTO_TCP, now - 61 * S, now - 61 * S, 0);
+        assert!(expired(&e, now).is_empty(), "answered: established");
+        e[1].1.packets = 0;
+        assert_eq!(expired(&e, now).len(), 2, "never answered: gone after 60 s");
+        let e2 = [e[0], e[1]].map(|(k, mut v)| {
+            v.last_seen_ns = now - 59 * S;
+            (k, v)
+        });
+        assert!(expired(&e2, now).is_empty(), "still within the SYN timeout");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct Model {
     pub editing: bool,
     /// Whether the help overlay shows.
     pub help: bool,
+    /// Whether the selected service's backends show (Enter on the services pane).
+    pub detail: bool,
 }
 
 impl Default for Model {
@@ -122,6 +124,7 @@ impl Default for Model {
             filter: String::new(),
             editing: false,
             help: false,
+            detail: false,
         }
     }
 }
@@ -230,6 +233,14 @@ impl Model {
         }
     }
 
+    /// The service frontend the services pane has selected.
+    pub fn selected_service(&self) -> Option<&crate::api::ServiceTelemetry> {
+        self.snap
+            .as_ref()?
+            .services
+            .get(self.selection(Pane::Services))
+    }
+
     /// The flows the filter lets through, oldest first.
     pub fn visible_flows(&self) -> Vec<&FlowRecord> {
         let f = Filter {
@@ -292,9 +303,10 @@ impl Model {
             self.selected.insert(pane_name(Pane::Flows), 0);
             return Action::Redraw;
         }
-        if self.help {
-            // Any key closes the overlay; q still quits.
+        if self.help || self.detail {
+            // Any key closes an overlay; q still quits.
             self.help = false;
+            self.detail = false;
             return if k == Key::Char('q') {
                 Action::Quit
             } else {
@@ -309,6 +321,9 @@ impl Model {
                 self.focus = Pane::Flows;
             }
             Key::Esc => self.filter.clear(),
+            Key::Enter if self.focus == Pane::Services && self.rows(Pane::Services) > 0 => {
+                self.detail = true
+            }
             Key::Tab => self.focus = self.focus.next(),
             Key::BackTab => self.focus = self.focus.prev(),
             Key::Up | Key::Char('k') => self.step(false),

@@ -11,6 +11,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::model::{Model, Pane};
+use crate::flows::health::Health;
 use crate::flows::record::clock;
 use crate::flows::Verdict;
 
@@ -110,7 +111,77 @@ pub fn draw(f: &mut Frame<'_>, m: &Model) {
     footer(f, m, rows[5]);
     if m.help {
         help(f, area);
+    } else if m.detail {
+        backends(f, m, area);
     }
+}
+
+/// An overlay of at most `w` x `h` in the middle of `area`.
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let (w, h) = (area.width.min(w), area.height.min(h));
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+fn vip_port(vip: std::net::IpAddr, port: u16) -> String {
+    match vip {
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+        a => format!("{a}:{port}"),
+    }
+}
+
+fn health_style(h: Health) -> Style {
+    match h {
+        Health::Up => Style::default().fg(Color::Green),
+        Health::Failing => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        Health::Unknown => Style::default(),
+    }
+}
+
+/// The selected service's backends: node, state in the Maglev table, health, traffic.
+fn backends(f: &mut Frame<'_>, m: &Model, area: Rect) {
+    let Some(svc) = m.selected_service() else {
+        return;
+    };
+    let r = centered(area, 100, svc.backends.len() as u16 + 4);
+    let rows: Vec<Row> = svc
+        .backends
+        .iter()
+        .map(|b| {
+            Row::new(vec![
+                Cell::from(b.backend.clone()),
+                Cell::from(b.node.clone()),
+                Cell::from(if b.active { "active" } else { "draining" }),
+                Cell::from(b.health.name()).style(health_style(b.health)),
+                Cell::from(format!("{}/{}", b.answered, b.answered + b.unanswered)),
+                Cell::from(human(b.packets as f64)),
+            ])
+        })
+        .collect();
+    let t = Table::new(
+        rows,
+        [
+            Constraint::Length(26),
+            Constraint::Length(15),
+            Constraint::Length(8),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Min(5),
+        ],
+    )
+    .header(Row::new(["backend", "node", "maglev", "health", "answ", "pkts"]).style(bold()))
+    .block(Block::default().borders(Borders::ALL).title(format!(
+        " Backends of {} {}/{} (any key closes) ",
+        svc.service,
+        vip_port(svc.vip, svc.port),
+        svc.proto
+    )));
+    f.render_widget(Clear, r);
+    f.render_widget(t, r);
 }
 
 fn header(f: &mut Frame<'_>, m: &Model, r: Rect) {
@@ -251,15 +322,21 @@ fn services(f: &mut Frame<'_>, m: &Model, r: Rect) {
         .map(|i| {
             let svc = &s.services[i];
             let rate = m.service_rate(i);
-            let active = svc.backends.iter().filter(|b| b.active).count();
-            let vip = match svc.vip {
-                std::net::IpAddr::V6(a) => format!("[{a}]:{}", svc.port),
-                a => format!("{a}:{}", svc.port),
+            let ok = svc
+                .backends
+                .iter()
+                .filter(|b| b.active && b.health != Health::Failing)
+                .count();
+            let be_style = if ok < svc.backends.len() {
+                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+            } else {
+                Style::default()
             };
+            let vip = vip_port(svc.vip, svc.port);
             Row::new(vec![
                 Cell::from(svc.service.clone()),
                 Cell::from(format!("{vip}/{}", svc.proto)),
-                Cell::from(format!("{active}/{}", svc.backends.len())),
+                Cell::from(format!("{ok}/{}", svc.backends.len())).style(be_style),
                 Cell::from(svc.connections.to_string()),
                 Cell::from(format!("{}/s", human(rate.pps))),
                 Cell::from(format!("{}b/s", human(rate.bps))),
@@ -390,24 +467,18 @@ fn flows(f: &mut Frame<'_>, m: &Model, r: Rect) {
 }
 
 fn help(f: &mut Frame<'_>, area: Rect) {
-    let w = area.width.min(60);
-    let h = area.height.min(14);
-    let r = Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
-    };
+    let r = centered(area, 60, 15);
     let text = vec![
         Line::from("tab / shift-tab   next / previous pane"),
         Line::from("↑ ↓  or  k j      move in the pane"),
         Line::from("/                 filter the flow pane (text)"),
         Line::from("enter / esc       apply / clear the filter"),
+        Line::from("enter (services)  the service's backends and health"),
         Line::from("? or h            this help"),
         Line::from("q                 quit"),
         Line::from(""),
         Line::from("rate: packets/s client -> VIP; tput: bits/s"),
-        Line::from("be: backends in the Maglev table / all"),
+        Line::from("be: backends active and not failing / all"),
         Line::from("hs: tunnel handshake age (VXLAN has none)"),
     ];
     f.render_widget(Clear, r);

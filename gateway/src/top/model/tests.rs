@@ -8,6 +8,7 @@ use ratatui::Terminal;
 use super::*;
 use crate::api::{BackendTelemetry, NodeTelemetry, ServiceTelemetry};
 use crate::daemon::status::{ClusterStatus, Status};
+use crate::flows::health::Health;
 use crate::flows::record::Endpoint;
 use crate::flows::Verdict;
 
@@ -46,6 +47,9 @@ fn snap(at_ms: u64, packets: u64, drops: u64) -> Snapshot {
                 active: true,
                 packets,
                 bytes: packets * 100,
+                health: Health::Failing,
+                answered: 1,
+                unanswered: 2,
             }],
         }],
         nodes: vec![NodeTelemetry {
@@ -80,6 +84,8 @@ fn flow(port: u16, verdict: Verdict) -> FlowRecord {
         reason: (verdict == Verdict::Dropped).then(|| "drop_policy".into()),
         packets: 1,
         bytes: 60,
+        reply_packets: 1,
+        reply_bytes: 60,
         active: true,
     }
 }
@@ -181,6 +187,31 @@ fn the_screen_at_80x24_shows_services_vip_rate_and_flows() {
     assert!(s.contains("Flows 1 matching \"40001\""), "{s}");
     m.on_key(Key::Char('?'));
     assert!(screen(&m, 80, 24).contains("Help"));
+    m.on_key(Key::Esc);
+    // The failing backend: 0 of 1 counted as ok, and its detail on Enter in the services pane.
+    let row = screen(&m, 80, 24)
+        .lines()
+        .find(|l| l.contains("10.200.0.1:80/tcp"))
+        .map(String::from)
+        .unwrap();
+    assert!(row.contains(" 0/1 "), "{row}");
+    m.focus = Pane::Services;
+    m.on_key(Key::Enter);
+    assert!(m.detail);
+    let s = screen(&m, 80, 24);
+    let be = s
+        .lines()
+        .find(|l| l.contains("10.244.1.10:8080"))
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        s.contains("Backends of default/web")
+            && be.contains("172.18.0.11")
+            && be.contains("failing")
+            && be.contains("1/3"),
+        "{s}"
+    );
+    assert_eq!(m.on_key(Key::Char('x')), Action::Redraw);
+    assert!(!m.detail);
     // Smaller and larger terminals draw without panicking.
     screen(&m, 40, 10);
     screen(&m, 200, 60);

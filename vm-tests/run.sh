@@ -332,6 +332,12 @@ check_console() {  # serial fw
   else
     fail "[$fw] the dashboard does not show the portal default/web"
   fi
+  # tty1 (the VM's screen) runs meshgw top: the serial screen reports what /dev/vcs1 holds.
+  if wait_serial "$serial" "tty1 (the VM's screen): meshgw top running, portals: default/web" 30; then
+    ok "[$fw] tty1 shows meshgw top with the portal default/web ($(grep -ao "tty1 (the VM's screen): meshgw top running, portals: [^|]*" "$serial" | tail -n1 | cut -c1-120))"
+  else
+    fail "[$fw] tty1 does not show meshgw top with default/web; serial says: $(grep -ao "tty1 (the VM's screen): [a-z ]*" "$serial" | sort | uniq -c | tr '\n' '|')"
+  fi
   if grep -aq "runs the shipped default configuration" "$serial"; then
     fail "[$fw] the dashboard claims the shipped default config although cloud-init wrote one"
   else

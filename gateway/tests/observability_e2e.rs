@@ -789,4 +789,53 @@ fn a_busy_metrics_port_is_a_status_problem_not_a_failure() {
     let tcp = lab::tcp_many(&lab.legacy(), lab::vip4_http(), 2);
     assert!(tcp.iter().all(Result::is_ok), "{tcp:?}");
     assert!(status_json(&lab)["services"].is_array());
+
+    // The operator moves the endpoint by a reload: it listens there at once, the problem goes,
+    // and an IPFIX collector added by the same reload starts receiving.
+    let collector = lab::in_netns(&lab.gw(), || {
+        UdpSocket::bind(("127.0.0.1", IPFIX_PORT)).unwrap()
+    });
+    collector
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    lab.write_config(|doc| {
+        doc["metrics"] = toml_edit::table();
+        doc["metrics"]["listen"] = toml_edit::value("127.0.0.1:9964");
+        doc["ipfix"] = toml_edit::table();
+        doc["ipfix"]["collector"] = toml_edit::value(format!("127.0.0.1:{IPFIX_PORT}"));
+        doc["ipfix"]["interval_seconds"] = toml_edit::value(1);
+    });
+    lab.reload_gateway();
+    let scrape = |port: u16| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.gw(), "curl", "-sf"])
+            .arg(format!("http://127.0.0.1:{port}/metrics"))
+            .output()
+            .unwrap()
+    };
+    let served = poll(Duration::from_secs(10), || {
+        let out = scrape(9964);
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("meshgw_"))
+            .then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "metrics on the new port; log:\n{}",
+        lab.log_tail(20)
+    );
+    let st = poll(Duration::from_secs(10), || {
+        let st = lab.status();
+        (!st["problems"].to_string().contains("[metrics]")).then_some(st)
+    });
+    assert!(st.is_some(), "the problem is gone: {}", lab.status());
+    let tcp = lab::tcp_many(&lab.legacy(), lab::vip4_http(), 2);
+    assert!(tcp.iter().all(Result::is_ok), "{tcp:?}");
+    let mut buf = [0u8; 65_536];
+    let (n, _) = collector
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no IPFIX after the reload: {e}; log:\n{}", lab.log_tail(20)));
+    assert!(
+        n >= 16 && buf[..2] == [0, 10],
+        "an IPFIX message (version 10)"
+    );
 }

@@ -573,7 +573,7 @@ impl Daemon {
             transit: self.transit_status.clone(),
         };
         if let Some(o) = &self.observer {
-            st.problems.extend(o.problems.iter().cloned());
+            st.problems.extend(o.problems().cloned());
         }
         if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
             warn!(error = %e, "cannot write status");
@@ -676,6 +676,9 @@ impl Daemon {
                     self.transit_status = None;
                 }
             }
+            if let Some(o) = &mut self.observer {
+                o.reconfigure(&old.observe, &self.cfg.observe).await;
+            }
             self.reconcile(Pass::Repair).await
         }
         .await;
@@ -685,19 +688,15 @@ impl Daemon {
                 if let Err(e) = observe::configure_events(&mut self.dp, &self.cfg.observe) {
                     warn!(error = %format!("{e:#}"), "flow event settings not applied");
                 }
-                if old.observe.api_socket != self.cfg.observe.api_socket
-                    || old.observe.metrics_listen != self.cfg.observe.metrics_listen
-                    || old.observe.ipfix_collector != self.cfg.observe.ipfix_collector
-                    || old.observe.max_flows != self.cfg.observe.max_flows
-                {
-                    warn!("[api], [metrics], [ipfix] and [flows].max_flows take effect at the next start");
-                }
                 self.reload_error = None;
                 info!("configuration reloaded");
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "applying the new configuration failed; restoring the previous one");
                 self.reload_error = Some(format!("{e:#}"));
+                if let Some(o) = &mut self.observer {
+                    o.reconfigure(&self.cfg.observe, &old.observe).await;
+                }
                 self.cfg = old;
                 self.policies = old_policies;
                 if let Err(e) = self.reconcile(Pass::Repair).await {

@@ -70,8 +70,6 @@ struct FrontendInfo {
 pub struct Observer {
     /// What the API, metrics and IPFIX read.
     pub shared: Arc<Shared>,
-    /// What could not be started (published in the status; forwarding goes on without it).
-    pub problems: Vec<String>,
     frontends: Vec<FrontendInfo>,
     /// Frontend traffic as last read, and where the next read starts: at most
     /// [`FRONTENDS_PER_REFRESH`] frontends are read a second (one syscall each), so that tens of
@@ -79,16 +77,92 @@ pub struct Observer {
     svc_traffic: HashMap<u32, Traffic>,
     svc_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
-    tasks: Vec<JoinHandle<()>>,
+    events: JoinHandle<()>,
+    api: Endpoint,
+    metrics: Endpoint,
+    ipfix: Option<JoinHandle<()>>,
+}
+
+/// A listening task, or why it could not listen.
+#[derive(Default)]
+struct Endpoint {
+    task: Option<JoinHandle<()>>,
+    problem: Option<String>,
+}
+
+impl Endpoint {
+    fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.problem = None;
+    }
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        self.events.abort();
+        self.api.stop();
+        self.metrics.stop();
+        if let Some(t) = &self.ipfix {
             t.abort();
         }
         // The socket's existence says "daemon running" to clients.
     }
+}
+
+fn start_api(o: &Observability, shared: &Arc<Shared>) -> Endpoint {
+    match server::bind(&o.api_socket) {
+        Ok(listener) => {
+            info!(socket = %o.api_socket.display(), "control API listening");
+            Endpoint {
+                task: Some(tokio::spawn(server::serve(listener, shared.clone()))),
+                problem: None,
+            }
+        }
+        Err(e) => {
+            let p = format!("[api].socket {}: {e}", o.api_socket.display());
+            warn!(problem = %p, "no control API");
+            Endpoint {
+                task: None,
+                problem: Some(p),
+            }
+        }
+    }
+}
+
+async fn start_metrics(o: &Observability, shared: &Arc<Shared>) -> Endpoint {
+    let Some(addr) = o.metrics_listen else {
+        return Endpoint::default();
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            info!(%addr, "metrics listening");
+            Endpoint {
+                task: Some(tokio::spawn(crate::metrics::serve(l, shared.clone()))),
+                problem: None,
+            }
+        }
+        Err(e) => {
+            let p = format!("[metrics].listen {addr}: {e}");
+            warn!(problem = %p, "no metrics endpoint");
+            Endpoint {
+                task: None,
+                problem: Some(p),
+            }
+        }
+    }
+}
+
+fn start_ipfix(o: &Observability, shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
+    let collector = o.ipfix_collector?;
+    let ex = crate::ipfix::Exporter {
+        collector,
+        interval: Duration::from_secs(o.ipfix_interval_seconds),
+        domain: o.ipfix_domain,
+    };
+    info!(%collector, "IPFIX export");
+    Some(tokio::spawn(ex.run(shared.table.clone())))
 }
 
 /// Sets which events the datapath sends.
@@ -112,53 +186,64 @@ impl Observer {
     pub async fn start(cfg: &Config, dp: &mut Datapath) -> Result<Observer> {
         let o = &cfg.observe;
         let shared = Shared::new(o.max_flows);
-        let mut tasks = Vec::new();
-        let mut problems = Vec::new();
         configure_events(dp, o)?;
         let ring = dp.take_events().context("the flow event ring buffer")?;
-        tasks.push(tokio::spawn(read_events(ring, shared.clone())));
-        match server::bind(&o.api_socket) {
-            Ok(listener) => {
-                info!(socket = %o.api_socket.display(), "control API listening");
-                tasks.push(tokio::spawn(server::serve(listener, shared.clone())));
-            }
-            Err(e) => {
-                let p = format!("[api].socket {}: {e}", o.api_socket.display());
-                warn!(problem = %p, "no control API");
-                problems.push(p);
-            }
-        }
-        if let Some(addr) = o.metrics_listen {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => {
-                    info!(%addr, "metrics listening");
-                    tasks.push(tokio::spawn(crate::metrics::serve(l, shared.clone())));
-                }
-                Err(e) => {
-                    let p = format!("[metrics].listen {addr}: {e}");
-                    warn!(problem = %p, "no metrics endpoint");
-                    problems.push(p);
-                }
-            }
-        }
-        if let Some(collector) = o.ipfix_collector {
-            let ex = crate::ipfix::Exporter {
-                collector,
-                interval: Duration::from_secs(o.ipfix_interval_seconds),
-                domain: o.ipfix_domain,
-            };
-            info!(%collector, "IPFIX export");
-            tasks.push(tokio::spawn(ex.run(shared.table.clone())));
-        }
+        let events = tokio::spawn(read_events(ring, shared.clone()));
+        let api = start_api(o, &shared);
+        let metrics = start_metrics(o, &shared).await;
+        let ipfix = start_ipfix(o, &shared);
         Ok(Observer {
             shared,
-            problems,
             frontends: Vec::new(),
             svc_traffic: HashMap::new(),
             svc_cursor: 0,
             nodes: BTreeMap::new(),
-            tasks,
+            events,
+            api,
+            metrics,
+            ipfix,
         })
+    }
+
+    /// What could not be started (published in the status; forwarding goes on without it).
+    pub fn problems(&self) -> impl Iterator<Item = &String> {
+        self.api.problem.iter().chain(self.metrics.problem.iter())
+    }
+
+    /// Applies a reloaded `[api]`, `[metrics]`, `[ipfix]` and `[flows].max_flows`: only what
+    /// changed restarts; the flow table and the event reader carry on.
+    pub async fn reconfigure(&mut self, old: &Observability, new: &Observability) {
+        if old.api_socket != new.api_socket {
+            self.api.stop();
+            let _ = std::fs::remove_file(&old.api_socket);
+            self.api = start_api(new, &self.shared);
+        }
+        if old.metrics_listen != new.metrics_listen || self.metrics.problem.is_some() {
+            self.metrics.stop();
+            // The aborted task drops its listener when next polled: let it, so that a reload
+            // back to a port this process held finds it free.
+            tokio::task::yield_now().await;
+            self.metrics = start_metrics(new, &self.shared).await;
+        }
+        if (
+            old.ipfix_collector,
+            old.ipfix_interval_seconds,
+            old.ipfix_domain,
+        ) != (
+            new.ipfix_collector,
+            new.ipfix_interval_seconds,
+            new.ipfix_domain,
+        ) {
+            if let Some(t) = self.ipfix.take() {
+                t.abort();
+            }
+            self.ipfix = start_ipfix(new, &self.shared);
+        }
+        if old.max_flows != new.max_flows {
+            if let Ok(mut t) = self.shared.table.lock() {
+                t.set_max(new.max_flows);
+            }
+        }
     }
 
     /// Learns what the ids mean after a reconcile.

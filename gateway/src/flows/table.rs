@@ -98,6 +98,14 @@ impl FlowTable {
         }
     }
 
+    /// Holds at most `max` flows from now on (the oldest go at once if there are more).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+        while self.flows.len() > self.max {
+            self.evict();
+        }
+    }
+
     /// Flows held.
     pub fn held(&self) -> usize {
         self.flows.len()

@@ -799,13 +799,18 @@ fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
     line.start(0);
     line.start(1);
 
-    // A learns the service through B and serves it under a VIP of its own pool.
-    let vip_a = "10.201.0.254";
+    // A learns the service through B and serves it under a VIP of its own pool, allocated like
+    // its own services' (persisted in its vips.json) and named in its DNS; so does B.
+    let vip_b = persisted_vip(&line.gws[1].state, "default/echo");
+    assert!(vip_b.starts_with("10.202.0."), "from B's pool: {vip_b}");
     line.wait_routes(
         0,
-        &["10.202.0.254"],
+        &[vip_b.as_str()],
         "A routes B's VIP for the service into the tunnel",
     );
+    let vip_a = persisted_vip(&line.gws[0].state, "default/echo");
+    let vip_a = vip_a.as_str();
+    assert!(vip_a.starts_with("10.201.0."), "from A's pool: {vip_a}");
     let addrs = lab::addresses(&line.gws[0].ns, "legacy");
     let have = poll(Duration::from_secs(20), || {
         lab::addresses(&line.gws[0].ns, "legacy")
@@ -818,6 +823,19 @@ fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
     assert!(st.contains("services learned: default/echo"), "{st}");
 
     let ha = line.hosts[0].clone();
+    let named = lab::run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ha,
+        "dig",
+        "@10.1.0.1",
+        "+short",
+        "+tries=2",
+        "+time=1",
+        "echo.default.mesh.local",
+        "A",
+    ]));
+    assert_eq!(named.trim(), vip_a, "A's DNS names the imported service");
     let addr: std::net::SocketAddr = format!("{vip_a}:80").parse().unwrap();
     let answers = lab::tcp_many(&ha, addr, 20);
     let mut counts = std::collections::BTreeMap::new();
@@ -853,6 +871,16 @@ fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
         lab::tcp_many(&ha, addr, 1)[0].is_err(),
         "the withdrawn service still answers"
     );
+}
+
+/// The VIP a gateway persisted for `service` (waits for it).
+fn persisted_vip(state_dir: &Path, service: &str) -> String {
+    let path = state_dir.join("vips.json");
+    poll(Duration::from_secs(20), || {
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).ok()?).ok()?;
+        v["assigned"][service][0].as_str().map(String::from)
+    })
+    .unwrap_or_else(|| panic!("no VIP persisted for {service} in {path:?}"))
 }
 
 /// 3 MB sent from `from` to 10.3.0.2:5001 in `to` in 1,500-byte writes; every byte checked.

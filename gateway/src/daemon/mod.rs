@@ -340,9 +340,18 @@ impl Daemon {
             .vip_state
             .get_or_insert_with(|| VipState::load(&state_path));
         let egress = crate::egress::compile(&self.cfg.egress, &cat);
+        let mut requests = cat.vip_requests();
+        // Services learned from peering gateways get their local VIPs from the same allocator.
+        let learned = self
+            .transit
+            .as_ref()
+            .map(|t| t.learned_services())
+            .unwrap_or_default();
+        let import_requests = transit::import_requests(&learned, &requests);
+        requests.extend(import_requests.clone());
         let alloc = vip::allocate(
             &self.cfg.vips.pool,
-            &cat.vip_requests(),
+            &requests,
             held,
             warming,
             &egress.addresses,
@@ -373,9 +382,7 @@ impl Daemon {
             status::PolicyView::of(&self.policies, &compiled, &self.cfg.egress, &egress);
         let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
         if let Some(t) = &mut self.transit {
-            let mut used: BTreeSet<IpAddr> = alloc.vips.values().copied().collect();
-            used.extend(alloc.reserved.values().flatten().copied());
-            let imports = transit::plan_imports(&t.learned_services(), &self.cfg.vips.pool, &used);
+            let imports = transit::plan_imports(&learned, &import_requests, &alloc);
             d.vips.extend(imports.iter().map(|i| IpAddr::V4(i.vip)));
             t.set_services(transit::origins(&cat, &alloc), imports);
         }
@@ -386,7 +393,7 @@ impl Daemon {
         d.vips.extend(egress.addresses.iter().copied());
         d.egress = egress.entries;
         d.problems.extend(notes);
-        d.problems.extend(self.names.update(&cat, &alloc));
+        d.problems.extend(self.names.update(&alloc));
         d.problems.extend(self.names.error.clone());
         for p in &d.problems {
             warn!(problem = %p, "part of the catalog is not served");

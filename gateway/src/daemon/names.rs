@@ -2,11 +2,12 @@
 //! or the legacy interface's own addresses), rebinding only when that changes, and the table of
 //! names rebuilt from the catalog after every reconcile.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use tracing::warn;
 
-use crate::catalog::Catalog;
+use crate::catalog::ServiceName;
 use crate::config::Config;
 use crate::dns::{self, DnsHandle, DnsTable};
 use crate::netlink::Netlink;
@@ -77,7 +78,7 @@ impl Names {
     }
 
     /// Serves the names of every portal with a VIP; returns problems with names.
-    pub fn update(&self, cat: &Catalog, alloc: &Allocation) -> Vec<String> {
+    pub fn update(&self, alloc: &Allocation) -> Vec<String> {
         let Some((_, domain, h)) = &self.running else {
             return Vec::new();
         };
@@ -85,16 +86,14 @@ impl Names {
         let Ok(mut table) = DnsTable::new(domain) else {
             return problems;
         };
-        for s in cat.services.values() {
-            let vips: Vec<IpAddr> = [false, true]
-                .iter()
-                .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
-                .collect();
-            if vips.is_empty() {
-                continue;
-            }
-            if let Err(e) = table.insert(&s.name.namespace, &s.name.name, &vips) {
-                problems.push(format!("{}: no DNS name: {e}", s.name));
+        // Every service with a VIP: the catalog's and those imported from peering gateways.
+        let mut by_name: BTreeMap<&ServiceName, Vec<IpAddr>> = BTreeMap::new();
+        for ((name, _), vip) in &alloc.vips {
+            by_name.entry(name).or_default().push(*vip);
+        }
+        for (name, vips) in by_name {
+            if let Err(e) = table.insert(&name.namespace, &name.name, &vips) {
+                problems.push(format!("{name}: no DNS name: {e}"));
             }
         }
         if !table.is_empty() {

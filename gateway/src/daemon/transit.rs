@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::catalog::ServiceName;
 use crate::config::{Transit, WgBackendChoice};
 use crate::netlink::Netlink;
 
@@ -157,33 +158,59 @@ pub fn origins(cat: &crate::catalog::Catalog, alloc: &crate::vip::Allocation) ->
     out
 }
 
-/// Local VIPs for learned services: taken from the top of the IPv4 pool ranges, skipping
-/// addresses in `used`, in key order (so the same set of services gets the same VIPs).
+/// The learned services to import, as VIP requests: IPv4, automatic (from the pool, through
+/// the same allocator as the catalog's services, so an imported service keeps its VIP across
+/// restarts and never takes an egress address or a pinned one). A service the catalog already
+/// serves is not imported: the gateway reaches it directly.
+pub fn import_requests(
+    learned: &[(RouteKey, ServiceAttrs)],
+    local: &BTreeMap<(ServiceName, bool), crate::vip::Request>,
+) -> BTreeMap<(ServiceName, bool), crate::vip::Request> {
+    learned
+        .iter()
+        .filter_map(|(k, _)| service_name(k))
+        .filter(|n| {
+            !local.contains_key(&(n.clone(), false)) && !local.contains_key(&(n.clone(), true))
+        })
+        .map(|n| ((n, false), crate::vip::Request::Auto))
+        .collect()
+}
+
+fn service_name(k: &RouteKey) -> Option<ServiceName> {
+    match k {
+        RouteKey::Service { namespace, name } => Some(ServiceName {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }),
+        RouteKey::Prefix { .. } => None,
+    }
+}
+
+/// The imports that got a local VIP in `alloc` (see [`import_requests`]), in key order.
 pub fn plan_imports(
     learned: &[(RouteKey, ServiceAttrs)],
-    pool: &[IpNet],
-    used: &BTreeSet<IpAddr>,
+    requested: &BTreeMap<(ServiceName, bool), crate::vip::Request>,
+    alloc: &crate::vip::Allocation,
 ) -> Vec<Imported> {
-    let mut free = pool
+    let mut out: Vec<Imported> = learned
         .iter()
-        .filter_map(|n| match n {
-            IpNet::V4(v4) => Some(v4.hosts().rev()),
-            IpNet::V6(_) => None,
+        .filter_map(|(key, attrs)| {
+            let name = (service_name(key)?, false);
+            if !requested.contains_key(&name) {
+                return None;
+            }
+            let IpAddr::V4(vip) = *alloc.vips.get(&name)? else {
+                return None;
+            };
+            Some(Imported {
+                key: key.clone(),
+                vip,
+                next: attrs.vip,
+                ports: attrs.ports.clone(),
+            })
         })
-        .flatten()
-        .filter(|a| !used.contains(&IpAddr::V4(*a)));
-    let mut sorted: Vec<&(RouteKey, ServiceAttrs)> = learned.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = Vec::new();
-    for (key, attrs) in sorted {
-        let Some(vip) = free.next() else { break };
-        out.push(Imported {
-            key: key.clone(),
-            vip,
-            next: attrs.vip,
-            ports: attrs.ports.clone(),
-        });
-    }
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
     out
 }
 
@@ -620,7 +647,7 @@ mod tests {
     }
 
     #[test]
-    fn imports_take_free_pool_addresses_from_the_top_in_key_order() {
+    fn imports_get_vips_from_the_shared_allocator_and_skip_local_services() {
         let attrs = |v: &str| ServiceAttrs {
             vip: v.parse().unwrap(),
             ports: vec![ServicePort {
@@ -631,19 +658,43 @@ mod tests {
         let learned = vec![
             (svc("web"), attrs("10.202.0.9")),
             (svc("api"), attrs("10.202.0.8")),
+            (svc("local"), attrs("10.202.0.7")),
         ];
+        let name = |n: &str| ServiceName {
+            namespace: "default".into(),
+            name: n.into(),
+        };
+        let mut local = BTreeMap::new();
+        local.insert((name("local"), false), crate::vip::Request::Auto);
+        let requested = import_requests(&learned, &local);
+        assert_eq!(requested.len(), 2, "{requested:?}");
         let pool: Vec<IpNet> = vec!["10.201.0.0/29".parse().unwrap()];
-        let used = BTreeSet::from(["10.201.0.6".parse().unwrap()]);
-        let plan = plan_imports(&learned, &pool, &used);
+        // The egress address and what the services held before are respected.
+        let egress = BTreeSet::from(["10.201.0.6".parse().unwrap()]);
+        let mut prev = crate::vip::VipState::default();
+        prev.assigned
+            .insert("default/web".into(), vec!["10.201.0.2".parse().unwrap()]);
+        let mut all = local.clone();
+        all.extend(requested.clone());
+        let alloc = crate::vip::allocate(&pool, &all, &prev, false, &egress);
+        let plan = plan_imports(&learned, &requested, &alloc);
         assert_eq!(plan.len(), 2);
-        assert_eq!(
-            (plan[0].key.clone(), plan[0].vip),
-            (svc("api"), "10.201.0.5".parse().unwrap())
-        );
+        assert_eq!(plan[0].key, svc("api"));
         assert_eq!(
             (plan[1].key.clone(), plan[1].vip),
-            (svc("web"), "10.201.0.4".parse().unwrap())
+            (svc("web"), "10.201.0.2".parse().unwrap())
         );
+        let vips: BTreeSet<IpAddr> = alloc.vips.values().copied().collect();
+        assert_eq!(vips.len(), 3, "distinct VIPs: {alloc:?}");
+        assert!(!vips.contains(&"10.201.0.6".parse::<IpAddr>().unwrap()));
+        assert!(
+            alloc.state().assigned.contains_key("default/api"),
+            "persisted"
+        );
+        let plan = vec![Imported {
+            vip: "10.201.0.5".parse().unwrap(),
+            ..plan[0].clone()
+        }];
         let s = table_script("wg", &[], &plan);
         assert!(
             s.contains("ip daddr 10.201.0.5 tcp dport 80 dnat ip to 10.202.0.8"),

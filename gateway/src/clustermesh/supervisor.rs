@@ -30,9 +30,9 @@ pub struct Supervisor {
     pub states: BTreeMap<String, ClusterState>,
     /// Each cluster's connection.
     pub connections: BTreeMap<String, Connection>,
-    specs: Vec<ClusterSpec>,
+    /// The running clients: each cluster's spec and the switch that stops its task.
+    running: BTreeMap<String, (ClusterSpec, watch::Sender<bool>)>,
     tx: mpsc::Sender<(String, ClientEvent)>,
-    stop: Option<watch::Sender<bool>>,
 }
 
 /// Builds a client endpoint from the configuration.
@@ -80,40 +80,48 @@ impl Supervisor {
         Supervisor {
             states: BTreeMap::new(),
             connections: BTreeMap::new(),
-            specs: Vec::new(),
+            running: BTreeMap::new(),
             tx,
-            stop: None,
         }
     }
 
     /// (Re)starts the client tasks when the cluster list changed. States of clusters that stay
     /// are kept; a cluster's state is replaced by its next full list anyway.
     pub fn configure(&mut self, specs: &[ClusterSpec]) {
-        if specs == self.specs.as_slice() && self.stop.is_some() {
-            return;
-        }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        self.specs = specs.to_vec();
+        // Only the clusters whose spec changed (or that went) are stopped: the others keep
+        // their connection and state instead of relisting everything.
+        let wanted: BTreeMap<&str, &ClusterSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        self.running.retain(|name, (spec, stop)| {
+            let keep = wanted.get(name.as_str()) == Some(&&*spec);
+            if !keep {
+                info!(cluster = %name, "cluster client stopped (configuration changed)");
+                let _ = stop.send(true);
+            }
+            keep
+        });
         self.states
-            .retain(|name, _| specs.iter().any(|s| s.name == *name));
+            .retain(|name, _| wanted.contains_key(name.as_str()));
         self.connections
-            .retain(|name, _| specs.iter().any(|s| s.name == *name));
-        let (stop_tx, stop_rx) = watch::channel(false);
+            .retain(|name, _| wanted.contains_key(name.as_str()));
         for spec in specs {
+            if self.running.contains_key(&spec.name) {
+                continue;
+            }
             self.states
                 .entry(spec.name.clone())
                 .or_insert_with(|| ClusterState::new(&spec.name));
             let conn = self.connections.entry(spec.name.clone()).or_default();
+            let (stop_tx, stop_rx) = watch::channel(false);
             match endpoint(spec) {
                 Ok(ep) => {
                     info!(cluster = %spec.name, endpoints = ?ep.endpoints, "connecting to the Cluster Mesh API");
+                    conn.last_error = None;
                     tokio::spawn(client::run_cluster(
                         ep,
                         prefixes(&spec.name),
                         self.tx.clone(),
-                        stop_rx.clone(),
+                        stop_rx,
                     ));
                 }
                 Err(e) => {
@@ -121,8 +129,9 @@ impl Supervisor {
                     conn.last_error = Some(e.to_string());
                 }
             }
+            self.running
+                .insert(spec.name.clone(), (spec.clone(), stop_tx));
         }
-        self.stop = Some(stop_tx);
     }
 
     /// Applies one client event; returns whether the catalog may have changed.
@@ -161,7 +170,7 @@ impl Supervisor {
 
     /// Stops every client task.
     pub fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        for (_, (_, stop)) in std::mem::take(&mut self.running) {
             let _ = stop.send(true);
         }
     }
@@ -169,6 +178,36 @@ impl Supervisor {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reload_restarts_only_the_clusters_whose_spec_changed() {
+        let (tx, _rx) = mpsc::channel(8);
+        let mut s = Supervisor::new(tx);
+        let spec = |n: &str, file: &str| ClusterSpec {
+            name: n.into(),
+            source: ClusterSource::CiliumConfig(file.into()),
+            server_name: None,
+        };
+        s.configure(&[spec("a", "/nonexistent/a"), spec("b", "/nonexistent/b")]);
+        assert!(
+            s.connections["a"].last_error.is_some(),
+            "a missing file is said"
+        );
+        let stop_a = s.running["a"].1.subscribe();
+        let stop_b = s.running["b"].1.subscribe();
+        s.configure(&[spec("a", "/nonexistent/a"), spec("b", "/nonexistent/b2")]);
+        assert!(!*stop_a.borrow(), "a is untouched");
+        assert!(*stop_b.borrow(), "b's old client is stopped");
+        assert!(!*s.running["b"].1.borrow(), "and a new one runs");
+        s.configure(&[spec("b", "/nonexistent/b2")]);
+        assert!(*stop_a.borrow(), "a removed: stopped");
+        assert!(!s.states.contains_key("a") && !s.connections.contains_key("a"));
+        let stop_b2 = s.running["b"].1.subscribe();
+        s.shutdown();
+        assert!(*stop_b2.borrow());
+    }
+
     #[test]
     fn canaries_are_listed_before_the_data_and_both_layouts_are_watched() {
         let p = super::prefixes("cluster1");

@@ -136,6 +136,33 @@ fn selected_pod_leaves_with_the_egress_address_and_policy_drops_the_rest() {
     for _ in 0..5 {
         assert_eq!(held.ping().unwrap(), first);
     }
+    // The flow log shows the held connection with its translation, both directions counted
+    // from the source-NAT table, and still active.
+    let src = held.local.to_string();
+    let flow = poll(Duration::from_secs(5), || {
+        let out = Command::new(lab::MESHGW)
+            .args(["flows", "--output", "json", "--config"])
+            .arg(&lab.config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|f| {
+                format!(
+                    "{}:{}",
+                    f["src"]["addr"].as_str().unwrap_or(""),
+                    f["src"]["port"]
+                ) == src
+                    && f["packets"].as_u64() >= Some(6)
+                    && f["reply_packets"].as_u64() >= Some(6)
+            })
+    });
+    let flow = flow.unwrap_or_else(|| panic!("no egress flow from {src} with its packets"));
+    assert_eq!(flow["snat"].as_str(), Some(first.as_str()), "{flow}");
+    assert_eq!(flow["active"], true, "{flow}");
+    assert_eq!(flow["verdict"], "forwarded", "{flow}");
+    assert_eq!(flow["dst"]["addr"], "10.100.0.2", "{flow}");
     assert!(lab.counter("egress_created") >= 3, "{}", lab.status());
     assert!(lab.counter("egress_forwarded") >= 8);
     assert!(lab.counter("egress_replied") >= 8);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use meshgw_common::maps::{CtEntry, ServiceKey, ID_WORLD};
+use meshgw_common::maps::{CtKey, ServiceKey, CT_DIR_EGRESS, CT_DIR_EGRESS_REPLY, ID_WORLD};
 use meshgw_common::telemetry::{EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS};
 use meshgw_datapath::Datapath;
 use tokio::io::unix::AsyncFd;
@@ -20,7 +20,7 @@ use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, S
 use crate::catalog::Catalog;
 use crate::config::{Config, Observability};
 use crate::desired::{addr16, addr_from16, BackendSpec, Desired};
-use crate::flows::table::{FlowKey, Tracked};
+use crate::flows::table::{FlowKey, Track, Tracked};
 use crate::flows::Names;
 use crate::reconcile::bpf::BpfReconciler;
 
@@ -443,26 +443,68 @@ impl Observer {
         if keys.is_empty() {
             return;
         }
-        let Ok(ct) = dp.ct() else { return };
-        let tracked = |e: CtEntry| Tracked {
-            packets: e.packets,
-            bytes: e.bytes,
-            last_seen_ms: clock.unix_ms(e.last_seen_ns),
+        let tracked = |packets: u64, bytes: u64, last_seen_ns: u64| Tracked {
+            packets,
+            bytes,
+            last_seen_ms: clock.unix_ms(last_seen_ns),
         };
-        let found: Vec<(FlowKey, Option<Tracked>, Option<Tracked>)> = keys
-            .into_iter()
-            .map(|(k, reverse)| {
-                let t = ct.get(&k.ct, 0).ok().map(tracked);
-                let r = reverse
-                    .filter(|_| t.is_some())
-                    .and_then(|rk| ct.get(&rk, 0).ok())
-                    .map(tracked);
-                (k, t, r)
-            })
-            .collect();
+        let mut found: Vec<(FlowKey, Option<Tracked>, Option<Tracked>)> = Vec::new();
+        let mut snat_to: Vec<(FlowKey, std::net::SocketAddr)> = Vec::new();
+        if let Ok(ct) = dp.ct() {
+            for (k, track) in &keys {
+                let Track::Ct(reverse) = track else { continue };
+                let get = |key: &CtKey| {
+                    ct.get(key, 0)
+                        .ok()
+                        .map(|e| tracked(e.packets, e.bytes, e.last_seen_ns))
+                };
+                let t = get(&k.ct);
+                let r = reverse.filter(|_| t.is_some()).and_then(|rk| get(&rk));
+                found.push((*k, t, r));
+            }
+        }
+        if let Ok(snat) = dp.snat() {
+            for (k, track) in &keys {
+                if *track != Track::Snat {
+                    continue;
+                }
+                let out = CtKey {
+                    dir: CT_DIR_EGRESS,
+                    ..k.ct
+                };
+                let Ok(e) = snat.get(&out, 0) else {
+                    found.push((*k, None, None));
+                    continue;
+                };
+                // The reply entry: legacy host -> egress address and port.
+                let back = CtKey {
+                    src: k.ct.dst,
+                    dst: e.addr,
+                    sport: k.ct.dport,
+                    dport: e.port,
+                    dir: CT_DIR_EGRESS_REPLY,
+                    ..k.ct
+                };
+                let r = snat
+                    .get(&back, 0)
+                    .ok()
+                    .map(|r| tracked(r.packets, r.bytes, r.last_seen_ns));
+                snat_to.push((
+                    *k,
+                    std::net::SocketAddr::new(
+                        addr_from16(e.addr, k.ct.family),
+                        u16::from_be(e.port),
+                    ),
+                ));
+                found.push((*k, Some(tracked(e.packets, e.bytes, e.last_seen_ns)), r));
+            }
+        }
         if let Ok(mut t) = self.shared.table.lock() {
             for (k, tr, reply) in found {
                 t.update(&k, tr, reply);
+            }
+            for (k, to) in snat_to {
+                t.set_snat(&k, to);
             }
         }
     }

@@ -135,6 +135,7 @@ mod tests {
             bytes: 60,
             reply_packets: replies,
             reply_bytes: replies * 60,
+            snat: None,
             active: true,
         }
     }

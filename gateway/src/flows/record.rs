@@ -81,6 +81,9 @@ pub struct FlowRecord {
     /// Bytes of those replies (L3).
     #[serde(default)]
     pub reply_bytes: u64,
+    /// Egress flows: the address and port the flow left with (source NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<String>,
     /// Whether connection tracking still holds the flow.
     pub active: bool,
 }
@@ -149,6 +152,9 @@ impl FlowRecord {
         }
         if let Some(b) = &self.backend {
             s.push_str(&format!(" via {b}"));
+        }
+        if let Some(n) = &self.snat {
+            s.push_str(&format!(" as {n}"));
         }
         s.push_str(&format!(" {} {}", self.proto, self.verdict.label()));
         if let Some(r) = &self.reason {

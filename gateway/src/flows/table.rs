@@ -50,8 +50,18 @@ pub struct Tracked {
 struct Entry {
     rec: FlowRecord,
     exported: (u64, u64),
-    /// The reply direction's tracking key (backend -> client), when the backend is known.
-    reverse: Option<CtKey>,
+    track: Track,
+}
+
+/// Where the datapath keeps a forwarded flow's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Track {
+    /// A VIP flow in connection tracking, with its reply direction's key (backend -> client)
+    /// when the backend is known.
+    Ct(Option<CtKey>),
+    /// An egress flow (endpoint -> legacy host) in the source-NAT table: the entry holds the
+    /// translated address and port, from which the reply's key follows.
+    Snat,
 }
 
 /// The table.
@@ -157,22 +167,30 @@ impl FlowTable {
                 bytes: 0,
                 reply_packets: 0,
                 reply_bytes: 0,
+                snat: None,
                 active: !dropped,
             },
             exported: (0, 0),
-            reverse: (!dropped)
-                .then(|| names.backend_keys.get(&e.backend_id))
-                .flatten()
-                .map(|(addr, port)| CtKey {
-                    src: *addr,
-                    dst: e.src,
-                    sport: *port,
-                    dport: e.sport,
-                    proto: e.proto,
-                    family: e.family,
-                    dir: CT_DIR_REVERSE,
-                    _pad: 0,
-                }),
+            // The only new flows without a service are the egress ones.
+            track: if e.service_id == 0 && !dropped {
+                Track::Snat
+            } else {
+                Track::Ct(
+                    names
+                        .backend_keys
+                        .get(&e.backend_id)
+                        .map(|(addr, port)| CtKey {
+                            src: *addr,
+                            dst: e.src,
+                            sport: *port,
+                            dport: e.sport,
+                            proto: e.proto,
+                            family: e.family,
+                            dir: CT_DIR_REVERSE,
+                            _pad: 0,
+                        }),
+                )
+            },
         });
         let r = &mut entry.rec;
         r.last_seen_ms = r.last_seen_ms.max(at_ms);
@@ -198,14 +216,20 @@ impl FlowTable {
         }
     }
 
-    /// Keys of the forwarded flows connection tracking may still hold, each with its reply
-    /// direction's key when known.
-    pub fn tracked_keys(&self) -> Vec<(FlowKey, Option<CtKey>)> {
+    /// Keys of the forwarded flows the datapath may still hold, with where it holds them.
+    pub fn tracked_keys(&self) -> Vec<(FlowKey, Track)> {
         self.flows
             .iter()
             .filter(|(k, v)| !k.dropped && v.rec.active)
-            .map(|(k, v)| (*k, v.reverse))
+            .map(|(k, v)| (*k, v.track))
             .collect()
+    }
+
+    /// Records the address and port an egress flow leaves with.
+    pub fn set_snat(&mut self, key: &FlowKey, to: std::net::SocketAddr) {
+        if let Some(e) = self.flows.get_mut(key) {
+            e.rec.snat = Some(to.to_string());
+        }
     }
 
     /// Applies what connection tracking says of `key` (`None`: the flow ended) and of its reply
@@ -343,8 +367,10 @@ mod tests {
 
         let keys = t.tracked_keys();
         assert_eq!(keys.len(), 1);
-        let (key, reverse) = keys[0];
-        let reverse = reverse.expect("the backend is known: so is the reply's key");
+        let (key, track) = keys[0];
+        let Track::Ct(Some(reverse)) = track else {
+            panic!("the backend is known: so is the reply's key: {track:?}")
+        };
         assert_eq!(
             (reverse.src, reverse.dst, u16::from_be(reverse.sport)),
             (v4_mapped([10, 244, 1, 10]), key.ct.src, 8080)

@@ -86,6 +86,7 @@ fn flow(port: u16, verdict: Verdict) -> FlowRecord {
         bytes: 60,
         reply_packets: 1,
         reply_bytes: 60,
+        snat: None,
         active: true,
     }
 }

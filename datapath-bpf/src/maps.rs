@@ -69,6 +69,7 @@ impl MapLayout {
             tnames::SVC_STATS => l(4, Some(size_of::<Traffic>()), MAX_SERVICES),
             tnames::BACKEND_STATS => l(4, Some(size_of::<Traffic>()), MAX_BACKENDS),
             tnames::NODE_STATS => l(4, Some(size_of::<Traffic>()), MAX_NODE_STATS),
+            tnames::VIP_ICMP => l(16, Some(size_of::<Traffic>()), MAX_SERVICES),
             _ => return None,
         })
     }

@@ -1,7 +1,9 @@
 //! Reading the telemetry maps: per-frontend, per-backend and per-node traffic (summed over CPUs),
 //! the event settings, and the flow event ring buffer.
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use std::collections::BTreeSet;
+
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use meshgw_common::telemetry::{names, EventsConfig, Traffic};
 
 use crate::error::DatapathError;
@@ -12,6 +14,16 @@ fn sum(values: impl IntoIterator<Item = Traffic>) -> Traffic {
         packets: a.packets + t.packets,
         bytes: a.bytes + t.bytes,
     })
+}
+
+/// A zero [`Traffic`] for every possible CPU (the value a per-CPU map entry is created with).
+fn zero_per_cpu(name: &'static str) -> Result<PerCpuValues<Traffic>, DatapathError> {
+    let syscall = |call, io_error| DatapathError::Map {
+        name,
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| syscall("nr_cpus", e))?;
+    PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| syscall("per-cpu values", e))
 }
 
 impl Datapath {
@@ -70,6 +82,38 @@ impl Datapath {
         self.hashed_traffic(names::NODE_STATS)
     }
 
+    /// ICMP echo packets sent to each VIP (IPv4-mapped for IPv4) the map counts for.
+    pub fn vip_icmp_traffic(&self) -> Result<Vec<([u8; 16], Traffic)>, DatapathError> {
+        self.hashed_traffic(names::VIP_ICMP)
+    }
+
+    /// Makes the VIPs whose pings are counted exactly `vips`: entries of VIPs that went are
+    /// removed, new VIPs start at zero, and the counts of the others are kept (so the sync is
+    /// idempotent, and a restarted daemon keeps the counts the pinned map holds).
+    pub fn sync_vip_icmp(&mut self, vips: &BTreeSet<[u8; 16]>) -> Result<(), DatapathError> {
+        let name = names::VIP_ICMP;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let mut h: PerCpuHashMap<&mut MapData, [u8; 16], Traffic> =
+            PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        let present: BTreeSet<[u8; 16]> = h.keys().filter_map(Result::ok).collect();
+        for gone in present.difference(vips) {
+            match h.remove(gone) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::Map { name, source }),
+            }
+        }
+        for new in vips.difference(&present) {
+            h.insert(*new, zero_per_cpu(name)?, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        }
+        Ok(())
+    }
+
     /// Zeroes a frontend's traffic counters (its id is free again).
     pub fn forget_service_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
         let name = names::SVC_STATS;
@@ -79,24 +123,7 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))?;
         let mut a: PerCpuArray<&mut MapData, Traffic> =
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
-            name,
-            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                call: "nr_cpus",
-                io_error: e,
-            }),
-        })?;
-        let zero =
-            aya::maps::PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| {
-                DatapathError::Map {
-                    name,
-                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "per-cpu values",
-                        io_error: e,
-                    }),
-                }
-            })?;
-        a.set(id, zero, 0)
+        a.set(id, zero_per_cpu(name)?, 0)
             .map_err(|source| DatapathError::Map { name, source })
     }
 

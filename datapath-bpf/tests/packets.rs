@@ -1008,3 +1008,98 @@ fn telemetry_counts_per_service_backend_and_node_and_reports_flows_samples_and_p
         assert!(dp.backend_traffic().unwrap().is_empty());
     });
 }
+
+#[test]
+fn pings_to_a_vip_are_counted_per_vip_and_passed_to_the_kernel() {
+    use meshgw_common::telemetry::Traffic;
+    use std::collections::BTreeSet;
+    let ping4 = |dst: [u8; 4], seq: u16| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LEGACY_MAC)
+            .ipv4(CLIENT4, dst, 64)
+            .icmpv4_echo_request(7, seq)
+            .write(&mut f, &[0u8; 56])
+            .unwrap();
+        f
+    };
+    let ping6 = |dst: [u8; 16]| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LEGACY_MAC)
+            .ipv6(CLIENT6, dst, 64)
+            .icmpv6_echo_request(7, 1)
+            .write(&mut f, &[0u8; 8])
+            .unwrap();
+        f
+    };
+    let ns = lab();
+    ns.run(move || {
+        let mut dp = datapath();
+        let vips: BTreeSet<[u8; 16]> = [v4_mapped(VIP4), VIP6].into();
+        dp.sync_vip_icmp(&vips).unwrap();
+        let mut not_vip6 = VIP6;
+        not_vip6[15] = 0x11;
+        let frames = [
+            ping4(VIP4, 1),
+            ping4(VIP4, 2),
+            ping4(VIP4, 3),
+            ping4(GW4, 1), // the gateway's own address: not a VIP
+            ping6(VIP6),
+            ping6(not_vip6),
+        ];
+        for f in &frames {
+            let r = dp.run(Program::Legacy, f, 1).unwrap();
+            expect_action(&dp, &r, action::PASS);
+            assert_eq!(&r.frame, f, "a ping reaches the kernel unchanged");
+        }
+        let len4 = (frames[0].len() - 14) as u64;
+        let len6 = (frames[4].len() - 14) as u64;
+        let mut got = dp.vip_icmp_traffic().unwrap();
+        got.sort_by_key(|(k, _)| *k);
+        let mut want = vec![
+            (
+                v4_mapped(VIP4),
+                Traffic {
+                    packets: 3,
+                    bytes: 3 * len4,
+                },
+            ),
+            (
+                VIP6,
+                Traffic {
+                    packets: 1,
+                    bytes: len6,
+                },
+            ),
+        ];
+        want.sort_by_key(|(k, _)| *k);
+        assert_eq!(got, want, "only VIPs are counted, exactly");
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 0);
+
+        // The sync keeps the counts of VIPs that stay, forgets those that go, starts new ones
+        // at zero.
+        dp.sync_vip_icmp(&vips).unwrap();
+        assert_eq!(dp.vip_icmp_traffic().unwrap().len(), 2);
+        let only4: BTreeSet<[u8; 16]> = [v4_mapped(VIP4)].into();
+        dp.sync_vip_icmp(&only4).unwrap();
+        assert_eq!(dp.vip_icmp_traffic().unwrap(), [want[0]].to_vec());
+        dp.sync_vip_icmp(&vips).unwrap();
+        let r = dp.run(Program::Legacy, &frames[4], 1).unwrap();
+        expect_action(&dp, &r, action::PASS);
+        let v6 = dp
+            .vip_icmp_traffic()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == VIP6);
+        assert_eq!(
+            v6,
+            Some((
+                VIP6,
+                Traffic {
+                    packets: 1,
+                    bytes: len6
+                }
+            )),
+            "a VIP that came back starts from zero"
+        );
+    });
+}

@@ -80,6 +80,7 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
             "counters": c,
             "services": snap.as_ref().map(|s| &s.services),
             "nodes": snap.as_ref().map(|s| &s.nodes),
+            "vips": snap.as_ref().map(|s| &s.vips),
             "flows": snap.as_ref().map(|s| &s.flows),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -222,6 +223,12 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
             println!(
                 "  tunnel {:<20} {:<16} {} pkts {} B",
                 n.node, n.address, n.packets, n.bytes
+            );
+        }
+        for v in &snap.vips {
+            println!(
+                "  pings to {:<24} {} pkts {} B",
+                v.vip, v.icmp_packets, v.icmp_bytes
             );
         }
     }

@@ -22,6 +22,8 @@ const BAD: &str = "10.100.0.3";
 const TCP_CONNS: usize = 4;
 const UDP_QUERIES: usize = 6;
 const IPFIX_PORT: u16 = 4739;
+const PINGS4: u64 = 7;
+const PINGS6: u64 = 4;
 
 fn meshgw(lab: &Lab, args: &[&str]) -> std::process::Output {
     Command::new(MESHGW)
@@ -48,7 +50,7 @@ fn nft_counters(lab: &Lab) -> HashMap<String, (u64, u64)> {
         "-j",
         "list",
         "table",
-        "ip",
+        "inet",
         "obs",
     ]));
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -72,8 +74,9 @@ fn nft_counters(lab: &Lab) -> HashMap<String, (u64, u64)> {
 
 fn nft_setup(lab: &Lab) {
     let vip = lab::VIP4;
+    let vip6 = lab::VIP6;
     let rules = format!(
-        "table ip obs {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip saddr {GOOD} ip daddr {vip} tcp dport 80 counter comment \"tcp\"\n  ip saddr {GOOD} ip daddr {vip} udp dport 53 counter comment \"udp\"\n  ip saddr {BAD} ip daddr {vip} tcp dport 80 counter comment \"bad\"\n }}\n chain in {{\n  type filter hook input priority 0; policy accept;\n  ip saddr {vip} ip daddr {GOOD} tcp sport 80 counter comment \"tcp_back\"\n  ip saddr {vip} ip daddr {GOOD} udp sport 53 counter comment \"udp_back\"\n }}\n}}\n"
+        "table inet obs {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip saddr {GOOD} ip daddr {vip} icmp type echo-request counter comment \"ping\"\n  ip6 daddr {vip6} icmpv6 type echo-request counter comment \"ping6\"\n  ip saddr {GOOD} ip daddr {vip} tcp dport 80 counter comment \"tcp\"\n  ip saddr {GOOD} ip daddr {vip} udp dport 53 counter comment \"udp\"\n  ip saddr {BAD} ip daddr {vip} tcp dport 80 counter comment \"bad\"\n }}\n chain in {{\n  type filter hook input priority 0; policy accept;\n  ip saddr {vip} ip daddr {GOOD} tcp sport 80 counter comment \"tcp_back\"\n  ip saddr {vip} ip daddr {GOOD} udp sport 53 counter comment \"udp_back\"\n }}\n}}\n"
     );
     let path = lab.dir.join("obs.nft");
     std::fs::write(&path, rules).unwrap();
@@ -82,6 +85,32 @@ fn nft_setup(lab: &Lab) {
             .args(["netns", "exec", &lab.legacy(), "nft", "-f"])
             .arg(&path),
     );
+}
+
+/// `count` pings from the legacy host (from `GOOD` for IPv4), every one answered.
+fn ping(lab: &Lab, vip: std::net::IpAddr, count: u64) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.legacy(), "ping", "-c"])
+        .arg(count.to_string())
+        .args(["-i", "0.2", "-W", "2"]);
+    if vip.is_ipv4() {
+        cmd.args(["-I", GOOD]);
+    }
+    let out = cmd.arg(vip.to_string()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("{count} received")),
+        "ping {vip}: {out:?}"
+    );
+}
+
+/// The pings status reports for `vip`: (packets, bytes).
+fn pings(st: &Value, vip: std::net::IpAddr) -> Option<(u64, u64)> {
+    let v = st["vips"]
+        .as_array()?
+        .iter()
+        .find(|v| v["vip"] == vip.to_string())?;
+    Some((v["icmp_packets"].as_u64()?, v["icmp_bytes"].as_u64()?))
 }
 
 fn http_from(lab: &Lab, src: &str) -> bool {
@@ -321,7 +350,35 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
         "every denied packet counted"
     );
 
+    // Pings: each echo request to a VIP is counted on its way to the kernel, which answers it.
+    let (v4, v6) = (lab::VIP4.into(), lab::VIP6.into());
+    ping(&lab, v4, PINGS4);
+    ping(&lab, v6, PINGS6);
+    let sent = nft_counters(&lab);
+    assert_eq!(sent["ping"].0, PINGS4, "{sent:?}");
+    assert_eq!(sent["ping6"].0, PINGS6, "{sent:?}");
+    let st = poll(Duration::from_secs(10), || {
+        let st = status_json(&lab);
+        (pings(&st, v4) == Some(sent["ping"]) && pings(&st, v6) == Some(sent["ping6"]))
+            .then_some(st)
+    })
+    .unwrap_or_else(|| panic!("ping counts never matched {sent:?}: {}", status_json(&lab)));
+    assert_eq!(
+        (
+            service(&st, 80)["packets"].as_u64(),
+            service(&st, 53)["packets"].as_u64()
+        ),
+        (Some(tcp_p), Some(udp_p)),
+        "pings are not counted as service traffic"
+    );
+
     let text = String::from_utf8_lossy(&meshgw(&lab, &["status"]).stdout).into_owned();
+    let ping_row = format!(
+        "pings to {:<24} {PINGS4} pkts {} B",
+        lab::VIP4,
+        sent["ping"].1
+    );
+    assert!(text.contains(&ping_row), "{ping_row:?} in\n{text}");
     let row = format!("{}:80/tcp  {tcp_p} pkts {tcp_b} B", lab::VIP4);
     assert!(
         text.contains("(running, pid") && text.contains(&row),
@@ -446,6 +503,11 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
         )),
         "{body}"
     );
+    let want = format!(
+        "meshgw_vip_icmp_echo_packets_total{{vip=\"{}\"}} {PINGS4}",
+        lab::VIP4
+    );
+    assert!(body.contains(&want), "missing {want}\n{body}");
 
     // IPFIX: records for the known flows, including the drop, decoded from the wire.
     let mut templates = HashMap::new();

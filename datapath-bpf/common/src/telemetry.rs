@@ -88,8 +88,19 @@ pub mod names {
     /// Per-CPU hash: node IPv4 address (network order bytes as `[u8; 4]`) -> [`super::Traffic`]
     /// sent into the tunnel to that node.
     pub const NODE_STATS: &str = "MGW_NODE_STATS";
+    /// Per-CPU hash: VIP (IPv4-mapped for IPv4) -> [`super::Traffic`] of the ICMP/ICMPv6 echo packets
+    /// (pings) sent to it: they go to the kernel, which answers them. The daemon creates one entry per
+    /// VIP it owns; the program only counts into existing entries, so the map holds VIPs only.
+    pub const VIP_ICMP: &str = "MGW_VIP_ICMP";
     /// Every map of this module.
-    pub const ALL: [&str; 5] = [EVENTS, EVENTS_CONFIG, SVC_STATS, BACKEND_STATS, NODE_STATS];
+    pub const ALL: [&str; 6] = [
+        EVENTS,
+        EVENTS_CONFIG,
+        SVC_STATS,
+        BACKEND_STATS,
+        NODE_STATS,
+        VIP_ICMP,
+    ];
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 72);

@@ -2,6 +2,7 @@
 //! flows, sampled packets, policy drops) through the `MGW_EVENTS` ring buffer. A full ring buffer
 //! loses the event, never the packet: the reader is the daemon, and it must not slow the path.
 
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use aya_ebpf::macros::map;
@@ -35,6 +36,10 @@ static BACKEND_STATS: PerCpuHashMap<u32, Traffic> =
 static NODE_STATS: PerCpuHashMap<[u8; 4], Traffic> =
     PerCpuHashMap::with_max_entries(MAX_NODE_STATS, 0);
 
+#[map(name = "MGW_VIP_ICMP")]
+static VIP_ICMP: PerCpuHashMap<[u8; 16], Traffic> =
+    PerCpuHashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
 #[inline(always)]
 fn add(t: *mut Traffic, len: usize) {
     // SAFETY: a per-CPU value is only touched by this CPU; the pointer is non-null.
@@ -67,6 +72,14 @@ pub fn account(f: &Flow, service_id: u32, backend_id: u32, node_ip: &[u8; 4]) {
     }
     add_hashed(&BACKEND_STATS, &backend_id, f.l3_len);
     add_hashed(&NODE_STATS, node_ip, f.l3_len);
+}
+
+/// Counts an ICMP/ICMPv6 echo packet `f` when its destination is a VIP (an entry the daemon made).
+#[inline(always)]
+pub fn account_vip_icmp(f: &Flow) {
+    if let Some(t) = VIP_ICMP.get_ptr_mut(&f.dst) {
+        add(t, f.l3_len);
+    }
 }
 
 #[inline(always)]

@@ -8,7 +8,8 @@ use meshgw_common::maps::{
     v4_mapped, GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
 use meshgw_common::parse::{
-    load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use meshgw_common::stats::Counter;
 
@@ -16,6 +17,7 @@ use crate::ct;
 use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
 use crate::egress;
 use crate::encap::encapsulate;
+use crate::events;
 use crate::fib::{self, Fib};
 use crate::lookup;
 use crate::maps::{with_scratch, Scratch, CONFIG, DEVMAP};
@@ -40,6 +42,10 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     }
     let f = &s.flow;
     if f.proto != IPPROTO_TCP && f.proto != IPPROTO_UDP {
+        // Pings to a VIP are the kernel's to answer; they are counted per VIP on the way.
+        if f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6 {
+            events::account_vip_icmp(f);
+        }
         return pass(Counter::LegacyPass);
     }
     let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);

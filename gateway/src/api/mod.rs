@@ -142,6 +142,17 @@ pub struct NodeTelemetry {
     pub handshake_age_s: Option<u64>,
 }
 
+/// Pings to one VIP (ICMP/ICMPv6 echo packets, which the kernel answers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipTelemetry {
+    /// The VIP.
+    pub vip: IpAddr,
+    /// ICMP echo packets received for it.
+    pub icmp_packets: u64,
+    /// Their bytes (IP packets).
+    pub icmp_bytes: u64,
+}
+
 /// Flow event statistics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowStats {
@@ -168,6 +179,9 @@ pub struct Snapshot {
     pub services: Vec<ServiceTelemetry>,
     /// Per tunnel peer.
     pub nodes: Vec<NodeTelemetry>,
+    /// Per VIP: the pings it received.
+    #[serde(default)]
+    pub vips: Vec<VipTelemetry>,
     /// Flow events.
     pub flows: FlowStats,
 }

@@ -464,7 +464,7 @@ impl Daemon {
         }
         self.publish_status(&cat, &alloc);
         if let Some(o) = &mut self.observer {
-            o.learn(&self.cfg, &cat, &self.desired, &self.bpf);
+            o.learn(&mut self.dp, &self.cfg, &cat, &self.desired, &self.bpf);
         }
         Ok(())
     }

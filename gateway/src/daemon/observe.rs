@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::server::{self, Shared};
-use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot};
+use crate::api::{
+    BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot, VipTelemetry,
+};
 use crate::catalog::Catalog;
 use crate::config::{Config, Observability};
 use crate::desired::{addr16, addr_from16, BackendSpec, Desired};
@@ -77,6 +79,9 @@ pub struct Observer {
     svc_traffic: HashMap<u32, Traffic>,
     svc_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
+    /// The VIPs whose pings the datapath counts, as last synced into its map (`None`: not
+    /// synced yet, or the last sync failed and the next reconcile retries).
+    icmp_vips: Option<BTreeMap<[u8; 16], IpAddr>>,
     events: JoinHandle<()>,
     api: Endpoint,
     metrics: Endpoint,
@@ -197,6 +202,7 @@ impl Observer {
             frontends: Vec::new(),
             svc_traffic: HashMap::new(),
             svc_cursor: 0,
+            icmp_vips: None,
             nodes: BTreeMap::new(),
             events,
             api,
@@ -246,8 +252,16 @@ impl Observer {
         }
     }
 
-    /// Learns what the ids mean after a reconcile.
-    pub fn learn(&mut self, cfg: &Config, cat: &Catalog, d: &Desired, bpf: &BpfReconciler) {
+    /// Learns what the ids mean after a reconcile, and which VIPs' pings to count.
+    pub fn learn(
+        &mut self,
+        dp: &mut Datapath,
+        cfg: &Config,
+        cat: &Catalog,
+        d: &Desired,
+        bpf: &BpfReconciler,
+    ) {
+        self.sync_icmp_vips(dp, d);
         let mut names = Names::default();
         names
             .identities
@@ -313,6 +327,22 @@ impl Observer {
             .collect();
         if let Ok(mut n) = self.shared.names.write() {
             *n = names;
+        }
+    }
+
+    fn sync_icmp_vips(&mut self, dp: &mut Datapath, d: &Desired) {
+        let vips: BTreeMap<[u8; 16], IpAddr> =
+            d.vips.iter().map(|ip| (addr16(*ip).0, *ip)).collect();
+        if self.icmp_vips.as_ref() == Some(&vips) {
+            return;
+        }
+        let keys = vips.keys().copied().collect();
+        match dp.sync_vip_icmp(&keys) {
+            Ok(()) => self.icmp_vips = Some(vips),
+            Err(e) => {
+                warn!(error = %e, "cannot update the VIPs whose pings are counted");
+                self.icmp_vips = None;
+            }
         }
     }
 
@@ -423,6 +453,24 @@ impl Observer {
                 kind: "vxlan".to_string(),
                 handshake_age_s: None,
             });
+        }
+        if let Some(vips) = &self.icmp_vips {
+            match dp.vip_icmp_traffic() {
+                Ok(t) => {
+                    snap.vips = t
+                        .into_iter()
+                        .filter_map(|(k, t)| {
+                            Some(VipTelemetry {
+                                vip: *vips.get(&k)?,
+                                icmp_packets: t.packets,
+                                icmp_bytes: t.bytes,
+                            })
+                        })
+                        .collect();
+                    snap.vips.sort_by_key(|v| v.vip);
+                }
+                Err(e) => warn!(error = %e, "reading VIP ping counters"),
+            }
         }
         if let Some(t) = &status.transit {
             snap.nodes.extend(wireguard_peers(t));

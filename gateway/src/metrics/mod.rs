@@ -54,6 +54,11 @@ struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OneLabel {
     name: String,
 }
@@ -191,6 +196,23 @@ fn registry(s: &Snapshot) -> Registry {
         if let Some(a) = n.handshake_age_s {
             handshake.get_or_create(&l).set(i(a));
         }
+    }
+    let ping_p = counters::<VipLabels>(
+        &mut reg,
+        "vip_icmp_echo_packets",
+        "ICMP/ICMPv6 echo packets (pings) received for a VIP; the kernel answers them",
+    );
+    let ping_b = counters::<VipLabels>(
+        &mut reg,
+        "vip_icmp_echo_bytes",
+        "Bytes (IP packets) of the pings received for a VIP",
+    );
+    for v in &s.vips {
+        let l = VipLabels {
+            vip: v.vip.to_string(),
+        };
+        ping_p.get_or_create(&l).inc_by(v.icmp_packets);
+        ping_b.get_or_create(&l).inc_by(v.icmp_bytes);
     }
     let up = gauges::<ClusterLabels>(
         &mut reg,

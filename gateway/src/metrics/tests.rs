@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::server::Shared;
-use crate::api::{BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot};
+use crate::api::{
+    BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot, VipTelemetry,
+};
 use crate::daemon::status::{ClusterStatus, Status};
 use crate::flows::health::Health;
 
@@ -70,6 +72,11 @@ fn snapshot() -> Snapshot {
                 handshake_age_s: Some(12),
             },
         ],
+        vips: vec![VipTelemetry {
+            vip: "10.200.0.1".parse().unwrap(),
+            icmp_packets: 5,
+            icmp_bytes: 420,
+        }],
         flows: FlowStats {
             held: 3,
             new_flows: 2,
@@ -137,6 +144,8 @@ async fn metrics_endpoint_passes_promtool_and_carries_the_values() {
         "# TYPE meshgw_service_packets_total counter",
         "meshgw_backend_health{service=\"default/web\",backend=\"10.244.1.10:8080\",node=\"172.18.0.11\",state=\"failing\"} 1",
         "meshgw_backend_health{service=\"default/web\",backend=\"10.244.1.10:8080\",node=\"172.18.0.11\",state=\"up\"} 0",
+        "meshgw_vip_icmp_echo_packets_total{vip=\"10.200.0.1\"} 5",
+        "meshgw_vip_icmp_echo_bytes_total{vip=\"10.200.0.1\"} 420",
     ] {
         assert!(body.contains(want), "missing {want:?} in\n{body}");
     }

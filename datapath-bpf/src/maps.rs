@@ -3,13 +3,13 @@
 use std::mem::size_of;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Pod;
 use meshgw_common::maps::{
     names, BackendValue, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
-    NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry, CT_MAX,
-    DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES,
-    MAX_POLICY, MAX_SERVICES, SNAT_MAX,
+    NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
+    CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV,
+    MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{names as tnames, EventsConfig, Traffic, MAX_NODE_STATS};
@@ -219,6 +219,27 @@ impl Datapath {
     /// Source-NAT entries of egress flows.
     pub fn snat(&mut self) -> Result<HashMap<&mut MapData, CtKey, SnatEntry>, DatapathError> {
         self.hash_map(names::SNAT)
+    }
+
+    /// Empties the next-hop cache: the next packet to each node asks the FIB again. For a
+    /// neighbour or route change that must apply at once rather than within the cache's age
+    /// bound.
+    pub fn flush_nexthops(&mut self) -> Result<(), DatapathError> {
+        let name = names::NEXTHOP;
+        let mut m: PerCpuHashMap<&mut MapData, [u8; 4], NextHop> =
+            PerCpuHashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        let keys: Vec<[u8; 4]> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            match m.remove(&k) {
+                Ok(()) => {}
+                // Evicted meanwhile: gone either way.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::Map { name, source }),
+            }
+        }
+        Ok(())
     }
 
     /// The counters, summed over CPUs, in [`Counter::ALL`] order.

@@ -84,6 +84,9 @@ pub mod names {
     /// [`super::CtKey`] (dir [`super::CT_DIR_EGRESS`] or [`super::CT_DIR_EGRESS_REPLY`]) ->
     /// [`super::SnatEntry`] (LRU).
     pub const SNAT: &str = "MGW_SNAT";
+    /// Per-CPU LRU: node IPv4 address (`[u8; 4]`) -> [`super::NextHop`]. A cache, never pinned:
+    /// a new program starts with an empty one.
+    pub const NEXTHOP: &str = "MGW_NEXTHOP";
     /// Every map the programs use, for pinning.
     pub const ALL: [&str; 12] = [
         CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY, EGRESS,
@@ -384,6 +387,45 @@ pub struct SnatEntry {
     pub rule: u32,
 }
 
+/// The next hop towards a mesh node as the XDP programs cache it (per CPU, by node IPv4 address,
+/// in `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what it was built with.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The 64-byte header block (outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet) for an empty
+    /// inner packet: a packet patches in its lengths, checksum, source port and inner MACs.
+    pub block: [u8; 64],
+    /// When the FIB was asked (coarse monotonic clock, ns).
+    pub stamp_ns: u64,
+    /// The path MTU the FIB reported: larger outer packets are dropped as too big.
+    pub mtu: u32,
+    /// The output interface (the mesh interface's ifindex when the entry was made).
+    pub ifindex: u32,
+    /// The configuration the block was built with: a change makes the entry stale.
+    pub mesh_ip: [u8; 4],
+    /// See [`NextHop::mesh_ip`].
+    pub vni: u32,
+    /// See [`NextHop::mesh_ip`] (network order).
+    pub vxlan_port: u16,
+    /// Padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+impl Default for NextHop {
+    fn default() -> Self {
+        Self {
+            block: [0; 64],
+            stamp_ns: 0,
+            mtu: 0,
+            ifindex: 0,
+            mesh_ip: [0; 4],
+            vni: 0,
+            vxlan_port: 0,
+            _pad: [0; 6],
+        }
+    }
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -403,6 +445,7 @@ assert_size!(PolicyValue, 4);
 assert_size!(EgressKey, 32);
 assert_size!(EgressValue, 24);
 assert_size!(SnatEntry, 80);
+assert_size!(NextHop, 96);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -423,6 +466,7 @@ mod pod {
     unsafe impl aya::Pod for EgressKey {}
     unsafe impl aya::Pod for EgressValue {}
     unsafe impl aya::Pod for SnatEntry {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 /// Stores an IPv4 address as IPv4-mapped IPv6 bytes.

@@ -3,12 +3,14 @@
 //! (backend -> client) holds what the reply needs: the VIP to restore and the client's L2 details.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::programs::XdpContext;
 use meshgw_common::maps::{
     BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
 };
-use meshgw_common::parse::Flow;
+use meshgw_common::parse::{load, Flow};
 use meshgw_common::stats::Counter;
 
+use crate::ctx::XdpPacket;
 use crate::events::{self, EventMeta};
 use crate::lookup;
 use crate::maps::{Scratch, CT};
@@ -87,13 +89,6 @@ pub fn touch(e: *mut CtEntry, f: &Flow, t: u64) {
     touch_entry!(e, f, t);
 }
 
-/// L2 details of the client side, recorded for the reply path.
-#[repr(C)]
-pub struct ClientL2 {
-    pub peer_mac: [u8; 6],
-    pub local_mac: [u8; 6],
-}
-
 /// What [`backend_for`] decided.
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,7 +105,13 @@ pub enum Admit {
 /// flow is first checked against it. A BPF subprogram of its own (not inlined) so that its frame
 /// does not add to the caller's; the entry under construction lives in the scratch map.
 #[inline(never)]
-pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool) -> Admit {
+pub fn backend_for(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    svc: &ServiceValue,
+    hash: u32,
+    policy: bool,
+) -> Admit {
     let f = &s.flow;
     let key = forward_key(f);
     let t = now();
@@ -164,7 +165,8 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
     } else {
         0
     };
-    let l2 = &s.l2;
+    // The client's L2 details, for the reply path: the frame's MACs (a parsed frame has them).
+    let macs = load::<[u8; 12], _>(&XdpPacket { ctx }, 0).unwrap_or([0; 12]);
     let e = &mut s.entry;
     *e = CtEntry {
         created_ns: t,
@@ -175,8 +177,8 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
         backend_id: id,
         service_id: svc.service_id,
         flags: if f.vlan { CT_F_VLAN } else { 0 },
-        peer_mac: l2.peer_mac,
-        local_mac: l2.local_mac,
+        peer_mac: [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]],
+        local_mac: [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]],
         src_identity,
         ..CtEntry::default()
     };

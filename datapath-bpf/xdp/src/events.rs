@@ -94,8 +94,10 @@ fn emit(f: &Flow, m: &EventMeta) {
     // submission.
     unsafe {
         (*e).ts_ns = crate::ct::now();
-        (*e).src = f.src;
-        (*e).dst = f.dst;
+        // Non-overlapping copies: plain assignments from the scratch map into the ring buffer
+        // become calls to a byte-loop `memmove`.
+        core::ptr::copy_nonoverlapping(&f.src, core::ptr::addr_of_mut!((*e).src), 1);
+        core::ptr::copy_nonoverlapping(&f.dst, core::ptr::addr_of_mut!((*e).dst), 1);
         (*e).sport = f.sport;
         (*e).dport = f.dport;
         (*e).proto = f.proto;

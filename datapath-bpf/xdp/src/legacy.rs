@@ -7,13 +7,11 @@ use meshgw_common::hash::{flow_hash, vxlan_source_port};
 use meshgw_common::maps::{
     GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
-use meshgw_common::parse::{
-    load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
-};
+use meshgw_common::parse::{Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP};
 use meshgw_common::stats::Counter;
 
 use crate::ct;
-use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
+use crate::ctx::{parse_frame, rewrite_frame};
 use crate::egress;
 use crate::encap::{encapsulate, Inner};
 use crate::fib::Fib;
@@ -43,8 +41,8 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if f.proto != IPPROTO_TCP && f.proto != IPPROTO_UDP {
         return pass(Counter::LegacyPass);
     }
-    let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-    let done = match lookup::service(f) {
+    // The flow hash only for packets that need it: a pass-through never computes it.
+    let (done, hash) = match lookup::service(f) {
         Some(svc) => {
             if f.fragment {
                 return pass(Counter::Fragment);
@@ -52,20 +50,20 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             if svc.backend_count == 0 {
                 return drop(Counter::DropNoBackend);
             }
-            let Some(macs) = load::<[u8; 12], _>(&XdpPacket { ctx }, 0) else {
-                return pass(Counter::Malformed);
-            };
-            s.l2.local_mac.copy_from_slice(&macs[0..6]);
-            s.l2.peer_mac.copy_from_slice(&macs[6..12]);
-            match ct::backend_for(s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
+            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
+            match ct::backend_for(ctx, s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
                 ct::Admit::Backend => {}
                 ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
                 ct::Admit::Denied => return drop(Counter::DropPolicy),
             }
-            Counter::VipForwarded
+            (Counter::VipForwarded, hash)
         }
         // Not for a VIP: the reply of an egress flow goes back to its endpoint the same way.
-        None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => Counter::EgressReplied,
+        None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => {
+            let f = &s.flow;
+            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
+            (Counter::EgressReplied, hash)
+        }
         None => return pass(Counter::LegacyPass),
     };
     tunnel_to_backend(ctx, s, cfg, hash, done)

@@ -14,7 +14,6 @@ use meshgw_common::maps::{
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
 
-use crate::ct::ClientL2;
 use crate::fib::FibParams;
 
 #[map(name = "MGW_CONFIG")]
@@ -81,8 +80,6 @@ pub struct Scratch {
     pub nh: NextHop,
     /// A connection-tracking entry being created.
     pub entry: CtEntry,
-    /// The client's L2 details, for the reverse entry.
-    pub l2: ClientL2,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
     /// A source-NAT entry being created.

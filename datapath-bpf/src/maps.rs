@@ -12,7 +12,9 @@ use meshgw_common::maps::{
     MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
-use meshgw_common::telemetry::{names as tnames, EventsConfig, Traffic, MAX_NODE_STATS};
+use meshgw_common::telemetry::{
+    names as tnames, EventsConfig, Traffic, BACKEND_TRAFFIC_SLOTS, MAX_NODE_STATS,
+};
 
 use crate::error::DatapathError;
 use crate::loader::Datapath;
@@ -67,7 +69,7 @@ impl MapLayout {
             names::SNAT => l(size_of::<CtKey>(), Some(size_of::<SnatEntry>()), SNAT_MAX),
             tnames::EVENTS_CONFIG => l(4, Some(size_of::<EventsConfig>()), 1),
             tnames::SVC_STATS => l(4, Some(size_of::<Traffic>()), MAX_SERVICES),
-            tnames::BACKEND_STATS => l(4, Some(size_of::<Traffic>()), MAX_BACKENDS),
+            tnames::BACKEND_STATS => l(4, Some(size_of::<Traffic>()), BACKEND_TRAFFIC_SLOTS),
             tnames::NODE_STATS => l(4, Some(size_of::<Traffic>()), MAX_NODE_STATS),
             _ => return None,
         })

@@ -1,7 +1,7 @@
 //! Reading the telemetry maps: per-frontend, per-backend and per-node traffic (summed over CPUs),
 //! the event settings, and the flow event ring buffer.
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use meshgw_common::telemetry::{names, EventsConfig, Traffic};
 
 use crate::error::DatapathError;
@@ -30,7 +30,19 @@ impl Datapath {
 
     /// Traffic of each frontend in `ids` (client -> VIP direction), summed over CPUs.
     pub fn service_traffic(&self, ids: &[u32]) -> Result<Vec<(u32, Traffic)>, DatapathError> {
-        let name = names::SVC_STATS;
+        self.array_traffic(names::SVC_STATS, ids)
+    }
+
+    /// Traffic of each backend in `ids` (client -> backend direction), summed over CPUs.
+    pub fn backend_traffic(&self, ids: &[u32]) -> Result<Vec<(u32, Traffic)>, DatapathError> {
+        self.array_traffic(names::BACKEND_STATS, ids)
+    }
+
+    fn array_traffic(
+        &self,
+        name: &'static str,
+        ids: &[u32],
+    ) -> Result<Vec<(u32, Traffic)>, DatapathError> {
         let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
         let a: PerCpuArray<&MapData, Traffic> =
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
@@ -44,12 +56,28 @@ impl Datapath {
             .collect()
     }
 
-    fn hashed_traffic<K: aya::Pod>(
+    /// Traffic sent into the tunnel per node (IPv4 address bytes): the sum of the traffic of
+    /// the node's live `backends` (id, node) and of its removed ones. Nodes without any are
+    /// left out.
+    pub fn node_traffic(
         &self,
-        name: &'static str,
-    ) -> Result<Vec<(K, Traffic)>, DatapathError> {
+        backends: &[(u32, [u8; 4])],
+    ) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
+        let mut nodes: std::collections::BTreeMap<[u8; 4], Traffic> =
+            self.retired_node_traffic()?.into_iter().collect();
+        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
+        for ((_, t), (_, node)) in self.backend_traffic(&ids)?.into_iter().zip(backends) {
+            let n = nodes.entry(*node).or_default();
+            n.packets += t.packets;
+            n.bytes += t.bytes;
+        }
+        Ok(nodes.into_iter().filter(|(_, t)| t.packets > 0).collect())
+    }
+
+    fn retired_node_traffic(&self) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
+        let name = names::NODE_STATS;
         let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
-        let h: PerCpuHashMap<&MapData, K, Traffic> =
+        let h: PerCpuHashMap<&MapData, [u8; 4], Traffic> =
             PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
         let mut out = Vec::new();
         for item in h.iter() {
@@ -60,25 +88,8 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Traffic per backend id that has seen any (client -> backend direction).
-    pub fn backend_traffic(&self) -> Result<Vec<(u32, Traffic)>, DatapathError> {
-        self.hashed_traffic(names::BACKEND_STATS)
-    }
-
-    /// Traffic sent into the tunnel per node (IPv4 address bytes).
-    pub fn node_traffic(&self) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
-        self.hashed_traffic(names::NODE_STATS)
-    }
-
-    /// Zeroes a frontend's traffic counters (its id is free again).
-    pub fn forget_service_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
-        let name = names::SVC_STATS;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?;
-        let mut a: PerCpuArray<&mut MapData, Traffic> =
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+    /// Per-CPU values of `t` on the first CPU, zero on the others.
+    fn on_one_cpu(name: &'static str, t: Traffic) -> Result<PerCpuValues<Traffic>, DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
             name,
             source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
@@ -86,38 +97,71 @@ impl Datapath {
                 io_error: e,
             }),
         })?;
-        let zero =
-            aya::maps::PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| {
-                DatapathError::Map {
-                    name,
-                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "per-cpu values",
-                        io_error: e,
-                    }),
-                }
-            })?;
-        a.set(id, zero, 0)
-            .map_err(|source| DatapathError::Map { name, source })
+        let mut v = vec![Traffic::default(); cpus];
+        v[0] = t;
+        PerCpuValues::try_from(v).map_err(|e| DatapathError::Map {
+            name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "per-cpu values",
+                io_error: e,
+            }),
+        })
     }
 
-    /// Drops a backend's traffic counters (its id is free again).
-    pub fn forget_backend_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
-        let name = names::BACKEND_STATS;
+    /// Zeroes a frontend's traffic counters (its id is free again).
+    pub fn forget_service_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
+        let name = names::SVC_STATS;
+        let zero = Self::on_one_cpu(name, Traffic::default())?;
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(DatapathError::MissingMap(name))?;
-        let mut h: PerCpuHashMap<&mut MapData, u32, Traffic> =
-            PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        match h.remove(&id) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Map { name, source }),
+        let mut a: PerCpuArray<&mut MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        a.set(id, zero, 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
+    /// Zeroes a removed backend's traffic counters (its id is free again), first adding them to
+    /// its node's removed-backend total so that the node's traffic stays whole. Call it once
+    /// the backend is gone from `MGW_BACKENDS`: from then on nothing counts on the id.
+    pub fn forget_backend_traffic(&mut self, id: u32, node: [u8; 4]) -> Result<(), DatapathError> {
+        let Some((_, t)) = self.backend_traffic(&[id])?.pop() else {
+            return Ok(());
+        };
+        if t.packets > 0 {
+            let name = names::NODE_STATS;
+            let old = self
+                .retired_node_traffic()?
+                .into_iter()
+                .find(|(k, _)| *k == node)
+                .map_or(Traffic::default(), |(_, t)| t);
+            let total = Self::on_one_cpu(
+                name,
+                Traffic {
+                    packets: old.packets + t.packets,
+                    bytes: old.bytes + t.bytes,
+                },
+            )?;
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DatapathError::MissingMap(name))?;
+            let mut h: PerCpuHashMap<&mut MapData, [u8; 4], Traffic> = PerCpuHashMap::try_from(map)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            h.insert(node, total, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
         }
+        let name = names::BACKEND_STATS;
+        let zero = Self::on_one_cpu(name, Traffic::default())?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let mut a: PerCpuArray<&mut MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        a.set(id, zero, 0)
+            .map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Takes the flow event ring buffer out of the datapath object, for a reader that owns it.

@@ -1002,15 +1002,37 @@ fn telemetry_counts_per_service_backend_and_node_and_reports_flows_samples_and_p
         };
         assert_eq!(dp.service_traffic(&[1, 2]).unwrap()[0], (1, want));
         assert_eq!(dp.service_traffic(&[2]).unwrap()[0].1, Traffic::default());
-        assert_eq!(dp.backend_traffic().unwrap(), [(1, want)]);
-        assert_eq!(dp.node_traffic().unwrap(), [(NODE_IP, want)]);
+        assert_eq!(dp.backend_traffic(&[1, 2]).unwrap()[0], (1, want));
+        assert_eq!(dp.backend_traffic(&[2]).unwrap()[0].1, Traffic::default());
+        let live = [(1, NODE_IP), (2, NODE_IP)];
+        assert_eq!(dp.node_traffic(&live).unwrap(), [(NODE_IP, want)]);
 
-        // A freed id starts again from zero.
+        // A freed id starts again from zero; its node keeps the traffic it had.
+        dp.backends().unwrap().remove(&1).unwrap();
         dp.forget_service_traffic(1).unwrap();
-        dp.forget_backend_traffic(1).unwrap();
-        dp.forget_backend_traffic(77).unwrap();
+        dp.forget_backend_traffic(1, NODE_IP).unwrap();
+        dp.forget_backend_traffic(77, [172, 18, 0, 99]).unwrap();
         assert_eq!(dp.service_traffic(&[1]).unwrap()[0].1, Traffic::default());
-        assert!(dp.backend_traffic().unwrap().is_empty());
+        assert_eq!(dp.backend_traffic(&[1]).unwrap()[0].1, Traffic::default());
+        assert_eq!(dp.node_traffic(&[(2, NODE_IP)]).unwrap(), [(NODE_IP, want)]);
+
+        // Traffic of a new backend on the node adds to what the removed one left.
+        dp.backends()
+            .unwrap()
+            .insert(1, backend(v4_mapped(POD4), 8080, FAMILY_V4), 0)
+            .unwrap();
+        let r = dp.run(Program::Legacy, &good, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let one = Traffic {
+            packets: 1,
+            bytes: len,
+        };
+        assert_eq!(dp.backend_traffic(&[1]).unwrap()[0].1, one);
+        let whole = Traffic {
+            packets: 4,
+            bytes: 4 * len,
+        };
+        assert_eq!(dp.node_traffic(&live).unwrap(), [(NODE_IP, whole)]);
     });
 }
 

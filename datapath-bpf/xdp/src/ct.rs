@@ -120,7 +120,7 @@ pub fn backend_for(
         let id = unsafe { (*fwd).backend_id };
         if let Some(b) = lookup::backend(id) {
             touch(fwd, f, t);
-            events::account(f, svc.service_id, id, &b.node_ip);
+            events::account(f, svc.service_id, id);
             events::sample(
                 f,
                 &EventMeta {
@@ -193,7 +193,7 @@ pub fn backend_for(
     e.packets = 1;
     e.bytes = f.l3_len as u64;
     let _ = CT.insert(&key, &*e, 0);
-    events::account(f, svc.service_id, id, &b.node_ip);
+    events::account(f, svc.service_id, id);
     events::new_flow(
         f,
         &EventMeta {

@@ -1135,3 +1135,52 @@ fn packets_over_the_path_mtu_are_dropped_whether_the_next_hop_is_cached_or_not()
         assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 2);
     });
 }
+
+#[test]
+fn the_reply_next_hop_cache_follows_a_changed_client_neighbour() {
+    let ns = lab();
+    let name = ns.name.clone();
+    ns.run(move || {
+        let mut dp = datapath();
+        let q = udp4(CLIENT4, 33_333, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let r = dp.run(Program::Legacy, &q, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let answer = from_node(
+            &udp4(POD4, 5353, CLIENT4, 33_333, NODE_INNER_MAC, VTEP_MAC),
+            NODE_IP,
+        );
+        let reply = |dp: &Datapath| {
+            let r = dp.run(Program::Mesh, &answer, 1).unwrap();
+            expect_action(dp, &r, action::REDIRECT);
+            r.frame
+        };
+        let to = |mac: [u8; 6]| udp4(VIP4, 53, CLIENT4, 33_333, LEGACY_MAC, mac);
+        assert_eq!(reply(&dp), to(CLIENT_MAC));
+        assert_eq!(reply(&dp), to(CLIENT_MAC), "from the cache");
+
+        let set = |mac: &str| {
+            sh(&[
+                "ip",
+                "-n",
+                &name,
+                "neigh",
+                "replace",
+                "10.100.0.2",
+                "lladdr",
+                mac,
+                "dev",
+                "legacy",
+                "nud",
+                "permanent",
+            ])
+        };
+        set("02:00:00:00:00:b2");
+        dp.flush_nexthops().unwrap();
+        assert_eq!(reply(&dp), to([2, 0, 0, 0, 0, 0xb2]), "flushed");
+
+        // Stale after its age bound (250 ms): the sleep only makes sure of that.
+        set("02:00:00:00:00:c2");
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(reply(&dp), to([2, 0, 0, 0, 0, 0xc2]), "refreshed");
+    });
+}

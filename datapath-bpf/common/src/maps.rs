@@ -87,6 +87,9 @@ pub mod names {
     /// Per-CPU LRU: node IPv4 address (`[u8; 4]`) -> [`super::NextHop`]. A cache, never pinned:
     /// a new program starts with an empty one.
     pub const NEXTHOP: &str = "MGW_NEXTHOP";
+    /// Per-CPU LRU: client address (16 bytes, IPv4-mapped for IPv4) -> [`super::ClientHop`].
+    /// A cache like [`NEXTHOP`], never pinned.
+    pub const CLIENT_HOPS: &str = "MGW_CLIENT_HOPS";
     /// Every map the programs use, for pinning.
     pub const ALL: [&str; 12] = [
         CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY, EGRESS,
@@ -426,6 +429,26 @@ impl Default for NextHop {
     }
 }
 
+/// The L2 next hop towards a legacy client as the mesh program caches it for replies (per CPU,
+/// by the client's 16-byte address, in `MGW_CLIENT_HOPS`): what a FIB lookup on the legacy
+/// interface said.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientHop {
+    /// When the FIB was asked (coarse monotonic clock, ns).
+    pub stamp_ns: u64,
+    /// The path MTU the FIB reported: a larger reply is treated as the FIB treats it.
+    pub mtu: u32,
+    /// The output interface (the legacy interface's ifindex when the entry was made).
+    pub ifindex: u32,
+    /// Destination MAC (the client or its router).
+    pub dmac: [u8; 6],
+    /// Source MAC (the legacy interface).
+    pub smac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad: [u8; 4],
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -446,6 +469,7 @@ assert_size!(EgressKey, 32);
 assert_size!(EgressValue, 24);
 assert_size!(SnatEntry, 80);
 assert_size!(NextHop, 96);
+assert_size!(ClientHop, 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -467,6 +491,7 @@ mod pod {
     unsafe impl aya::Pod for EgressValue {}
     unsafe impl aya::Pod for SnatEntry {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for ClientHop {}
 }
 
 /// Stores an IPv4 address as IPv4-mapped IPv6 bytes.

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use meshgw_common::maps::{
-    BackendValue, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable, NextHop,
-    NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry, CT_MAX,
-    MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
+    BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
+    NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
+    CT_MAX, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
     MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
@@ -60,6 +60,15 @@ pub static SNAT: LruHashMap<CtKey, SnatEntry> = LruHashMap::with_max_entries(SNA
 #[map(name = "MGW_NEXTHOP")]
 pub static NEXTHOP: LruPerCpuHashMap<[u8; 4], NextHop> =
     LruPerCpuHashMap::with_max_entries(MAX_NODES, 0);
+
+/// Not pinned, like `NEXTHOP`. As many clients as connection-tracking keeps flows for would be
+/// too many to cache; the least recently used go.
+#[map(name = "MGW_CLIENT_HOPS")]
+pub static CLIENT_HOPS: LruPerCpuHashMap<[u8; 16], ClientHop> =
+    LruPerCpuHashMap::with_max_entries(CLIENT_HOPS_MAX, 0);
+
+/// Entries of [`CLIENT_HOPS`].
+const CLIENT_HOPS_MAX: u32 = 16_384;
 
 #[map(name = "MGW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

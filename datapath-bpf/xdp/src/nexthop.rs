@@ -1,18 +1,20 @@
-//! The next hop towards each mesh node, cached per CPU: what a `bpf_fib_lookup` said (outer MACs,
+//! The next hop towards each mesh node and each legacy client, cached per CPU. Mesh nodes: what a `bpf_fib_lookup` said (outer MACs,
 //! output interface, path MTU) and the VXLAN header block built from it, so that a packet of an
 //! established flow writes a template instead of asking the FIB. An entry is trusted for
 //! [`MAX_AGE_NS`] and for the configuration it was built with; after that the next packet to the
 //! node refreshes it with a real lookup, so a changed neighbour or route is followed within that
-//! bound (and at once after user space flushes the map, `Datapath::flush_nexthops`).
+//! bound (and at once after user space flushes the map, `Datapath::flush_nexthops`). Legacy
+//! clients, for the replies of their flows: the MACs and MTU of a lookup on the legacy
+//! interface, under the same bound.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use aya_ebpf::programs::XdpContext;
 use meshgw_common::encap::{write_vxlan_block, EncapParams, BLOCK_LEN};
-use meshgw_common::maps::{v4_mapped, GatewayConfig, NextHop};
+use meshgw_common::maps::{v4_mapped, ClientHop, GatewayConfig, NextHop, FAMILY_V4};
 use meshgw_common::parse::ETH_P_IP;
 
 use crate::fib::{self, Fib};
-use crate::maps::{Scratch, CONFIG, NEXTHOP};
+use crate::maps::{Scratch, CLIENT_HOPS, CONFIG, NEXTHOP};
 
 /// How long a cached next hop is used without asking the FIB again.
 pub const MAX_AGE_NS: u64 = 250_000_000;
@@ -118,3 +120,61 @@ fn refresh(ctx: &XdpContext, s: &mut Scratch, node_ip: [u8; 4], outer_ip_len: u1
 }
 
 const _: () = assert!(BLOCK_LEN == 64);
+
+/// Whether the reply to the client `s.inner.dst` (from `vip`, `l3_len` bytes) can go straight
+/// to a MAC the FIB gave on the legacy interface; if so `s.fib.dmac`/`s.fib.smac` hold the
+/// MACs. As a lookup would say, but from the cache while its entry is fresh.
+#[inline(always)]
+pub fn client(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    cfg: &GatewayConfig,
+    vip: &[u8; 16],
+    l3_len: u16,
+) -> bool {
+    let t = now();
+    if let Some(h) = CLIENT_HOPS.get_ptr(&s.inner.dst) {
+        // SAFETY: a live per-CPU map value, only this CPU's.
+        let h = unsafe { &*h };
+        if t.wrapping_sub(h.stamp_ns) < MAX_AGE_NS && h.ifindex == cfg.legacy_ifindex {
+            // Over the MTU the FIB answers "fragmentation needed", not the MACs.
+            if u32::from(l3_len) > h.mtu {
+                return false;
+            }
+            s.fib.dmac = h.dmac;
+            s.fib.smac = h.smac;
+            return true;
+        }
+    }
+    refresh_client(ctx, s, vip, l3_len)
+}
+
+/// Asks the FIB for the way to the client `s.inner.dst` and caches a complete answer.
+#[inline(never)]
+fn refresh_client(ctx: &XdpContext, s: &mut Scratch, vip: &[u8; 16], l3_len: u16) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
+    let v4 = s.inner.family == FAMILY_V4;
+    fib::prepare(
+        &mut s.fib,
+        v4,
+        vip,
+        &s.inner.dst,
+        cfg.legacy_ifindex,
+        l3_len,
+    );
+    if fib::lookup(ctx, &mut s.fib) != Fib::Found || s.fib.ifindex != cfg.legacy_ifindex {
+        return false;
+    }
+    let h = ClientHop {
+        stamp_ns: now(),
+        mtu: u32::from(s.fib.tot_len),
+        ifindex: s.fib.ifindex,
+        dmac: s.fib.dmac,
+        smac: s.fib.smac,
+        _pad: [0; 4],
+    };
+    let _ = CLIENT_HOPS.insert(&s.inner.dst, &h, 0);
+    true
+}

@@ -299,9 +299,9 @@ pub const CT_F_CLOSING: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` at creation.
+    /// `bpf_ktime_get_coarse_ns` (monotonic, a tick's resolution) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
     /// Packets seen in this direction.
     pub packets: u64,
@@ -360,9 +360,9 @@ pub struct EgressValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnatEntry {
-    /// `bpf_ktime_get_ns` at creation.
+    /// `bpf_ktime_get_coarse_ns` (monotonic, a tick's resolution) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
     /// Packets seen in this direction.
     pub packets: u64,

@@ -2,7 +2,7 @@
 //! the Maglev table changes. A forward entry (client -> VIP) holds the backend; a reverse entry
 //! (backend -> client) holds what the reply needs: the VIP to restore and the client's L2 details.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::programs::XdpContext;
 use meshgw_common::maps::{
     BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
@@ -23,8 +23,17 @@ pub const CT_F_VLAN: u32 = 1 << 8;
 
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
+/// The clock of tracking entries: the coarse monotonic clock (a tick's resolution, plenty for
+/// idle timeouts and the once-a-second refresh, and cheaper per packet than the precise one).
 #[inline(always)]
 pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The precise monotonic clock, for flow events' timestamps.
+#[inline(always)]
+pub fn precise_now() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }

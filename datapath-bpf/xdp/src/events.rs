@@ -84,7 +84,7 @@ fn emit(f: &Flow, m: &EventMeta) {
     // SAFETY: `e` points at a reserved record of the right size; every field is written before
     // submission.
     unsafe {
-        (*e).ts_ns = crate::ct::now();
+        (*e).ts_ns = crate::ct::precise_now();
         // Non-overlapping copies: plain assignments from the scratch map into the ring buffer
         // become calls to a byte-loop `memmove`.
         core::ptr::copy_nonoverlapping(&f.src, core::ptr::addr_of_mut!((*e).src), 1);

@@ -17,6 +17,16 @@ use crate::maps::{Scratch, CT};
 use crate::policy;
 use crate::stats::count;
 
+// The word writes of `backend_for` rely on this layout: 8-aligned entries, the address at an
+// 8-byte offset, and the two MACs filling bytes 64..76.
+const _: () = assert!(
+    core::mem::align_of::<CtEntry>() == 8
+        && core::mem::offset_of!(CtEntry, nat_addr) % 8 == 0
+        && core::mem::offset_of!(CtEntry, peer_mac) == 64
+        && core::mem::offset_of!(CtEntry, local_mac) == 70
+        && core::mem::offset_of!(CtEntry, src_identity) == 76
+);
+
 /// Reverse entries carry this in `flags` when the client's frames had an 802.1Q tag (a TCI of 0
 /// is a valid priority tag, so the TCI alone cannot say it).
 pub const CT_F_VLAN: u32 = 1 << 8;
@@ -176,32 +186,57 @@ pub fn backend_for(
     };
     // The client's L2 details, for the reply path: the frame's MACs (a parsed frame has them).
     let macs = load::<[u8; 12], _>(&XdpPacket { ctx }, 0).unwrap_or([0; 12]);
-    let e = &mut s.entry;
-    *e = CtEntry {
-        created_ns: t,
-        last_seen_ns: t,
-        nat_addr: f.dst,
-        nat_port: f.dport,
-        vlan_tci: f.vlan_tci,
-        backend_id: id,
-        service_id: svc.service_id,
-        flags: if f.vlan { CT_F_VLAN } else { 0 },
-        peer_mac: [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]],
-        local_mac: [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]],
-        src_identity,
-        ..CtEntry::default()
-    };
+    let e: *mut CtEntry = &mut s.entry;
+    let l2 = [
+        u64::from_ne_bytes([
+            macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1],
+        ]),
+        u64::from(u32::from_ne_bytes([macs[2], macs[3], macs[4], macs[5]])),
+    ];
+    // Field by field, in words, with volatile stores: a struct literal with
+    // `..CtEntry::default()` and array clears compile to byte-loop `memset` calls in BPF.
+    // SAFETY: `e` points at the scratch map's entry; the word-sized fields are written at their
+    // own (aligned) addresses, and the MACs as the two words covering bytes 64..76 (asserted
+    // below).
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile as w};
+        w(addr_of_mut!((*e).created_ns), t);
+        w(addr_of_mut!((*e).last_seen_ns), t);
+        w(addr_of_mut!((*e).packets), 0);
+        w(addr_of_mut!((*e).bytes), 0);
+        core::ptr::copy_nonoverlapping(&f.dst, addr_of_mut!((*e).nat_addr), 1);
+        w(addr_of_mut!((*e).nat_port), f.dport);
+        w(addr_of_mut!((*e).vlan_tci), f.vlan_tci);
+        w(addr_of_mut!((*e).backend_id), id);
+        w(addr_of_mut!((*e).service_id), svc.service_id);
+        w(addr_of_mut!((*e).flags), if f.vlan { CT_F_VLAN } else { 0 });
+        let mac_words = addr_of_mut!((*e).peer_mac) as *mut u64;
+        w(mac_words, l2[0]);
+        w(mac_words.add(1) as *mut u32, l2[1] as u32);
+        w(addr_of_mut!((*e).src_identity), src_identity);
+    }
     // Reverse first: a reply can only exist once the forward packet left, never the other way.
-    let _ = CT.insert(&reverse_key(f, &b), &*e, 0);
-    e.nat_addr = [0; 16];
-    e.nat_port = 0;
-    e.vlan_tci = 0;
-    e.flags = 0;
-    e.peer_mac = [0; 6];
-    e.local_mac = [0; 6];
-    e.packets = 1;
-    e.bytes = f.l3_len as u64;
-    let _ = CT.insert(&key, &*e, 0);
+    // SAFETY: `e` is the scratch map's entry, fully written above.
+    let _ = CT.insert(&reverse_key(f, &b), unsafe { &*e }, 0);
+    // The forward entry: no NAT or L2 details, the first packet counted.
+    // SAFETY: as above.
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile as w};
+        let nat = addr_of_mut!((*e).nat_addr) as *mut u64;
+        w(nat, 0);
+        w(nat.add(1), 0);
+        w(addr_of_mut!((*e).nat_port), 0);
+        w(addr_of_mut!((*e).vlan_tci), 0);
+        w(addr_of_mut!((*e).flags), 0);
+        let mac_words = addr_of_mut!((*e).peer_mac) as *mut u64;
+        w(mac_words, 0);
+        w(mac_words.add(1) as *mut u32, 0);
+        w(addr_of_mut!((*e).packets), 1);
+        w(addr_of_mut!((*e).bytes), f.l3_len as u64);
+    }
+    // SAFETY: as above.
+    let e = unsafe { &*e };
+    let _ = CT.insert(&key, e, 0);
     events::account(f, svc.service_id, id);
     events::new_flow(
         f,

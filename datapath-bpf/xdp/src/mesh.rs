@@ -119,8 +119,13 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     let v4 = inner.family == FAMILY_V4;
     // Tagged clients always get the MAC they came from: no lookup for them.
     let l3_len = inner.l3_len as u16;
-    let (dmac, smac) = if !tagged && nexthop::client(ctx, s, cfg, &nat_addr, l3_len) {
-        (s.fib.dmac, s.fib.smac)
+    let hop = if tagged {
+        None
+    } else {
+        nexthop::client(ctx, s, cfg, &nat_addr, l3_len)
+    };
+    let (dmac, smac) = if let Some(macs) = hop {
+        macs
     } else if peer_mac != [0; 6] {
         // Tagged clients, and clients the FIB cannot resolve (yet): answer the MAC they came from.
         (peer_mac, local_mac)

@@ -121,9 +121,9 @@ fn refresh(ctx: &XdpContext, s: &mut Scratch, node_ip: [u8; 4], outer_ip_len: u1
 
 const _: () = assert!(BLOCK_LEN == 64);
 
-/// Whether the reply to the client `s.inner.dst` (from `vip`, `l3_len` bytes) can go straight
-/// to a MAC the FIB gave on the legacy interface; if so `s.fib.dmac`/`s.fib.smac` hold the
-/// MACs. As a lookup would say, but from the cache while its entry is fresh.
+/// The MACs (destination, source) the reply to the client `s.inner.dst` (from `vip`,
+/// `l3_len` bytes) goes to when the FIB knows the client on the legacy interface: as a lookup
+/// would say, but from the cache while its entry is fresh.
 #[inline(always)]
 pub fn client(
     ctx: &XdpContext,
@@ -131,22 +131,22 @@ pub fn client(
     cfg: &GatewayConfig,
     vip: &[u8; 16],
     l3_len: u16,
-) -> bool {
+) -> Option<([u8; 6], [u8; 6])> {
     let t = now();
     if let Some(h) = CLIENT_HOPS.get_ptr(&s.inner.dst) {
-        // SAFETY: a live per-CPU map value, only this CPU's.
-        let h = unsafe { &*h };
-        if t.wrapping_sub(h.stamp_ns) < MAX_AGE_NS && h.ifindex == cfg.legacy_ifindex {
+        // SAFETY: a live per-CPU map value, only this CPU's; copied out into locals (a copy
+        // into the scratch map would be a byte-loop memmove).
+        let (stamp, ifindex, mtu, dmac, smac) =
+            unsafe { ((*h).stamp_ns, (*h).ifindex, (*h).mtu, (*h).dmac, (*h).smac) };
+        if t.wrapping_sub(stamp) < MAX_AGE_NS && ifindex == cfg.legacy_ifindex {
             // Over the MTU the FIB answers "fragmentation needed", not the MACs.
-            if u32::from(l3_len) > h.mtu {
-                return false;
-            }
-            s.fib.dmac = h.dmac;
-            s.fib.smac = h.smac;
-            return true;
+            return (u32::from(l3_len) <= mtu).then_some((dmac, smac));
         }
     }
-    refresh_client(ctx, s, vip, l3_len)
+    if !refresh_client(ctx, s, vip, l3_len) {
+        return None;
+    }
+    Some((s.fib.dmac, s.fib.smac))
 }
 
 /// Asks the FIB for the way to the client `s.inner.dst` and caches a complete answer.

@@ -3,16 +3,18 @@
 use std::mem::size_of;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Pod;
 use meshgw_common::maps::{
-    names, BackendValue, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
-    NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry, CT_MAX,
-    DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES,
-    MAX_POLICY, MAX_SERVICES, SNAT_MAX,
+    names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig,
+    MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue,
+    SnatEntry, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES,
+    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
-use meshgw_common::telemetry::{names as tnames, EventsConfig, Traffic, MAX_NODE_STATS};
+use meshgw_common::telemetry::{
+    names as tnames, EventsConfig, Traffic, BACKEND_TRAFFIC_SLOTS, MAX_NODE_STATS,
+};
 
 use crate::error::DatapathError;
 use crate::loader::Datapath;
@@ -67,7 +69,7 @@ impl MapLayout {
             names::SNAT => l(size_of::<CtKey>(), Some(size_of::<SnatEntry>()), SNAT_MAX),
             tnames::EVENTS_CONFIG => l(4, Some(size_of::<EventsConfig>()), 1),
             tnames::SVC_STATS => l(4, Some(size_of::<Traffic>()), MAX_SERVICES),
-            tnames::BACKEND_STATS => l(4, Some(size_of::<Traffic>()), MAX_BACKENDS),
+            tnames::BACKEND_STATS => l(4, Some(size_of::<Traffic>()), BACKEND_TRAFFIC_SLOTS),
             tnames::NODE_STATS => l(4, Some(size_of::<Traffic>()), MAX_NODE_STATS),
             tnames::VIP_ICMP => l(16, Some(size_of::<Traffic>()), MAX_SERVICES),
             _ => return None,
@@ -220,6 +222,41 @@ impl Datapath {
     /// Source-NAT entries of egress flows.
     pub fn snat(&mut self) -> Result<HashMap<&mut MapData, CtKey, SnatEntry>, DatapathError> {
         self.hash_map(names::SNAT)
+    }
+
+    /// Empties the next-hop caches (mesh nodes and legacy clients): the next packet to each asks
+    /// the FIB again. For a neighbour or route change that must apply at once rather than within
+    /// the caches' age bound.
+    pub fn flush_nexthops(&mut self) -> Result<(), DatapathError> {
+        self.flush::<[u8; 4], NextHop>(names::NEXTHOP)?;
+        self.flush::<[u8; 16], ClientHop>(names::CLIENT_HOPS)
+    }
+
+    /// Removes every entry of the per-CPU hash `name`.
+    fn flush<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<(), DatapathError> {
+        let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            Self::remove_cached(name, m.remove(&k))?;
+        }
+        Ok(())
+    }
+
+    fn remove_cached(
+        name: &'static str,
+        r: Result<(), aya::maps::MapError>,
+    ) -> Result<(), DatapathError> {
+        match r {
+            Ok(()) => Ok(()),
+            // Evicted meanwhile: gone either way.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(DatapathError::Map { name, source }),
+        }
     }
 
     /// The counters, summed over CPUs, in [`Counter::ALL`] order.

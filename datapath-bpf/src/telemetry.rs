@@ -16,16 +16,6 @@ fn sum(values: impl IntoIterator<Item = Traffic>) -> Traffic {
     })
 }
 
-/// A zero [`Traffic`] for every possible CPU (the value a per-CPU map entry is created with).
-fn zero_per_cpu(name: &'static str) -> Result<PerCpuValues<Traffic>, DatapathError> {
-    let syscall = |call, io_error| DatapathError::Map {
-        name,
-        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
-    };
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| syscall("nr_cpus", e))?;
-    PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| syscall("per-cpu values", e))
-}
-
 impl Datapath {
     /// Sets the event settings (sampling rate, which events are sent).
     pub fn set_events_config(&mut self, cfg: &EventsConfig) -> Result<(), DatapathError> {
@@ -42,7 +32,19 @@ impl Datapath {
 
     /// Traffic of each frontend in `ids` (client -> VIP direction), summed over CPUs.
     pub fn service_traffic(&self, ids: &[u32]) -> Result<Vec<(u32, Traffic)>, DatapathError> {
-        let name = names::SVC_STATS;
+        self.array_traffic(names::SVC_STATS, ids)
+    }
+
+    /// Traffic of each backend in `ids` (client -> backend direction), summed over CPUs.
+    pub fn backend_traffic(&self, ids: &[u32]) -> Result<Vec<(u32, Traffic)>, DatapathError> {
+        self.array_traffic(names::BACKEND_STATS, ids)
+    }
+
+    fn array_traffic(
+        &self,
+        name: &'static str,
+        ids: &[u32],
+    ) -> Result<Vec<(u32, Traffic)>, DatapathError> {
         let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
         let a: PerCpuArray<&MapData, Traffic> =
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
@@ -54,6 +56,28 @@ impl Datapath {
                 Ok((*id, sum(v.iter().copied())))
             })
             .collect()
+    }
+
+    /// Traffic sent into the tunnel per node (IPv4 address bytes): the sum of the traffic of
+    /// the node's live `backends` (id, node) and of its removed ones. Nodes without any are
+    /// left out.
+    pub fn node_traffic(
+        &self,
+        backends: &[(u32, [u8; 4])],
+    ) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
+        let mut nodes: std::collections::BTreeMap<[u8; 4], Traffic> =
+            self.retired_node_traffic()?.into_iter().collect();
+        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
+        for ((_, t), (_, node)) in self.backend_traffic(&ids)?.into_iter().zip(backends) {
+            let n = nodes.entry(*node).or_default();
+            n.packets += t.packets;
+            n.bytes += t.bytes;
+        }
+        Ok(nodes.into_iter().filter(|(_, t)| t.packets > 0).collect())
+    }
+
+    fn retired_node_traffic(&self) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
+        self.hashed_traffic(names::NODE_STATS)
     }
 
     fn hashed_traffic<K: aya::Pod>(
@@ -70,16 +94,6 @@ impl Datapath {
             out.push((k, sum(v.iter().copied())));
         }
         Ok(out)
-    }
-
-    /// Traffic per backend id that has seen any (client -> backend direction).
-    pub fn backend_traffic(&self) -> Result<Vec<(u32, Traffic)>, DatapathError> {
-        self.hashed_traffic(names::BACKEND_STATS)
-    }
-
-    /// Traffic sent into the tunnel per node (IPv4 address bytes).
-    pub fn node_traffic(&self) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
-        self.hashed_traffic(names::NODE_STATS)
     }
 
     /// ICMP echo packets sent to each VIP (IPv4-mapped for IPv4) the map counts for.
@@ -108,43 +122,86 @@ impl Datapath {
             }
         }
         for new in vips.difference(&present) {
-            h.insert(*new, zero_per_cpu(name)?, 0)
+            h.insert(*new, Self::on_one_cpu(name, Traffic::default())?, 0)
                 .map_err(|source| DatapathError::Map { name, source })?;
         }
         Ok(())
     }
 
+    /// Per-CPU values of `t` on the first CPU, zero on the others.
+    fn on_one_cpu(name: &'static str, t: Traffic) -> Result<PerCpuValues<Traffic>, DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let mut v = vec![Traffic::default(); cpus];
+        v[0] = t;
+        PerCpuValues::try_from(v).map_err(|e| DatapathError::Map {
+            name,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "per-cpu values",
+                io_error: e,
+            }),
+        })
+    }
+
     /// Zeroes a frontend's traffic counters (its id is free again).
     pub fn forget_service_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
         let name = names::SVC_STATS;
+        let zero = Self::on_one_cpu(name, Traffic::default())?;
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(DatapathError::MissingMap(name))?;
         let mut a: PerCpuArray<&mut MapData, Traffic> =
             PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        a.set(id, zero_per_cpu(name)?, 0)
+        a.set(id, zero, 0)
             .map_err(|source| DatapathError::Map { name, source })
     }
 
-    /// Drops a backend's traffic counters (its id is free again).
-    pub fn forget_backend_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
+    /// Zeroes a removed backend's traffic counters (its id is free again), first adding them to
+    /// its node's removed-backend total so that the node's traffic stays whole. Call it once
+    /// the backend is gone from `MGW_BACKENDS`: from then on nothing counts on the id.
+    pub fn forget_backend_traffic(&mut self, id: u32, node: [u8; 4]) -> Result<(), DatapathError> {
+        let Some((_, t)) = self.backend_traffic(&[id])?.pop() else {
+            return Ok(());
+        };
+        if t.packets > 0 {
+            let name = names::NODE_STATS;
+            let old = self
+                .retired_node_traffic()?
+                .into_iter()
+                .find(|(k, _)| *k == node)
+                .map_or(Traffic::default(), |(_, t)| t);
+            let total = Self::on_one_cpu(
+                name,
+                Traffic {
+                    packets: old.packets + t.packets,
+                    bytes: old.bytes + t.bytes,
+                },
+            )?;
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DatapathError::MissingMap(name))?;
+            let mut h: PerCpuHashMap<&mut MapData, [u8; 4], Traffic> = PerCpuHashMap::try_from(map)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            h.insert(node, total, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        }
         let name = names::BACKEND_STATS;
+        let zero = Self::on_one_cpu(name, Traffic::default())?;
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(DatapathError::MissingMap(name))?;
-        let mut h: PerCpuHashMap<&mut MapData, u32, Traffic> =
-            PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        match h.remove(&id) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Map { name, source }),
-        }
+        let mut a: PerCpuArray<&mut MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        a.set(id, zero, 0)
+            .map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Takes the flow event ring buffer out of the datapath object, for a reader that owns it.

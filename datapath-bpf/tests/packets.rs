@@ -12,7 +12,7 @@ use meshgw_common::maps::*;
 use meshgw_common::stats::Counter;
 use meshgw_datapath::{action, Datapath, Program};
 use support::topology::*;
-use support::{ifindex, NetNs};
+use support::{ifindex, sh, NetNs};
 
 fn lab() -> NetNs {
     support::topology::lab("pkt")
@@ -185,6 +185,11 @@ fn udp6(
 /// What the legacy program must emit for `inner_frame` (an Ethernet frame whose L3 part is the
 /// expected DNATed packet): outer headers to the node, then the inner frame with new MACs.
 fn vxlan_expected(inner_frame: &[u8], hash: u32) -> Vec<u8> {
+    vxlan_expected_via(inner_frame, hash, NODE_NH_MAC)
+}
+
+/// [`vxlan_expected`] with `next_hop` as the outer destination MAC.
+fn vxlan_expected_via(inner_frame: &[u8], hash: u32, next_hop: [u8; 6]) -> Vec<u8> {
     let l3 = &inner_frame[14..];
     let inner_len = 14 + l3.len();
     let mut ip = Ipv4Header::new(
@@ -205,7 +210,7 @@ fn vxlan_expected(inner_frame: &[u8], hash: u32) -> Vec<u8> {
     };
     let mut out = Vec::new();
     Ethernet2Header {
-        destination: NODE_NH_MAC,
+        destination: next_hop,
         source: MESH_MAC,
         ether_type: etherparse::EtherType::IPV4,
     }
@@ -997,15 +1002,186 @@ fn telemetry_counts_per_service_backend_and_node_and_reports_flows_samples_and_p
         };
         assert_eq!(dp.service_traffic(&[1, 2]).unwrap()[0], (1, want));
         assert_eq!(dp.service_traffic(&[2]).unwrap()[0].1, Traffic::default());
-        assert_eq!(dp.backend_traffic().unwrap(), [(1, want)]);
-        assert_eq!(dp.node_traffic().unwrap(), [(NODE_IP, want)]);
+        assert_eq!(dp.backend_traffic(&[1, 2]).unwrap()[0], (1, want));
+        assert_eq!(dp.backend_traffic(&[2]).unwrap()[0].1, Traffic::default());
+        let live = [(1, NODE_IP), (2, NODE_IP)];
+        assert_eq!(dp.node_traffic(&live).unwrap(), [(NODE_IP, want)]);
 
-        // A freed id starts again from zero.
+        // A freed id starts again from zero; its node keeps the traffic it had.
+        dp.backends().unwrap().remove(&1).unwrap();
         dp.forget_service_traffic(1).unwrap();
-        dp.forget_backend_traffic(1).unwrap();
-        dp.forget_backend_traffic(77).unwrap();
+        dp.forget_backend_traffic(1, NODE_IP).unwrap();
+        dp.forget_backend_traffic(77, [172, 18, 0, 99]).unwrap();
         assert_eq!(dp.service_traffic(&[1]).unwrap()[0].1, Traffic::default());
-        assert!(dp.backend_traffic().unwrap().is_empty());
+        assert_eq!(dp.backend_traffic(&[1]).unwrap()[0].1, Traffic::default());
+        assert_eq!(dp.node_traffic(&[(2, NODE_IP)]).unwrap(), [(NODE_IP, want)]);
+
+        // Traffic of a new backend on the node adds to what the removed one left.
+        dp.backends()
+            .unwrap()
+            .insert(1, backend(v4_mapped(POD4), 8080, FAMILY_V4), 0)
+            .unwrap();
+        let r = dp.run(Program::Legacy, &good, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let one = Traffic {
+            packets: 1,
+            bytes: len,
+        };
+        assert_eq!(dp.backend_traffic(&[1]).unwrap()[0].1, one);
+        let whole = Traffic {
+            packets: 4,
+            bytes: 4 * len,
+        };
+        assert_eq!(dp.node_traffic(&live).unwrap(), [(NODE_IP, whole)]);
+    });
+}
+
+/// Points the node's neighbour entry in namespace `ns` at `mac`.
+fn set_node_neighbour(ns: &str, mac: &str) {
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "neigh",
+        "replace",
+        "172.18.0.11",
+        "lladdr",
+        mac,
+        "dev",
+        "mesh",
+        "nud",
+        "permanent",
+    ]);
+}
+
+#[test]
+fn the_next_hop_cache_follows_a_changed_neighbour() {
+    let ns = lab();
+    let name = ns.name.clone();
+    ns.run(move || {
+        let mut dp = datapath();
+        let f = udp4(CLIENT4, 40_000, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let dnat = udp4(CLIENT4, 40_000, POD4, 5353, CLIENT_MAC, LEGACY_MAC);
+        let h = hash4(CLIENT4, 40_000, VIP4, 53, 17);
+        let send = |dp: &Datapath| {
+            let r = dp.run(Program::Legacy, &f, 1).unwrap();
+            expect_action(dp, &r, action::REDIRECT);
+            r.frame
+        };
+        assert_eq!(send(&dp), vxlan_expected_via(&dnat, h, NODE_NH_MAC));
+        assert_eq!(
+            send(&dp),
+            vxlan_expected_via(&dnat, h, NODE_NH_MAC),
+            "from the cache"
+        );
+
+        // A flush (what user space does on a neighbour change it sees) applies at once.
+        set_node_neighbour(&name, "02:00:00:00:00:22");
+        dp.flush_nexthops().unwrap();
+        assert_eq!(
+            send(&dp),
+            vxlan_expected_via(&dnat, h, [2, 0, 0, 0, 0, 0x22]),
+            "flushed: the new neighbour"
+        );
+
+        // Without a flush, a stale entry is refreshed from the FIB once past its age bound
+        // (250 ms): the sleep only makes sure the entry is stale, nothing here is timed.
+        set_node_neighbour(&name, "02:00:00:00:00:33");
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(
+            send(&dp),
+            vxlan_expected_via(&dnat, h, [2, 0, 0, 0, 0, 0x33]),
+            "stale entry refreshed"
+        );
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 4);
+    });
+}
+
+#[test]
+fn packets_over_the_path_mtu_are_dropped_whether_the_next_hop_is_cached_or_not() {
+    let ns = lab();
+    // Outer packets: IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14 = 50 bytes around the inner one.
+    ns.ip(&["link", "set", "mesh", "mtu", "300"]);
+    ns.run(|| {
+        let dp = datapath();
+        let frame = |payload: usize| {
+            support::topology::udp4(
+                CLIENT4,
+                40_000,
+                VIP4,
+                53,
+                CLIENT_MAC,
+                LEGACY_MAC,
+                &vec![7u8; payload],
+            )
+        };
+        // Inner 20 + 8 + 230 = 258, outer 308 > 300: too big, before anything is cached.
+        let big = frame(230);
+        let r = dp.run(Program::Legacy, &big, 1).unwrap();
+        expect_action(&dp, &r, action::DROP);
+        assert_eq!(dp.counter(Counter::DropTooBig).unwrap(), 1);
+
+        // A small packet caches the next hop; a larger one still under the MTU (outer 300
+        // exactly) goes out from the cache: the cached bound is the path MTU, not the length
+        // of the packet that filled the entry.
+        for payload in [5, 222] {
+            let r = dp.run(Program::Legacy, &frame(payload), 1).unwrap();
+            expect_action(&dp, &r, action::REDIRECT);
+            assert_eq!(r.frame.len(), 14 + 50 + 28 + payload);
+        }
+        let r = dp.run(Program::Legacy, &big, 1).unwrap();
+        expect_action(&dp, &r, action::DROP);
+        assert_eq!(dp.counter(Counter::DropTooBig).unwrap(), 2);
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 2);
+    });
+}
+
+#[test]
+fn the_reply_next_hop_cache_follows_a_changed_client_neighbour() {
+    let ns = lab();
+    let name = ns.name.clone();
+    ns.run(move || {
+        let mut dp = datapath();
+        let q = udp4(CLIENT4, 33_333, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let r = dp.run(Program::Legacy, &q, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        let answer = from_node(
+            &udp4(POD4, 5353, CLIENT4, 33_333, NODE_INNER_MAC, VTEP_MAC),
+            NODE_IP,
+        );
+        let reply = |dp: &Datapath| {
+            let r = dp.run(Program::Mesh, &answer, 1).unwrap();
+            expect_action(dp, &r, action::REDIRECT);
+            r.frame
+        };
+        let to = |mac: [u8; 6]| udp4(VIP4, 53, CLIENT4, 33_333, LEGACY_MAC, mac);
+        assert_eq!(reply(&dp), to(CLIENT_MAC));
+        assert_eq!(reply(&dp), to(CLIENT_MAC), "from the cache");
+
+        let set = |mac: &str| {
+            sh(&[
+                "ip",
+                "-n",
+                &name,
+                "neigh",
+                "replace",
+                "10.100.0.2",
+                "lladdr",
+                mac,
+                "dev",
+                "legacy",
+                "nud",
+                "permanent",
+            ])
+        };
+        set("02:00:00:00:00:b2");
+        dp.flush_nexthops().unwrap();
+        assert_eq!(reply(&dp), to([2, 0, 0, 0, 0, 0xb2]), "flushed");
+
+        // Stale after its age bound (250 ms): the sleep only makes sure of that.
+        set("02:00:00:00:00:c2");
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(reply(&dp), to([2, 0, 0, 0, 0, 0xc2]), "refreshed");
     });
 }
 

@@ -84,6 +84,12 @@ pub mod names {
     /// [`super::CtKey`] (dir [`super::CT_DIR_EGRESS`] or [`super::CT_DIR_EGRESS_REPLY`]) ->
     /// [`super::SnatEntry`] (LRU).
     pub const SNAT: &str = "MGW_SNAT";
+    /// Per-CPU LRU: node IPv4 address (`[u8; 4]`) -> [`super::NextHop`]. A cache, never pinned:
+    /// a new program starts with an empty one.
+    pub const NEXTHOP: &str = "MGW_NEXTHOP";
+    /// Per-CPU LRU: client address (16 bytes, IPv4-mapped for IPv4) -> [`super::ClientHop`].
+    /// A cache like [`NEXTHOP`], never pinned.
+    pub const CLIENT_HOPS: &str = "MGW_CLIENT_HOPS";
     /// Every map the programs use, for pinning.
     pub const ALL: [&str; 12] = [
         CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY, EGRESS,
@@ -293,9 +299,9 @@ pub const CT_F_CLOSING: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` at creation.
+    /// `bpf_ktime_get_coarse_ns` (monotonic, a tick's resolution) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
     /// Packets seen in this direction.
     pub packets: u64,
@@ -354,9 +360,9 @@ pub struct EgressValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnatEntry {
-    /// `bpf_ktime_get_ns` at creation.
+    /// `bpf_ktime_get_coarse_ns` (monotonic, a tick's resolution) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
     /// Packets seen in this direction.
     pub packets: u64,
@@ -384,6 +390,65 @@ pub struct SnatEntry {
     pub rule: u32,
 }
 
+/// The next hop towards a mesh node as the XDP programs cache it (per CPU, by node IPv4 address,
+/// in `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what it was built with.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// The 64-byte header block (outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet) for an empty
+    /// inner packet: a packet patches in its lengths, checksum, source port and inner MACs.
+    pub block: [u8; 64],
+    /// When the FIB was asked (coarse monotonic clock, ns).
+    pub stamp_ns: u64,
+    /// The path MTU the FIB reported: larger outer packets are dropped as too big.
+    pub mtu: u32,
+    /// The output interface (the mesh interface's ifindex when the entry was made).
+    pub ifindex: u32,
+    /// The configuration the block was built with: a change makes the entry stale.
+    pub mesh_ip: [u8; 4],
+    /// See [`NextHop::mesh_ip`].
+    pub vni: u32,
+    /// See [`NextHop::mesh_ip`] (network order).
+    pub vxlan_port: u16,
+    /// Padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+impl Default for NextHop {
+    fn default() -> Self {
+        Self {
+            block: [0; 64],
+            stamp_ns: 0,
+            mtu: 0,
+            ifindex: 0,
+            mesh_ip: [0; 4],
+            vni: 0,
+            vxlan_port: 0,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// The L2 next hop towards a legacy client as the mesh program caches it for replies (per CPU,
+/// by the client's 16-byte address, in `MGW_CLIENT_HOPS`): what a FIB lookup on the legacy
+/// interface said.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientHop {
+    /// When the FIB was asked (coarse monotonic clock, ns).
+    pub stamp_ns: u64,
+    /// The path MTU the FIB reported: a larger reply is treated as the FIB treats it.
+    pub mtu: u32,
+    /// The output interface (the legacy interface's ifindex when the entry was made).
+    pub ifindex: u32,
+    /// Destination MAC (the client or its router).
+    pub dmac: [u8; 6],
+    /// Source MAC (the legacy interface).
+    pub smac: [u8; 6],
+    /// Padding, always zero.
+    pub _pad: [u8; 4],
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -403,6 +468,8 @@ assert_size!(PolicyValue, 4);
 assert_size!(EgressKey, 32);
 assert_size!(EgressValue, 24);
 assert_size!(SnatEntry, 80);
+assert_size!(NextHop, 96);
+assert_size!(ClientHop, 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -423,6 +490,8 @@ mod pod {
     unsafe impl aya::Pod for EgressKey {}
     unsafe impl aya::Pod for EgressValue {}
     unsafe impl aya::Pod for SnatEntry {}
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for ClientHop {}
 }
 
 /// Stores an IPv4 address as IPv4-mapped IPv6 bytes.

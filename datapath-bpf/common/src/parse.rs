@@ -7,7 +7,7 @@
 //! protocols, IPv6 extension headers) is [`Parsed::Other`]. Both go to the kernel, which has the
 //! final word on what is valid.
 
-use crate::maps::{v4_mapped, FAMILY_V4, FAMILY_V6};
+use crate::maps::{FAMILY_V4, FAMILY_V6};
 
 /// Bounds-checked access to a packet's bytes.
 pub trait Packet {
@@ -26,8 +26,8 @@ pub trait Packet {
 pub fn load<T: Copy, P: Packet>(p: &P, off: usize) -> Option<T> {
     let ptr = p.ptr(off, core::mem::size_of::<T>())?;
     // SAFETY: `ptr` points at size_of::<T>() readable bytes (checked by `Packet::ptr`) and T is
-    // plain data, valid for any bit pattern; the read is unaligned-safe.
-    Some(unsafe { (ptr as *const T).read_unaligned() })
+    // plain data, valid for any bit pattern.
+    Some(unsafe { wide::read(ptr) })
 }
 
 /// Writes a `T` at `off`.
@@ -35,8 +35,88 @@ pub fn load<T: Copy, P: Packet>(p: &P, off: usize) -> Option<T> {
 pub fn store<T: Copy, P: Packet>(p: &P, off: usize, v: T) -> Option<()> {
     let ptr = p.ptr(off, core::mem::size_of::<T>())?;
     // SAFETY: as in `load`, and the packet buffer is writable.
-    unsafe { (ptr as *mut T).write_unaligned(v) };
+    unsafe { wide::write(ptr, v) };
     Some(())
+}
+
+/// Unaligned packet access. On the host, `read_unaligned`/`write_unaligned`. For BPF the
+/// compiler splits an unaligned access into single bytes (a 20-byte header becomes 20 loads and
+/// 20 stores, a 40-byte one a call to a byte-loop `memcpy`); but the verifier accepts unaligned
+/// packet access on the architectures the gateway runs on (x86-64 and arm64 have efficient
+/// unaligned access, and the programs are not loaded with `BPF_F_STRICT_ALIGNMENT`), so there a
+/// value is moved in 8-, 4-, 2- and 1-byte pieces through an 8-byte-aligned stack copy (stack
+/// access must stay aligned).
+mod wide {
+    #[cfg(not(target_arch = "bpf"))]
+    #[inline(always)]
+    pub unsafe fn read<T: Copy>(src: *const u8) -> T {
+        // SAFETY: the caller's: `src` has size_of::<T>() readable bytes.
+        unsafe { (src as *const T).read_unaligned() }
+    }
+
+    #[cfg(not(target_arch = "bpf"))]
+    #[inline(always)]
+    pub unsafe fn write<T: Copy>(dst: *mut u8, v: T) {
+        // SAFETY: the caller's: `dst` has size_of::<T>() writable bytes.
+        unsafe { (dst as *mut T).write_unaligned(v) }
+    }
+
+    #[cfg(target_arch = "bpf")]
+    #[repr(C, align(8))]
+    struct Aligned<T>(T);
+
+    /// Copies `n` bytes in the widest pieces (one side is the aligned stack copy).
+    #[cfg(target_arch = "bpf")]
+    #[inline(always)]
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
+        // SAFETY: the caller's: both ranges hold `n` bytes; the stack side is 8-byte aligned
+        // and BPF tolerates the packet side's misalignment (see the module's comment).
+        unsafe {
+            let mut i = 0;
+            while i + 8 <= n {
+                (dst.add(i) as *mut u64).write((src.add(i) as *const u64).read());
+                i += 8;
+            }
+            if i + 4 <= n {
+                (dst.add(i) as *mut u32).write((src.add(i) as *const u32).read());
+                i += 4;
+            }
+            if i + 2 <= n {
+                (dst.add(i) as *mut u16).write((src.add(i) as *const u16).read());
+                i += 2;
+            }
+            if i < n {
+                dst.add(i).write(src.add(i).read());
+            }
+        }
+    }
+
+    #[cfg(target_arch = "bpf")]
+    #[inline(always)]
+    pub unsafe fn read<T: Copy>(src: *const u8) -> T {
+        let mut out = core::mem::MaybeUninit::<Aligned<T>>::uninit();
+        // SAFETY: every byte of `out` is written from `src` (the caller's range) before it is
+        // read; T is plain data.
+        unsafe {
+            copy(out.as_mut_ptr() as *mut u8, src, core::mem::size_of::<T>());
+            out.assume_init().0
+        }
+    }
+
+    #[cfg(target_arch = "bpf")]
+    #[inline(always)]
+    pub unsafe fn write<T: Copy>(dst: *mut u8, v: T) {
+        let a = Aligned(v);
+        // SAFETY: the caller's: `dst` has size_of::<T>() writable bytes.
+        unsafe {
+            copy(
+                dst,
+                &a as *const Aligned<T> as *const u8,
+                core::mem::size_of::<T>(),
+            )
+        };
+    }
 }
 
 /// EtherType of IPv4.
@@ -72,7 +152,9 @@ pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag.
 pub const TCP_RST: u8 = 0x04;
 
-/// A parsed IP flow: where the headers are and the 5-tuple.
+/// A parsed IP flow: where the headers are and the 5-tuple. `repr(C)` with the addresses at
+/// eight-byte offsets, so that the BPF programs copy and clear them in words.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// Offset of the Ethernet header this parse started at.
@@ -81,14 +163,8 @@ pub struct Flow {
     pub l3_off: usize,
     /// Offset of the L4 header (meaningless for non-first fragments).
     pub l4_off: usize,
-    /// The 802.1Q TCI when the frame carried one tag.
-    pub vlan_tci: u16,
-    /// Whether the frame carried an 802.1Q tag.
-    pub vlan: bool,
-    /// [`FAMILY_V4`] or [`FAMILY_V6`].
-    pub family: u8,
-    /// L4 protocol.
-    pub proto: u8,
+    /// Length of the IP packet according to its header (IPv4 total length, IPv6 40 + payload).
+    pub l3_len: usize,
     /// Source address (IPv4-mapped for IPv4).
     pub src: [u8; 16],
     /// Destination address.
@@ -97,12 +173,18 @@ pub struct Flow {
     pub sport: u16,
     /// Destination port, network order (ICMP echo: 0).
     pub dport: u16,
+    /// The 802.1Q TCI when the frame carried one tag.
+    pub vlan_tci: u16,
+    /// Whether the frame carried an 802.1Q tag.
+    pub vlan: bool,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// L4 protocol.
+    pub proto: u8,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
     /// Whether the packet is an IP fragment (ports are then not trusted).
     pub fragment: bool,
-    /// Length of the IP packet according to its header (IPv4 total length, IPv6 40 + payload).
-    pub l3_len: usize,
 }
 
 /// The outcome of a parse.
@@ -143,7 +225,23 @@ pub enum Kind {
 /// scratch map, to stay within the 512-byte BPF stack). `out` is fully overwritten on `Flow`.
 #[inline(always)]
 pub fn parse_into<P: Packet>(p: &P, base: usize, out: &mut Flow) -> Kind {
-    *out = Flow::default();
+    // Field by field with volatile stores: `*out = Flow::default()`, or plain stores that the
+    // compiler merges back into one, become a call to a byte-loop `memset` in BPF. The
+    // addresses, lengths and offsets are written by every path that returns `Flow`.
+    // SAFETY: pointers to fields of `out`, valid for writes.
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile};
+        write_volatile(addr_of_mut!(out.l4_off), 0);
+        write_volatile(addr_of_mut!(out.l3_len), 0);
+        write_volatile(addr_of_mut!(out.sport), 0);
+        write_volatile(addr_of_mut!(out.dport), 0);
+        write_volatile(addr_of_mut!(out.vlan_tci), 0);
+        write_volatile(addr_of_mut!(out.vlan), false);
+        write_volatile(addr_of_mut!(out.family), 0);
+        write_volatile(addr_of_mut!(out.proto), 0);
+        write_volatile(addr_of_mut!(out.tcp_flags), 0);
+        write_volatile(addr_of_mut!(out.fragment), false);
+    }
     let Some(ethertype) = load::<[u8; 2], P>(p, base + 12) else {
         return Kind::Malformed;
     };
@@ -181,8 +279,11 @@ fn parse_ipv4<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
     }
     flow.family = FAMILY_V4;
     flow.proto = h[9];
-    flow.src = v4_mapped([h[12], h[13], h[14], h[15]]);
-    flow.dst = v4_mapped([h[16], h[17], h[18], h[19]]);
+    set_v4_mapped(
+        flow,
+        [h[12], h[13], h[14], h[15]],
+        [h[16], h[17], h[18], h[19]],
+    );
     flow.l3_len = tot_len;
     flow.l4_off = flow.l3_off + ihl;
     let frag = u16::from_be_bytes([h[6], h[7]]);
@@ -192,6 +293,29 @@ fn parse_ipv4<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
     }
     parse_l4(p, flow, tot_len - ihl)
 }
+
+/// Sets the flow's addresses to `src` and `dst` IPv4-mapped, in four word stores (a plain
+/// `v4_mapped` assignment becomes a byte-loop `memset` of the zero prefix in BPF).
+#[inline(always)]
+fn set_v4_mapped(flow: &mut Flow, src: [u8; 4], dst: [u8; 4]) {
+    let word = |a: [u8; 4]| u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]);
+    // SAFETY: `src` and `dst` are 16 bytes at eight-byte offsets of a `repr(C)` struct whose
+    // alignment is eight (asserted below), so both halves are aligned u64 slots.
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile};
+        let s = addr_of_mut!(flow.src) as *mut u64;
+        let d = addr_of_mut!(flow.dst) as *mut u64;
+        write_volatile(s, 0);
+        write_volatile(s.add(1), word(src));
+        write_volatile(d, 0);
+        write_volatile(d.add(1), word(dst));
+    }
+}
+const _: () = assert!(
+    core::mem::align_of::<Flow>() == 8
+        && core::mem::offset_of!(Flow, src) % 8 == 0
+        && core::mem::offset_of!(Flow, dst) % 8 == 0
+);
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
@@ -204,12 +328,8 @@ fn parse_ipv6<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
     }
     flow.family = FAMILY_V6;
     flow.proto = h[6];
-    let mut i = 0;
-    while i < 16 {
-        flow.src[i] = h[8 + i];
-        flow.dst[i] = h[24 + i];
-        i += 1;
-    }
+    flow.src.copy_from_slice(&h[8..24]);
+    flow.dst.copy_from_slice(&h[24..40]);
     flow.l3_len = IPV6_LEN + payload;
     flow.l4_off = flow.l3_off + IPV6_LEN;
     if flow.proto == IPPROTO_FRAGMENT {

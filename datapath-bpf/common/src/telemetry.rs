@@ -72,6 +72,9 @@ pub struct FlowEvent {
 
 /// Size of the event ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Slots of the per-backend traffic array: backend ids run from 1 to at most
+/// [`crate::maps::MAX_BACKENDS`].
+pub const BACKEND_TRAFFIC_SLOTS: u32 = crate::maps::MAX_BACKENDS + 1;
 /// Nodes whose traffic is counted (per tunnel peer).
 pub const MAX_NODE_STATS: u32 = 4096;
 
@@ -83,10 +86,13 @@ pub mod names {
     pub const EVENTS_CONFIG: &str = "MGW_EVENTS_CONFIG";
     /// Per-CPU array: service id -> [`super::Traffic`] (client -> VIP direction).
     pub const SVC_STATS: &str = "MGW_SVC_STATS";
-    /// Per-CPU hash: backend id -> [`super::Traffic`] (client -> backend direction).
-    pub const BACKEND_STATS: &str = "MGW_BACKEND_STATS";
-    /// Per-CPU hash: node IPv4 address (network order bytes as `[u8; 4]`) -> [`super::Traffic`]
-    /// sent into the tunnel to that node.
+    /// Per-CPU array: backend id -> [`super::Traffic`] (client -> backend direction). Named
+    /// apart from the per-CPU hash `MGW_BACKEND_STATS` of earlier releases, so that a pinned map
+    /// of the old type is never reused as this one.
+    pub const BACKEND_STATS: &str = "MGW_BACKEND_TRAFFIC";
+    /// Per-CPU hash, written by user space only: node IPv4 address (network order bytes as
+    /// `[u8; 4]`) -> [`super::Traffic`] of backends that were removed. A node's traffic is this
+    /// plus the sum of its live backends' (the datapath counts per backend only).
     pub const NODE_STATS: &str = "MGW_NODE_STATS";
     /// Per-CPU hash: VIP (IPv4-mapped for IPv4) -> [`super::Traffic`] of the ICMP/ICMPv6 echo packets
     /// (pings) sent to it: they go to the kernel, which answers them. The daemon creates one entry per

@@ -2,18 +2,30 @@
 //! the Maglev table changes. A forward entry (client -> VIP) holds the backend; a reverse entry
 //! (backend -> client) holds what the reply needs: the VIP to restore and the client's L2 details.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::programs::XdpContext;
 use meshgw_common::maps::{
     BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
 };
-use meshgw_common::parse::Flow;
+use meshgw_common::parse::{load, Flow};
 use meshgw_common::stats::Counter;
 
+use crate::ctx::XdpPacket;
 use crate::events::{self, EventMeta};
 use crate::lookup;
 use crate::maps::{Scratch, CT};
 use crate::policy;
 use crate::stats::count;
+
+// The word writes of `backend_for` rely on this layout: 8-aligned entries, the address at an
+// 8-byte offset, and the two MACs filling bytes 64..76.
+const _: () = assert!(
+    core::mem::align_of::<CtEntry>() == 8
+        && core::mem::offset_of!(CtEntry, nat_addr) % 8 == 0
+        && core::mem::offset_of!(CtEntry, peer_mac) == 64
+        && core::mem::offset_of!(CtEntry, local_mac) == 70
+        && core::mem::offset_of!(CtEntry, src_identity) == 76
+);
 
 /// Reverse entries carry this in `flags` when the client's frames had an 802.1Q tag (a TCI of 0
 /// is a valid priority tag, so the TCI alone cannot say it).
@@ -21,8 +33,17 @@ pub const CT_F_VLAN: u32 = 1 << 8;
 
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
+/// The clock of tracking entries: the coarse monotonic clock (a tick's resolution, plenty for
+/// idle timeouts and the once-a-second refresh, and cheaper per packet than the precise one).
 #[inline(always)]
 pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The precise monotonic clock, for flow events' timestamps.
+#[inline(always)]
+pub fn precise_now() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -87,13 +108,6 @@ pub fn touch(e: *mut CtEntry, f: &Flow, t: u64) {
     touch_entry!(e, f, t);
 }
 
-/// L2 details of the client side, recorded for the reply path.
-#[repr(C)]
-pub struct ClientL2 {
-    pub peer_mac: [u8; 6],
-    pub local_mac: [u8; 6],
-}
-
 /// What [`backend_for`] decided.
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,7 +124,13 @@ pub enum Admit {
 /// flow is first checked against it. A BPF subprogram of its own (not inlined) so that its frame
 /// does not add to the caller's; the entry under construction lives in the scratch map.
 #[inline(never)]
-pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool) -> Admit {
+pub fn backend_for(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    svc: &ServiceValue,
+    hash: u32,
+    policy: bool,
+) -> Admit {
     let f = &s.flow;
     let key = forward_key(f);
     let t = now();
@@ -119,7 +139,7 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
         let id = unsafe { (*fwd).backend_id };
         if let Some(b) = lookup::backend(id) {
             touch(fwd, f, t);
-            events::account(f, svc.service_id, id, &b.node_ip);
+            events::account(f, svc.service_id, id);
             events::sample(
                 f,
                 &EventMeta {
@@ -164,34 +184,60 @@ pub fn backend_for(s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool)
     } else {
         0
     };
-    let l2 = &s.l2;
-    let e = &mut s.entry;
-    *e = CtEntry {
-        created_ns: t,
-        last_seen_ns: t,
-        nat_addr: f.dst,
-        nat_port: f.dport,
-        vlan_tci: f.vlan_tci,
-        backend_id: id,
-        service_id: svc.service_id,
-        flags: if f.vlan { CT_F_VLAN } else { 0 },
-        peer_mac: l2.peer_mac,
-        local_mac: l2.local_mac,
-        src_identity,
-        ..CtEntry::default()
-    };
+    // The client's L2 details, for the reply path: the frame's MACs (a parsed frame has them).
+    let macs = load::<[u8; 12], _>(&XdpPacket { ctx }, 0).unwrap_or([0; 12]);
+    let e: *mut CtEntry = &mut s.entry;
+    let l2 = [
+        u64::from_ne_bytes([
+            macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1],
+        ]),
+        u64::from(u32::from_ne_bytes([macs[2], macs[3], macs[4], macs[5]])),
+    ];
+    // Field by field, in words, with volatile stores: a struct literal with
+    // `..CtEntry::default()` and array clears compile to byte-loop `memset` calls in BPF.
+    // SAFETY: `e` points at the scratch map's entry; the word-sized fields are written at their
+    // own (aligned) addresses, and the MACs as the two words covering bytes 64..76 (asserted
+    // below).
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile as w};
+        w(addr_of_mut!((*e).created_ns), t);
+        w(addr_of_mut!((*e).last_seen_ns), t);
+        w(addr_of_mut!((*e).packets), 0);
+        w(addr_of_mut!((*e).bytes), 0);
+        core::ptr::copy_nonoverlapping(&f.dst, addr_of_mut!((*e).nat_addr), 1);
+        w(addr_of_mut!((*e).nat_port), f.dport);
+        w(addr_of_mut!((*e).vlan_tci), f.vlan_tci);
+        w(addr_of_mut!((*e).backend_id), id);
+        w(addr_of_mut!((*e).service_id), svc.service_id);
+        w(addr_of_mut!((*e).flags), if f.vlan { CT_F_VLAN } else { 0 });
+        let mac_words = addr_of_mut!((*e).peer_mac) as *mut u64;
+        w(mac_words, l2[0]);
+        w(mac_words.add(1) as *mut u32, l2[1] as u32);
+        w(addr_of_mut!((*e).src_identity), src_identity);
+    }
     // Reverse first: a reply can only exist once the forward packet left, never the other way.
-    let _ = CT.insert(&reverse_key(f, &b), &*e, 0);
-    e.nat_addr = [0; 16];
-    e.nat_port = 0;
-    e.vlan_tci = 0;
-    e.flags = 0;
-    e.peer_mac = [0; 6];
-    e.local_mac = [0; 6];
-    e.packets = 1;
-    e.bytes = f.l3_len as u64;
-    let _ = CT.insert(&key, &*e, 0);
-    events::account(f, svc.service_id, id, &b.node_ip);
+    // SAFETY: `e` is the scratch map's entry, fully written above.
+    let _ = CT.insert(&reverse_key(f, &b), unsafe { &*e }, 0);
+    // The forward entry: no NAT or L2 details, the first packet counted.
+    // SAFETY: as above.
+    unsafe {
+        use core::ptr::{addr_of_mut, write_volatile as w};
+        let nat = addr_of_mut!((*e).nat_addr) as *mut u64;
+        w(nat, 0);
+        w(nat.add(1), 0);
+        w(addr_of_mut!((*e).nat_port), 0);
+        w(addr_of_mut!((*e).vlan_tci), 0);
+        w(addr_of_mut!((*e).flags), 0);
+        let mac_words = addr_of_mut!((*e).peer_mac) as *mut u64;
+        w(mac_words, 0);
+        w(mac_words.add(1) as *mut u32, 0);
+        w(addr_of_mut!((*e).packets), 1);
+        w(addr_of_mut!((*e).bytes), f.l3_len as u64);
+    }
+    // SAFETY: as above.
+    let e = unsafe { &*e };
+    let _ = CT.insert(&key, e, 0);
+    events::account(f, svc.service_id, id);
     events::new_flow(
         f,
         &EventMeta {

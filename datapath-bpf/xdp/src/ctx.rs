@@ -70,3 +70,17 @@ pub fn rewrite_frame(
 ) -> bool {
     rewrite(&XdpPacket { ctx }, flow, side, addr, port).is_some()
 }
+
+/// Writes `v` at `p + off` as one store of its width. `p + off` need not be aligned: the BPF
+/// verifier accepts unaligned packet access (without `BPF_F_STRICT_ALIGNMENT`, on every
+/// architecture the gateway runs on), and one wide store is a single instruction where the
+/// compiler would otherwise split an unaligned write into bytes.
+///
+/// # Safety
+/// `p + off .. p + off + size_of::<T>()` must be writable packet bytes (checked by the caller
+/// through [`Packet::ptr`]).
+#[inline(always)]
+pub unsafe fn put<T: Copy>(p: *mut u8, off: usize, v: T) {
+    #[allow(clippy::cast_ptr_alignment)]
+    (p.add(off) as *mut T).write_volatile(v);
+}

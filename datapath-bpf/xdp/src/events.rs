@@ -7,11 +7,11 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf};
-use meshgw_common::maps::{MAX_BACKENDS, MAX_SERVICES};
+use meshgw_common::maps::MAX_SERVICES;
 use meshgw_common::parse::Flow;
 use meshgw_common::telemetry::{
-    EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS, EVENTS_RING_BYTES,
-    EVENT_DROP, EVENT_NEW_FLOW, EVENT_SAMPLE, MAX_NODE_STATS,
+    EventsConfig, FlowEvent, Traffic, BACKEND_TRAFFIC_SLOTS, EVENTS_F_DROPS, EVENTS_F_FLOWS,
+    EVENTS_RING_BYTES, EVENT_DROP, EVENT_NEW_FLOW, EVENT_SAMPLE, MAX_NODE_STATS,
 };
 
 /// Pending bytes past which a submission wakes the reader. Below it no wakeup is sent: a wakeup
@@ -28,10 +28,14 @@ static EVENTS_CONFIG: Array<EventsConfig> = Array::with_max_entries(1, 0);
 #[map(name = "MGW_SVC_STATS")]
 static SVC_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
-#[map(name = "MGW_BACKEND_STATS")]
-static BACKEND_STATS: PerCpuHashMap<u32, Traffic> =
-    PerCpuHashMap::with_max_entries(MAX_BACKENDS, 0);
+// Indexed by backend id (ids are dense, from 1 to at most MAX_BACKENDS): a per-CPU array
+// lookup is a few inlined instructions where a hash lookup is a helper call.
+#[map(name = "MGW_BACKEND_TRAFFIC")]
+static BACKEND_TRAFFIC: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(BACKEND_TRAFFIC_SLOTS, 0);
 
+// Written by user space only (removed backends' traffic, per node: a node's traffic is the sum
+// of its backends'); declared here so that the object carries and pins it.
 #[map(name = "MGW_NODE_STATS")]
 static NODE_STATS: PerCpuHashMap<[u8; 4], Traffic> =
     PerCpuHashMap::with_max_entries(MAX_NODE_STATS, 0);
@@ -49,29 +53,16 @@ fn add(t: *mut Traffic, len: usize) {
     }
 }
 
+/// Counts a packet of `f` sent to backend `backend_id` of service `service_id`. Per node
+/// traffic is not counted here: user space sums it from the backends'.
 #[inline(always)]
-fn add_hashed<K>(m: &PerCpuHashMap<K, Traffic>, key: &K, len: usize) {
-    match m.get_ptr_mut(key) {
-        Some(t) => add(t, len),
-        None => {
-            let first = Traffic {
-                packets: 1,
-                bytes: len as u64,
-            };
-            // Another CPU may have created its own slot meanwhile: per-CPU values do not race.
-            let _ = m.insert(key, &first, 0);
-        }
-    }
-}
-
-/// Counts a packet of `f` sent to backend `backend_id` of service `service_id` on `node_ip`.
-#[inline(always)]
-pub fn account(f: &Flow, service_id: u32, backend_id: u32, node_ip: &[u8; 4]) {
+pub fn account(f: &Flow, service_id: u32, backend_id: u32) {
     if let Some(t) = SVC_STATS.get_ptr_mut(service_id) {
         add(t, f.l3_len);
     }
-    add_hashed(&BACKEND_STATS, &backend_id, f.l3_len);
-    add_hashed(&NODE_STATS, node_ip, f.l3_len);
+    if let Some(t) = BACKEND_TRAFFIC.get_ptr_mut(backend_id) {
+        add(t, f.l3_len);
+    }
 }
 
 /// Counts an ICMP/ICMPv6 echo packet `f` when its destination is a VIP (an entry the daemon made).
@@ -106,9 +97,11 @@ fn emit(f: &Flow, m: &EventMeta) {
     // SAFETY: `e` points at a reserved record of the right size; every field is written before
     // submission.
     unsafe {
-        (*e).ts_ns = crate::ct::now();
-        (*e).src = f.src;
-        (*e).dst = f.dst;
+        (*e).ts_ns = crate::ct::precise_now();
+        // Non-overlapping copies: plain assignments from the scratch map into the ring buffer
+        // become calls to a byte-loop `memmove`.
+        core::ptr::copy_nonoverlapping(&f.src, core::ptr::addr_of_mut!((*e).src), 1);
+        core::ptr::copy_nonoverlapping(&f.dst, core::ptr::addr_of_mut!((*e).dst), 1);
         (*e).sport = f.sport;
         (*e).dport = f.dport;
         (*e).proto = f.proto;

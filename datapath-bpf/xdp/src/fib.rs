@@ -60,15 +60,30 @@ pub fn prepare(
     oif: u32,
     tot_len: u16,
 ) {
-    *p = FibParams {
-        ifindex: oif,
-        tot_len,
-        ..FibParams::default()
-    };
+    // Field by field: a struct update from `default()` compiles to a byte-loop memset. The
+    // MACs are outputs only and are left as they are.
+    p.l4_protocol = 0;
+    p.sport = 0;
+    p.dport = 0;
+    p.tot_len = tot_len;
+    p.ifindex = oif;
+    p.flowinfo = 0;
+    p.vlan_proto = 0;
+    p.vlan_tci = 0;
     if v4 {
         p.family = AF_INET;
-        p.src[0] = u32::from_ne_bytes([src[12], src[13], src[14], src[15]]);
-        p.dst[0] = u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]);
+        p.src = [
+            u32::from_ne_bytes([src[12], src[13], src[14], src[15]]),
+            0,
+            0,
+            0,
+        ];
+        p.dst = [
+            u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]]),
+            0,
+            0,
+            0,
+        ];
     } else {
         p.family = AF_INET6;
         p.src = words(src);

@@ -2,25 +2,26 @@
 //! in VXLAN; everything else goes to the kernel.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use meshgw_common::encap::{EncapParams, BLOCK_LEN};
+use meshgw_common::encap::BLOCK_LEN;
 use meshgw_common::hash::{flow_hash, vxlan_source_port};
 use meshgw_common::maps::{
-    v4_mapped, GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
+    GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
 use meshgw_common::parse::{
-    load, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP,
 };
 use meshgw_common::stats::Counter;
 
 use crate::ct;
-use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
+use crate::ctx::{parse_frame, rewrite_frame};
 use crate::egress;
-use crate::encap::encapsulate;
+use crate::encap::{encapsulate, Inner};
 use crate::events;
-use crate::fib::{self, Fib};
+use crate::fib::Fib;
 use crate::lookup;
 use crate::maps::{with_scratch, Scratch, CONFIG, DEVMAP};
+use crate::nexthop;
 use crate::stats::{count, drop, pass};
 
 #[inline(always)]
@@ -48,8 +49,8 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         }
         return pass(Counter::LegacyPass);
     }
-    let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-    let done = match lookup::service(f) {
+    // The flow hash only for packets that need it: a pass-through never computes it.
+    let (done, hash) = match lookup::service(f) {
         Some(svc) => {
             if f.fragment {
                 return pass(Counter::Fragment);
@@ -57,20 +58,20 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             if svc.backend_count == 0 {
                 return drop(Counter::DropNoBackend);
             }
-            let Some(macs) = load::<[u8; 12], _>(&XdpPacket { ctx }, 0) else {
-                return pass(Counter::Malformed);
-            };
-            s.l2.local_mac.copy_from_slice(&macs[0..6]);
-            s.l2.peer_mac.copy_from_slice(&macs[6..12]);
-            match ct::backend_for(s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
+            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
+            match ct::backend_for(ctx, s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
                 ct::Admit::Backend => {}
                 ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
                 ct::Admit::Denied => return drop(Counter::DropPolicy),
             }
-            Counter::VipForwarded
+            (Counter::VipForwarded, hash)
         }
         // Not for a VIP: the reply of an egress flow goes back to its endpoint the same way.
-        None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => Counter::EgressReplied,
+        None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => {
+            let f = &s.flow;
+            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
+            (Counter::EgressReplied, hash)
+        }
         None => return pass(Counter::LegacyPass),
     };
     tunnel_to_backend(ctx, s, cfg, hash, done)
@@ -91,42 +92,29 @@ pub fn tunnel_to_backend(
     if b.family != f.family {
         return drop(Counter::DropNoBackend);
     }
-    let outer_ip_len = f.l3_len + (BLOCK_LEN - ETH_LEN);
-    fib::prepare(
-        &mut s.fib,
-        true,
-        &v4_mapped(cfg.mesh_ip),
-        &v4_mapped(b.node_ip),
-        cfg.mesh_ifindex,
-        outer_ip_len as u16,
-    );
-    match fib::lookup(ctx, &mut s.fib) {
-        Fib::Found if s.fib.ifindex == cfg.mesh_ifindex => {}
-        Fib::TooBig => return drop(Counter::DropTooBig),
-        _ => return drop(Counter::DropFibMiss),
-    }
+    let outer_ip_len = (f.l3_len + (BLOCK_LEN - ETH_LEN)) as u16;
+    let nh = match nexthop::get(ctx, s, cfg, b.node_ip, outer_ip_len) {
+        Ok(nh) => nh,
+        Err(Fib::TooBig) => return drop(Counter::DropTooBig),
+        Err(_) => return drop(Counter::DropFibMiss),
+    };
     let f = &s.flow;
     if !rewrite_frame(ctx, f, Side::Destination, &b.addr, b.port) {
         return pass(Counter::Malformed);
     }
-    s.enc = EncapParams {
-        outer_dst_mac: s.fib.dmac,
-        outer_src_mac: s.fib.smac,
-        src_ip: cfg.mesh_ip,
-        dst_ip: b.node_ip,
+    let inner = Inner {
+        l3_off: f.l3_off,
+        l3_len: f.l3_len as u16,
         src_port: vxlan_source_port(hash),
-        dst_port_be: cfg.vxlan_port,
-        vni: cfg.vni,
-        inner_dst_mac: b.node_mac,
-        inner_src_mac: cfg.vtep_mac,
-        inner_ethertype: if f.family == FAMILY_V4 {
+        dst_mac: b.node_mac,
+        src_mac: cfg.vtep_mac,
+        ethertype: if f.family == FAMILY_V4 {
             ETH_P_IP
         } else {
             ETH_P_IPV6
         },
-        inner_l3_len: f.l3_len as u16,
     };
-    if encapsulate(ctx, s).is_none() {
+    if encapsulate(ctx, nh, &inner).is_none() {
         return drop(Counter::DropHeadroom);
     }
     count(done);

@@ -23,6 +23,7 @@ mod legacy;
 mod lookup;
 mod maps;
 mod mesh;
+mod nexthop;
 mod policy;
 mod stats;
 

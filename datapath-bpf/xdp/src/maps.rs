@@ -3,18 +3,17 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
-use meshgw_common::encap::{EncapParams, BLOCK_LEN};
 use meshgw_common::maps::{
-    BackendValue, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable, NodeKey,
-    NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry, CT_MAX, MAX_BACKENDS,
-    MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
+    BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
+    NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
+    CT_MAX, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
+    MAX_SERVICES, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
 
-use crate::ct::ClientL2;
 use crate::fib::FibParams;
 
 #[map(name = "MGW_CONFIG")]
@@ -57,6 +56,20 @@ pub static EGRESS: LpmTrie<EgressKey, EgressValue> =
 #[map(name = "MGW_SNAT")]
 pub static SNAT: LruHashMap<CtKey, SnatEntry> = LruHashMap::with_max_entries(SNAT_MAX, 0);
 
+/// Not pinned: a cache that a new program may start empty.
+#[map(name = "MGW_NEXTHOP")]
+pub static NEXTHOP: LruPerCpuHashMap<[u8; 4], NextHop> =
+    LruPerCpuHashMap::with_max_entries(MAX_NODES, 0);
+
+/// Not pinned, like `NEXTHOP`. As many clients as connection-tracking keeps flows for would be
+/// too many to cache; the least recently used go.
+#[map(name = "MGW_CLIENT_HOPS")]
+pub static CLIENT_HOPS: LruPerCpuHashMap<[u8; 16], ClientHop> =
+    LruPerCpuHashMap::with_max_entries(CLIENT_HOPS_MAX, 0);
+
+/// Entries of [`CLIENT_HOPS`].
+const CLIENT_HOPS_MAX: u32 = 16_384;
+
 #[map(name = "MGW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -72,13 +85,10 @@ pub struct Scratch {
     pub inner: Flow,
     /// FIB lookup parameters and results.
     pub fib: FibParams,
-    /// The encapsulation parameters and the header block built from them.
-    pub enc: EncapParams,
-    pub block: [u8; BLOCK_LEN],
+    /// A next-hop cache entry being built.
+    pub nh: NextHop,
     /// A connection-tracking entry being created.
     pub entry: CtEntry,
-    /// The client's L2 details, for the reverse entry.
-    pub l2: ClientL2,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
     /// A source-NAT entry being created.

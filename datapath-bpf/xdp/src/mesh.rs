@@ -16,8 +16,8 @@ use crate::ct::{self, CT_F_VLAN};
 use crate::ctx::{parse_frame, rewrite_frame, XdpPacket};
 use crate::decap::{decapsulate, L2};
 use crate::egress;
-use crate::fib::{self, Fib};
 use crate::maps::{with_scratch, Scratch, CONFIG, CT, DEVMAP, NODES};
+use crate::nexthop;
 use crate::stats::{count, drop, pass};
 
 #[inline(always)]
@@ -117,17 +117,15 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
 
     let tagged = flags & CT_F_VLAN != 0;
     let v4 = inner.family == FAMILY_V4;
-    fib::prepare(
-        &mut s.fib,
-        v4,
-        &nat_addr,
-        &inner.dst,
-        cfg.legacy_ifindex,
-        inner.l3_len as u16,
-    );
-    let found = fib::lookup(ctx, &mut s.fib) == Fib::Found;
-    let (dmac, smac) = if found && !tagged && s.fib.ifindex == cfg.legacy_ifindex {
-        (s.fib.dmac, s.fib.smac)
+    // Tagged clients always get the MAC they came from: no lookup for them.
+    let l3_len = inner.l3_len as u16;
+    let hop = if tagged {
+        None
+    } else {
+        nexthop::client(ctx, s, cfg, &nat_addr, l3_len)
+    };
+    let (dmac, smac) = if let Some(macs) = hop {
+        macs
     } else if peer_mac != [0; 6] {
         // Tagged clients, and clients the FIB cannot resolve (yet): answer the MAC they came from.
         (peer_mac, local_mac)

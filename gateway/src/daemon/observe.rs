@@ -402,8 +402,22 @@ impl Observer {
             Err(e) => warn!(error = %e, "reading frontend traffic"),
         }
         let svc = &self.svc_traffic;
+        // Every live backend once (frontends may share one), with its node: the datapath
+        // counts per backend only, and a node's traffic is its backends' sum.
+        let backends: Vec<(u32, [u8; 4])> = self
+            .frontends
+            .iter()
+            .flat_map(|f| {
+                f.backends
+                    .iter()
+                    .map(|(id, spec)| (*id, spec.node_ip.octets()))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
         let be: HashMap<u32, _> = dp
-            .backend_traffic()
+            .backend_traffic(&ids)
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -443,7 +457,7 @@ impl Observer {
                     .collect(),
             });
         }
-        for (ip, t) in dp.node_traffic().unwrap_or_default() {
+        for (ip, t) in dp.node_traffic(&backends).unwrap_or_default() {
             let ip = Ipv4Addr::from(ip);
             snap.nodes.push(NodeTelemetry {
                 node: self.nodes.get(&ip).cloned().unwrap_or_default(),

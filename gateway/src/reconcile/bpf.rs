@@ -242,7 +242,9 @@ impl BpfReconciler {
             if dp.backends()?.remove(&id).is_ok() {
                 ch.removed += 1;
             }
-            let _ = dp.forget_backend_traffic(id);
+            // After the removal: nothing counts on the id any more, and its traffic moves to
+            // its node's total whole.
+            let _ = dp.forget_backend_traffic(id, spec.node_ip.octets());
             self.backend_ids.remove(&spec);
         }
 

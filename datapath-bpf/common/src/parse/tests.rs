@@ -1,4 +1,5 @@
 use super::*;
+use crate::maps::v4_mapped;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use std::vec::Vec;
 

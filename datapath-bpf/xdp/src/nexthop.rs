@@ -1,0 +1,180 @@
+//! The next hop towards each mesh node and each legacy client, cached per CPU. Mesh nodes: what a `bpf_fib_lookup` said (outer MACs,
+//! output interface, path MTU) and the VXLAN header block built from it, so that a packet of an
+//! established flow writes a template instead of asking the FIB. An entry is trusted for
+//! [`MAX_AGE_NS`] and for the configuration it was built with; after that the next packet to the
+//! node refreshes it with a real lookup, so a changed neighbour or route is followed within that
+//! bound (and at once after user space flushes the map, `Datapath::flush_nexthops`). Legacy
+//! clients, for the replies of their flows: the MACs and MTU of a lookup on the legacy
+//! interface, under the same bound.
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::programs::XdpContext;
+use meshgw_common::encap::{write_vxlan_block, EncapParams, BLOCK_LEN};
+use meshgw_common::maps::{v4_mapped, ClientHop, GatewayConfig, NextHop, FAMILY_V4};
+use meshgw_common::parse::ETH_P_IP;
+
+use crate::fib::{self, Fib};
+use crate::maps::{Scratch, CLIENT_HOPS, CONFIG, NEXTHOP};
+
+/// How long a cached next hop is used without asking the FIB again.
+pub const MAX_AGE_NS: u64 = 250_000_000;
+
+/// Length of the block's fixed part (outer headers and the inner Ethernet header) that a packet
+/// does not change, as filled in by [`write_vxlan_block`] for an empty inner packet.
+const EMPTY_INNER: u16 = 0;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments. The coarse clock (a tick's resolution) is plenty for
+    // an age bound and cheaper than the precise one.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Whether `nh` may serve a packet now under `cfg`.
+#[inline(always)]
+fn fresh(nh: &NextHop, cfg: &GatewayConfig, t: u64) -> bool {
+    t.wrapping_sub(nh.stamp_ns) < MAX_AGE_NS
+        && nh.ifindex == cfg.mesh_ifindex
+        && nh.mesh_ip == cfg.mesh_ip
+        && nh.vni == cfg.vni
+        && nh.vxlan_port == cfg.vxlan_port
+}
+
+/// The next hop towards `node_ip` for an outer packet of `outer_ip_len` bytes: a pointer to the
+/// cached entry (or, when it cannot be cached, to `s.nh`), or the FIB's verdict (`TooBig` for a
+/// packet over the path MTU, `Miss` when the node is not reachable through the mesh interface).
+#[inline(always)]
+pub fn get(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    cfg: &GatewayConfig,
+    node_ip: [u8; 4],
+    outer_ip_len: u16,
+) -> Result<*const NextHop, Fib> {
+    let t = now();
+    let nh = match NEXTHOP.get_ptr(&node_ip) {
+        // SAFETY: a live per-CPU map value, only this CPU's.
+        Some(nh) if fresh(unsafe { &*nh }, cfg, t) => nh,
+        _ => match refresh(ctx, s, node_ip, outer_ip_len) {
+            Fib::Found => &s.nh as *const NextHop,
+            other => return Err(other),
+        },
+    };
+    // SAFETY: as above (or the scratch map's value).
+    if outer_ip_len as u32 > unsafe { (*nh).mtu } {
+        return Err(Fib::TooBig);
+    }
+    Ok(nh)
+}
+
+/// Asks the FIB for the way to `node_ip` and caches the answer in `s.nh` and the map (only a
+/// complete one: a node whose neighbour is unresolved is asked again on its next packet). A
+/// subprogram: it runs once per node and bound, and its frame stays off the hot path's (and so
+/// takes few arguments: BPF passes at most five, in registers).
+#[inline(never)]
+fn refresh(ctx: &XdpContext, s: &mut Scratch, node_ip: [u8; 4], outer_ip_len: u16) -> Fib {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Fib::Miss;
+    };
+    fib::prepare(
+        &mut s.fib,
+        true,
+        &v4_mapped(cfg.mesh_ip),
+        &v4_mapped(node_ip),
+        cfg.mesh_ifindex,
+        outer_ip_len,
+    );
+    match fib::lookup(ctx, &mut s.fib) {
+        Fib::Found if s.fib.ifindex == cfg.mesh_ifindex => {}
+        Fib::TooBig => return Fib::TooBig,
+        _ => return Fib::Miss,
+    }
+    let enc = EncapParams {
+        outer_dst_mac: s.fib.dmac,
+        outer_src_mac: s.fib.smac,
+        src_ip: cfg.mesh_ip,
+        dst_ip: node_ip,
+        src_port: 0,
+        dst_port_be: cfg.vxlan_port,
+        vni: cfg.vni,
+        inner_dst_mac: [0; 6],
+        inner_src_mac: cfg.vtep_mac,
+        inner_ethertype: ETH_P_IP,
+        inner_l3_len: EMPTY_INNER,
+    };
+    let nh = &mut s.nh;
+    write_vxlan_block(&enc, &mut nh.block);
+    nh.stamp_ns = now();
+    // On success the kernel returns the route's MTU where the packet length was (the union of
+    // `tot_len` and `mtu_result`): later packets are checked against it here.
+    nh.mtu = u32::from(s.fib.tot_len);
+    nh.ifindex = cfg.mesh_ifindex;
+    nh.mesh_ip = cfg.mesh_ip;
+    nh.vni = cfg.vni;
+    nh.vxlan_port = cfg.vxlan_port;
+    nh._pad = [0; 6];
+    // A full map evicts the least recently used node; a failed insert only costs the next
+    // packet another lookup.
+    let _ = NEXTHOP.insert(&node_ip, &*nh, 0);
+    Fib::Found
+}
+
+const _: () = assert!(BLOCK_LEN == 64);
+
+/// The MACs (destination, source) the reply to the client `s.inner.dst` (from `vip`,
+/// `l3_len` bytes) goes to when the FIB knows the client on the legacy interface: as a lookup
+/// would say, but from the cache while its entry is fresh.
+#[inline(always)]
+pub fn client(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    cfg: &GatewayConfig,
+    vip: &[u8; 16],
+    l3_len: u16,
+) -> Option<([u8; 6], [u8; 6])> {
+    let t = now();
+    if let Some(h) = CLIENT_HOPS.get_ptr(&s.inner.dst) {
+        // SAFETY: a live per-CPU map value, only this CPU's; copied out into locals (a copy
+        // into the scratch map would be a byte-loop memmove).
+        let (stamp, ifindex, mtu, dmac, smac) =
+            unsafe { ((*h).stamp_ns, (*h).ifindex, (*h).mtu, (*h).dmac, (*h).smac) };
+        if t.wrapping_sub(stamp) < MAX_AGE_NS && ifindex == cfg.legacy_ifindex {
+            // Over the MTU the FIB answers "fragmentation needed", not the MACs.
+            return (u32::from(l3_len) <= mtu).then_some((dmac, smac));
+        }
+    }
+    if !refresh_client(ctx, s, vip, l3_len) {
+        return None;
+    }
+    Some((s.fib.dmac, s.fib.smac))
+}
+
+/// Asks the FIB for the way to the client `s.inner.dst` and caches a complete answer.
+#[inline(never)]
+fn refresh_client(ctx: &XdpContext, s: &mut Scratch, vip: &[u8; 16], l3_len: u16) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
+    let v4 = s.inner.family == FAMILY_V4;
+    fib::prepare(
+        &mut s.fib,
+        v4,
+        vip,
+        &s.inner.dst,
+        cfg.legacy_ifindex,
+        l3_len,
+    );
+    if fib::lookup(ctx, &mut s.fib) != Fib::Found || s.fib.ifindex != cfg.legacy_ifindex {
+        return false;
+    }
+    let h = ClientHop {
+        stamp_ns: now(),
+        mtu: u32::from(s.fib.tot_len),
+        ifindex: s.fib.ifindex,
+        dmac: s.fib.dmac,
+        smac: s.fib.smac,
+        _pad: [0; 4],
+    };
+    let _ = CLIENT_HOPS.insert(&s.inner.dst, &h, 0);
+    true
+}

@@ -5,7 +5,8 @@
 #   generator  `pps gen` (datapath-bpf/examples/pps.rs) on the legacy host's eth0:
 #              BPF_PROG_TEST_RUN with live frames of a tiny XDP program that gives each 60-byte
 #              UDP frame to the VIP (10.200.0.10:53) the next of 256 source ports and returns
-#              XDP_TX; pinned to CPU 0.
+#              XDP_TX; one thread pinned to CPU 0, SCHED_FIFO (below the sink's NAPI thread,
+#              which preempts it), so other work on the machine does not make the stream bursty.
 #   gateway    its legacy veth receives in its own NAPI (XDP attached, or GRO for the kernel
 #              path), made threaded and pinned to CPU 1: everything the gateway does with a
 #              packet, up to handing it to the mesh veth, runs there, and only there.
@@ -21,7 +22,9 @@
 #           VXLAN device with the pod-CIDR routes (encap ip id 2), in a fresh lab
 #
 # Per run: delivered packets per second (sink count / generator time), what the generator
-# offered, and the busy share of each CPU (from /proc/stat) and of the gateway's NAPI thread.
+# offered, the busy share of each CPU (from /proc/stat) and of the gateway's NAPI thread (near
+# the RT throttling cap of 95% when the gateway's core is the limit), delivered per busy core of
+# that thread, the CPUs the sink counted on, and frames refused for want of ring space.
 #
 #   scripts/bench_pps.sh RUNS SECONDS OUT.json
 # Environment: PPS_GW_CPU (1), PPS_GEN_CPU (0), PPS_SINK_CPU (0) pick the cores.
@@ -100,7 +103,7 @@ prepare() {
 
 gen() {
   ip netns exec "$P-legacy" "$PPS" gen --dev eth0 --dmac "$GMAC" --src 10.100.0.2 --dst "$VIP" \
-    --dport 53 --sport 1024 --flows 256 --seconds "$1" --cpu "$GEN_CPU" --batch "${PPS_BATCH:-256}"
+    --dport 53 --sport 1024 --flows 256 --seconds "$1" --cpu "$GEN_CPU" --batch "${PPS_BATCH:-256}" --fifo
 }
 
 sink() { "$PPS" sink-read --pin "$PIN"; }

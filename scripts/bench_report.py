@@ -123,7 +123,8 @@ w(f"- **Generator** (CPU {cpus['generator']}): `BPF_PROG_TEST_RUN` with live fra
   "(`BPF_F_TEST_XDP_LIVE_FRAMES`) of a tiny XDP program on the legacy host's `eth0` "
   "(`datapath-bpf/examples/pps.rs`, `datapath-bpf/xdp/src/bin/meshgw-bench.rs`): every 60-byte "
   "UDP frame to the VIP gets the next of 256 source ports (so Maglev and the kernel's jhash "
-  "spread the flows over both backends) and leaves by `XDP_TX`, as fast as one core sends.")
+  "spread the flows over both backends) and leaves by `XDP_TX`, as fast as one core sends "
+  "(SCHED_FIFO, below the sink's thread).")
 w(f"- **Gateway** (CPU {cpus['gateway']}): the receive of the gateway's `legacy` veth runs in "
   "its own NAPI (the XDP program attached, or GRO for the kernel path), made threaded and "
   "pinned to that core, so everything the gateway does with a packet, up to handing it to "
@@ -133,14 +134,16 @@ w(f"- **Sink** (CPU {cpus['sink']}): an XDP program on the switch port facing th
   "counts per CPU and drops the VXLAN packets that are exactly what a node expects (outer "
   "MAC and address of a node, VNI 2, the node's inner MAC, the backend's address and UDP "
   "port); VXLAN that fails a check fails the benchmark. Its NAPI is threaded on the "
-  "generator's core, so the sink costs the gateway's core nothing. A packet counts once the "
-  "gateway has handed it to the switch; the switch and the nodes are not measured.")
+  "generator's core (SCHED_FIFO above the generator, so it keeps up), so the sink costs the "
+  "gateway's core nothing. A packet counts once the gateway has handed it to the switch; the "
+  "switch and the nodes are not measured.")
 w("- **Kernel path**: no meshgw; nftables DNAT (jhash over the two pods) and a kernel VXLAN "
   "device with the pod-CIDR routes (`encap ip id 2`), in a fresh lab with the same generator, "
   "NAPI pinning and sink.\n")
 w("*delivered* = packets the sink counted / the generator's sending time. *offered*: what the "
   "generator sent; the rest was refused at the gateway's receive ring (256 frames) when it was "
-  "full. *busy*: share of each CPU not idle during the run (`/proc/stat`, "
+  "full (the sink's own ring refused " + f"{max(x['refused_out'] for r in pps['rows'] for x in r['runs'])}"
+  + " packets at most in a run). *busy*: share of each CPU not idle during the run (`/proc/stat`, "
   "including anything else running on the machine). *NAPI*: CPU time of the gateway's "
   "receive thread per second (SCHED_FIFO, so other load cannot take its core; the kernel's RT "
   "throttling caps it near 95%). *per busy core* = delivered / NAPI: packets per second of "

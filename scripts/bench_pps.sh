@@ -204,6 +204,11 @@ runs_json xdp
 fwd=$(ip netns exec "$P-gw" "$BIN" status --json --config "$WORK/gw.toml" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["vip_forwarded"])')
 [ "$fwd" -gt 0 ] || { echo "bench_pps: the XDP path forwarded nothing" >&2; exit 1; }
+# Every packet the sink counted must be one the XDP program forwarded (not one it passed to the
+# kernel, which could reach the nodes through the daemon's VXLAN device).
+got=$(sink | python3 -c 'import json,sys; print(json.load(sys.stdin)["delivered"])')
+[ "$got" -le "$fwd" ] || { echo "bench_pps: the sink counted $got packets, XDP forwarded $fwd" >&2; exit 1; }
+echo "[pps] xdp: the datapath forwarded $fwd packets, the sink counted $got" >&2
 cleanup
 
 # --- Kernel: the same lab, the same job done by nftables and the kernel's VXLAN device.

@@ -1,6 +1,7 @@
 //! Builds the XDP crate (`xdp/`) for the BPF target with the nightly toolchain and bpf-linker, and
-//! hands the object to this crate through OUT_DIR. The XDP crate is a workspace of its own so
-//! that stable cargo never tries to compile it for the host.
+//! hands its objects (the datapath, and the benchmark's generator and sink) to this crate through
+//! OUT_DIR. The XDP crate is a workspace of its own so that stable cargo never tries to compile
+//! it for the host.
 use std::{env, fs, path::PathBuf, process::Command};
 
 fn main() {
@@ -62,10 +63,13 @@ fn main() {
         status.success(),
         "building the XDP programs failed (see above); `make deps` installs nightly, rust-src and bpf-linker"
     );
-    let object = target_dir
-        .join("bpfel-unknown-none")
-        .join("release")
-        .join("meshgw-xdp");
-    fs::copy(&object, out_dir.join("meshgw-xdp.o"))
-        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", object.display()));
+    // The datapath, and the packets-per-second benchmark's generator and sink.
+    for bin in ["meshgw-xdp", "meshgw-bench"] {
+        let object = target_dir
+            .join("bpfel-unknown-none")
+            .join("release")
+            .join(bin);
+        fs::copy(&object, out_dir.join(format!("{bin}.o")))
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", object.display()));
+    }
 }

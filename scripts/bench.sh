@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` / `make bench-smoke`: runs every benchmark and writes the report.
 #
-#   scripts/bench.sh full    BPF_PROG_TEST_RUN x 1,000,000, 5 runs; trafgen pps 5 runs of 5 s
-#                            per path; control plane at 1 / 1,000 /
+#   scripts/bench.sh full    BPF_PROG_TEST_RUN x 1,000,000, 5 runs; pps (live-frame generator)
+#                            5 runs of 5 s per path; control plane at 1 / 1,000 /
 #                            5,000 / 10,000 / 50,000 services; iperf3 5 runs of 5 s;
 #                            writes BENCHMARKS.md at the top of the repository
 #   scripts/bench.sh smoke   one run of each at tiny sizes, so the harnesses cannot rot; writes

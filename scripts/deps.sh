@@ -8,9 +8,10 @@ need_root() { [ "$(id -u)" -eq 0 ] || { echo "[deps] must run as root (apt, bpff
 need_root
 
 # Debian packages: iproute2/ethtool for the lab, etcd for the Cluster Mesh tests, tcpdump/iperf3/socat
-# as real peers in tests, bpftool for inspecting pinned programs, protoc and its well-known types for the etcd client's gRPC code,
+# as real peers in tests, procps (ps) and util-linux (taskset) to pin the pps benchmark's threads,
+# bpftool for inspecting pinned programs, protoc and its well-known types for the etcd client's gRPC code,
 # dig (dnsutils) as an independent DNS client in tests.
-APT_PKGS=(iproute2 ethtool netsniff-ng nftables iputils-ping tcpdump socat curl netcat-openbsd iperf3 etcd-server etcd-client bpftool openssl python3 tmux protobuf-compiler libprotobuf-dev dnsutils
+APT_PKGS=(iproute2 ethtool procps util-linux nftables iputils-ping tcpdump socat curl netcat-openbsd iperf3 etcd-server etcd-client bpftool openssl python3 tmux protobuf-compiler libprotobuf-dev dnsutils
   # promtool (`promtool check metrics` in the metrics tests) ships in Debian's prometheus package.
   prometheus)
 missing=()

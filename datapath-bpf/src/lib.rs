@@ -19,3 +19,8 @@ pub use testrun::{action, RunResult};
 
 /// The XDP object built from `datapath-bpf/xdp` by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshgw-xdp.o"));
+
+/// The packets-per-second benchmark's generator and sink (`meshgw_common::bench`), built from
+/// `datapath-bpf/xdp/src/bin/meshgw-bench.rs`: an object of its own, never loaded by the gateway.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshgw-bench.o"));

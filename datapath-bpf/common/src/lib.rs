@@ -4,6 +4,7 @@
 //! header block), so that it is unit-tested on the host without a kernel.
 #![no_std]
 
+pub mod bench;
 pub mod csum;
 pub mod encap;
 pub mod hash;

@@ -254,6 +254,9 @@ impl Daemon {
         // Forwarding: the kernel slow path needs it, and bpf_fib_lookup refuses to answer without it.
         sysctl::set("net/ipv4/ip_forward", "1")?;
         sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+        // The IPv4 VIP pool is one AnyIP local route: ARP for it is answered on the legacy side
+        // only with arp_ignore 0 there.
+        sysctl::answer_arp_for_local_routes(&legacy.name)?;
         // IPv6 VIPs are answered through proxy NDP on the legacy side.
         sysctl::set(&format!("net/ipv6/conf/{}/proxy_ndp", legacy.name), "1")?;
         // An egress flow's first packet to a host without a neighbour entry is handed to the
@@ -828,6 +831,7 @@ pub async fn down(source: ConfigSource) -> Result<()> {
     let removed = Datapath::remove_pins(&cfg.gateway.bpf_pin_dir)?;
     info!(removed, pin_dir = %cfg.gateway.bpf_pin_dir.display(), "datapath removed");
     nl.reconcile_routes(&[]).await?;
+    nl.reconcile_local_routes(0, &[]).await?;
     if let Some(legacy) = nl.link(&cfg.interfaces.legacy).await? {
         let owned: Vec<ipnet::Ipv6Net> = cfg
             .vips

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use meshgw_common::maps::{v4_mapped, BackendValue, ServiceKey, FAMILY_V4, FAMILY_V6};
 
-use crate::catalog::{Catalog, NodeId, ServiceName};
+use crate::catalog::{Catalog, ServiceName};
 use crate::vip::Allocation;
 
 /// 16-byte map form of an address, and its family tag.
@@ -132,7 +132,6 @@ pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desir
             if *v6 { "IPv6" } else { "IPv4" }
         ));
     }
-    let node_of = |id: &NodeId| cat.nodes.get(id);
     for n in cat.nodes.values() {
         d.nodes.insert(n.address);
         for cidr in &n.pod_cidrs {
@@ -167,51 +166,92 @@ pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desir
     });
     d.problems.extend(conflicts);
     for svc in cat.services.values() {
-        for v6 in [false, true] {
-            let Some(vip) = alloc.vips.get(&(svc.name.clone(), v6)).copied() else {
-                continue;
-            };
-            d.vips.insert(vip);
-            let (vaddr, family) = addr16(vip);
-            for port in &svc.ports {
-                let mut backends = Vec::new();
-                for b in svc.backends.iter().filter(|b| b.addr.is_ipv6() == v6) {
-                    let Some(node) = node_of(&b.node) else {
-                        d.problems.push(format!(
-                            "{}: backend {} names unknown node {}/{}",
-                            svc.name, b.addr, b.node.cluster, b.node.name
-                        ));
-                        continue;
-                    };
-                    let spec = BackendSpec {
-                        addr: b.addr,
-                        port: b.target_port(port),
-                        node_ip: node.address,
-                        node_mac: node.mac.unwrap_or(default_mac),
-                        identity: b.identity.unwrap_or(0),
-                    };
-                    backends.push((spec, b.weight.max(1)));
-                }
-                backends.sort();
-                backends.dedup_by(|a, b| a.0 == b.0);
-                let key = ServiceKey {
-                    addr: vaddr,
-                    port: port.port.to_be(),
-                    proto: port.proto,
-                    family,
-                };
-                d.frontends.insert(
-                    key,
-                    Frontend {
-                        service: svc.name.clone(),
-                        port_name: port.name.clone(),
-                        backends,
-                    },
-                );
-            }
+        if let Some(vip) = alloc.vips.get(&(svc.name.clone(), false)) {
+            d.vips.insert(*vip);
+        }
+        if let Some(vip) = alloc.vips.get(&(svc.name.clone(), true)) {
+            d.vips.insert(*vip);
+        }
+        for (key, fe) in service_frontends(cat, svc, alloc, default_mac, &mut d.problems) {
+            d.frontends.insert(key, fe);
         }
     }
     d
+}
+
+/// The frontend slots of one service under `alloc`: (IPv6?, port, map key), one per VIP family
+/// and port.
+fn slots<'a>(
+    svc: &'a crate::catalog::Service,
+    alloc: &Allocation,
+) -> Vec<(bool, &'a crate::catalog::Port, ServiceKey)> {
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        let Some(vip) = alloc.vips.get(&(svc.name.clone(), v6)).copied() else {
+            continue;
+        };
+        let (addr, family) = addr16(vip);
+        for port in &svc.ports {
+            let key = ServiceKey {
+                addr,
+                port: port.port.to_be(),
+                proto: port.proto,
+                family,
+            };
+            out.push((v6, port, key));
+        }
+    }
+    out
+}
+
+/// The frontends of one service (one per VIP family and port), as [`compute`] makes them: the
+/// incremental path recomputes only the services an event changed. Problems (backends on unknown
+/// nodes) are appended to `problems`.
+pub fn service_frontends(
+    cat: &Catalog,
+    svc: &crate::catalog::Service,
+    alloc: &Allocation,
+    default_mac: [u8; 6],
+    problems: &mut Vec<String>,
+) -> Vec<(ServiceKey, Frontend)> {
+    let mut out = Vec::new();
+    for (v6, port, key) in slots(svc, alloc) {
+        let mut backends = Vec::new();
+        for b in svc.backends.iter().filter(|b| b.addr.is_ipv6() == v6) {
+            let Some(node) = cat.nodes.get(&b.node) else {
+                problems.push(format!(
+                    "{}: backend {} names unknown node {}/{}",
+                    svc.name, b.addr, b.node.cluster, b.node.name
+                ));
+                continue;
+            };
+            let spec = BackendSpec {
+                addr: b.addr,
+                port: b.target_port(port),
+                node_ip: node.address,
+                node_mac: node.mac.unwrap_or(default_mac),
+                identity: b.identity.unwrap_or(0),
+            };
+            backends.push((spec, b.weight.max(1)));
+        }
+        backends.sort();
+        backends.dedup_by(|a, b| a.0 == b.0);
+        out.push((
+            key,
+            Frontend {
+                service: svc.name.clone(),
+                port_name: port.name.clone(),
+                backends,
+            },
+        ));
+    }
+    out
+}
+
+/// The map keys a service's frontends have (or had) under `alloc`: what an incremental pass
+/// removes before it writes the service's new frontends.
+pub fn service_keys(svc: &crate::catalog::Service, alloc: &Allocation) -> Vec<ServiceKey> {
+    slots(svc, alloc).into_iter().map(|(_, _, k)| k).collect()
 }
 
 #[cfg(test)]
@@ -263,7 +303,8 @@ mod tests {
         );
     }
 
-    fn demo() -> Desired {
+    /// The demo catalog and its VIP allocation.
+    fn demo_catalog() -> (Catalog, Allocation) {
         let cfg = crate::config::parse_str(include_str!("../../config/demo.toml"), "demo.toml")
             .expect("demo config");
         let cat = Catalog::from_config(&cfg);
@@ -274,7 +315,28 @@ mod tests {
             false,
             &BTreeSet::new(),
         );
+        (cat, alloc)
+    }
+
+    fn demo() -> Desired {
+        let (cat, alloc) = demo_catalog();
         compute(&cat, &alloc, [2, 0, 0, 0, 0, 1])
+    }
+
+    #[test]
+    fn one_service_at_a_time_gives_the_same_frontends_and_keys() {
+        let (cat, alloc) = demo_catalog();
+        let full = compute(&cat, &alloc, [2, 0, 0, 0, 0, 1]);
+        let mut problems = Vec::new();
+        let mut some = BTreeMap::new();
+        for svc in cat.services.values() {
+            let fes = service_frontends(&cat, svc, &alloc, [2, 0, 0, 0, 0, 1], &mut problems);
+            let keys: Vec<ServiceKey> = fes.iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys, service_keys(svc, &alloc), "{}", svc.name);
+            some.extend(fes);
+        }
+        assert_eq!(some, full.frontends);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

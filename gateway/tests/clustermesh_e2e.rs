@@ -85,10 +85,17 @@ fn cluster_portal(st: &serde_json::Value) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no default/web portal in {st}"))
 }
 
-fn vip_on_legacy(lab: &Lab, vip: IpAddr) -> bool {
-    lab::addresses(&lab.gw(), "legacy")
-        .iter()
-        .any(|a| a.split('/').next() == Some(vip.to_string().as_str()))
+/// Whether the gateway's kernel takes `vip` as its own (the IPv4 pool's AnyIP local route).
+fn vip_local(lab: &Lab, vip: IpAddr) -> bool {
+    let r = lab::ip_json(&lab.gw(), &["route", "get", &vip.to_string()]);
+    r[0]["type"] == "local"
+}
+
+/// Whether the gateway still serves `vip`: a connection to its port 80 reaches a pod. (An IPv4
+/// VIP is no address of its own: the pool's AnyIP route keeps every address of the pool the
+/// gateway's, so a released VIP is seen by its traffic no longer being forwarded.)
+fn vip_served(lab: &Lab, vip: IpAddr) -> bool {
+    lab::in_netns(&lab.legacy(), || lab::tcp_once(SocketAddr::new(vip, 80))).is_ok()
 }
 
 fn who_answers(lab: &Lab, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
@@ -178,8 +185,8 @@ fn cluster_mesh_services_become_live_portals() {
     assert_eq!(portal["source"], "cluster1,cluster2", "{portal}");
     assert_eq!(portal["backends"].as_array().unwrap().len(), 2, "{portal}");
     assert!(
-        vip_on_legacy(&lab, vip),
-        "the VIP is a local address of the legacy side"
+        vip_local(&lab, vip) && vip_served(&lab, vip),
+        "the VIP is a local address of the gateway, and served"
     );
 
     // The Cluster Mesh API restarts: the portal keeps serving from what was learned, and the
@@ -272,7 +279,7 @@ fn cluster_mesh_services_become_live_portals() {
         "the name stays during the grace period"
     );
     let gone = poll(Duration::from_secs(20), || {
-        (resolve(&lab).is_none() && !vip_on_legacy(&lab, vip)).then_some(())
+        (resolve(&lab).is_none() && !vip_served(&lab, vip)).then_some(())
     });
     assert!(
         gone.is_some(),

@@ -200,16 +200,27 @@ fn restart_is_idempotent() {
         }
     };
     flows(&lab);
-    // VIPs are host addresses on the legacy interface, beside its own addresses.
+    // IPv6 VIPs are host addresses on the legacy interface, beside its own addresses; the IPv4
+    // pool is one AnyIP local route (no address per VIP).
     let vips_before = lab::addresses(&gw, "legacy");
-    for vip in ["10.200.0.10/32", "fd00:200::10/128"] {
-        assert_eq!(
-            vips_before.iter().filter(|a| *a == vip).count(),
-            1,
-            "{vip} once on legacy: {vips_before:?}"
-        );
-    }
+    assert_eq!(
+        vips_before
+            .iter()
+            .filter(|a| *a == "fd00:200::10/128")
+            .count(),
+        1,
+        "the IPv6 VIP once on legacy: {vips_before:?}"
+    );
+    assert!(
+        !vips_before.iter().any(|a| a.starts_with("10.200.0.")),
+        "no IPv4 VIP address: {vips_before:?}"
+    );
     let routes_before = non_kernel_routes(&gw);
+    let pool_routes: Vec<&String> = routes_before
+        .iter()
+        .filter(|r| r.contains("local 10.200.0.0/24") && r.contains("dev legacy"))
+        .collect();
+    assert_eq!(pool_routes.len(), 1, "{routes_before:#?}");
     eprintln!("legacy addresses: {vips_before:?}");
     eprintln!("routes: {routes_before:#?}");
 

@@ -254,10 +254,15 @@ fn legacy_pair() -> (Netns, Netns) {
 
 /// The host's neighbour entry for `addr` on eth0, once resolved: its MAC.
 fn resolve_from_host(host: &Netns, addr: &str, wait: Duration) -> Option<[u8; 6]> {
-    // The ping itself fails (nothing routes the VIP here); it only triggers a solicitation.
-    let _ = host.exec(&["ping", "-6", "-c", "1", "-W", "1", addr]);
+    neighbour_from_host(host, "-6", addr, wait)
+}
+
+/// The same for IPv4 (`family` "-4") or IPv6 ("-6"). The ping sends a real ARP request or
+/// neighbour solicitation first; whether the ping itself is answered does not matter here.
+fn neighbour_from_host(host: &Netns, family: &str, addr: &str, wait: Duration) -> Option<[u8; 6]> {
+    let _ = host.exec(&["ping", family, "-c", "1", "-W", "1", addr]);
     poll(wait, || {
-        let v = host.ip_json(&["-6", "neigh", "show", "dev", "eth0"]);
+        let v = host.ip_json(&[family, "neigh", "show", "dev", "eth0"]);
         v.as_array()?
             .iter()
             .find(|n| n["dst"] == addr && n.get("lladdr").is_some())
@@ -816,4 +821,85 @@ fn sysctls_are_per_namespace() {
         "/proc/sys/net/ipv4/conf/legacy/rp_filter",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\n");
+}
+
+/// The host's ARP entry for `addr` on eth0, once resolved: its MAC.
+fn arp_from_host(host: &Netns, addr: &str, wait: Duration) -> Option<[u8; 6]> {
+    neighbour_from_host(host, "-4", addr, wait)
+}
+
+#[test]
+fn anyip_pool_route_is_accepted_and_answered_by_arp() {
+    let (gw, host) = legacy_pair();
+    gw.ip(&["addr", "add", "10.100.0.1/24", "dev", "legacy"]);
+    host.ip(&["addr", "add", "10.100.0.2/24", "dev", "eth0"]);
+    host.ip(&["route", "add", "10.200.0.0/24", "dev", "eth0"]);
+    let legacy = gw.ifindex("legacy");
+    let legacy_mac = gw.mac("legacy");
+    // As the appliance configures it: no ARP answers for addresses not on the receiving
+    // interface, on every interface.
+    gw.ip(&["link", "add", "other0", "type", "ifb"]);
+    let sysctl_w = |k: &str, v: &str| {
+        let out = gw.exec(&["sysctl", "-qw", &format!("{k}={v}")]);
+        assert!(out.status.success(), "sysctl {k}={v}: {out:?}");
+    };
+    sysctl_w("net.ipv4.conf.all.arp_ignore", "1");
+    let pool: Vec<ipnet::Ipv4Net> = vec!["10.200.0.0/24".parse().unwrap()];
+    gw.block_on(|| async {
+        let nl = Netlink::connect().unwrap();
+        assert_eq!(
+            nl.reconcile_local_routes(legacy, &pool).await.unwrap(),
+            ch(1, 0)
+        );
+        assert_eq!(
+            nl.reconcile_local_routes(legacy, &pool).await.unwrap(),
+            ch(0, 0),
+            "second run changes nothing"
+        );
+    });
+    let local = gw.ip(&["route", "show", "table", "local", "proto", "217"]);
+    assert!(local.contains("local 10.200.0.0/24 dev legacy"), "{local}");
+    // With arp_ignore=1 in force the pool is not answered: that is what the sysctl fixes.
+    assert_eq!(
+        arp_from_host(&host, "10.200.0.7", Duration::from_secs(2)),
+        None,
+        "arp_ignore=1 hides addresses that only a local route owns"
+    );
+    gw.run(|| {
+        assert!(sysctl::answer_arp_for_local_routes("legacy").unwrap());
+        assert!(!sysctl::answer_arp_for_local_routes("legacy").unwrap());
+        assert_eq!(sysctl::get("net/ipv4/conf/all/arp_ignore").unwrap(), "0");
+        assert_eq!(sysctl::get("net/ipv4/conf/legacy/arp_ignore").unwrap(), "0");
+        // Every other interface keeps what it did (the `all` value moved onto it).
+        assert_eq!(sysctl::get("net/ipv4/conf/other0/arp_ignore").unwrap(), "1");
+        assert_eq!(sysctl::get("net/ipv4/conf/lo/arp_ignore").unwrap(), "1");
+        assert_eq!(
+            sysctl::get("net/ipv4/conf/default/arp_ignore").unwrap(),
+            "1"
+        );
+    });
+    // A real ARP request from the host for a pool address: answered with the legacy MAC, and
+    // the kernel accepts the address (the ping is answered).
+    assert_eq!(
+        arp_from_host(&host, "10.200.0.8", Duration::from_secs(3)),
+        Some(legacy_mac)
+    );
+    let ping = host.exec(&["ping", "-4", "-c", "1", "-W", "2", "10.200.0.9"]);
+    assert!(ping.status.success(), "{ping:?}");
+    // The route goes: addresses of the pool are no longer the gateway's.
+    gw.block_on(|| async {
+        let nl = Netlink::connect().unwrap();
+        assert_eq!(
+            nl.reconcile_local_routes(legacy, &[]).await.unwrap(),
+            ch(0, 1)
+        );
+    });
+    assert!(gw
+        .ip(&["route", "show", "table", "local", "proto", "217"])
+        .trim()
+        .is_empty());
+    assert_eq!(
+        arp_from_host(&host, "10.200.0.10", Duration::from_secs(2)),
+        None
+    );
 }

@@ -117,71 +117,97 @@ pub fn import(
             out.nodes.insert(id, node);
         }
         for svc in state.services() {
-            if !svc.is_shared() {
-                continue;
-            }
-            let Some(pin) = selection(portals, cluster, svc) else {
+            add_service(&mut out, &mut pins, portals, cluster, state, svc);
+        }
+    }
+    finish(&mut out, &pins, has4, has6);
+    out
+}
+
+/// Adds one cluster's version of a service to `out` when it is a shared portal.
+fn add_service<'a>(
+    out: &mut Imported,
+    pins: &mut BTreeMap<ServiceName, &'a PortalSelector>,
+    portals: &'a [PortalSelector],
+    cluster: &str,
+    state: &ClusterState,
+    svc: &ClusterService,
+) {
+    if !svc.is_shared() {
+        return;
+    }
+    let Some(pin) = selection(portals, cluster, svc) else {
+        return;
+    };
+    let name = ServiceName {
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone(),
+    };
+    if let Some(p) = pin {
+        pins.insert(name.clone(), p);
+    }
+    let entry = out.services.entry(name.clone()).or_insert_with(|| Service {
+        name: name.clone(),
+        vip4: None,
+        vip6: None,
+        ports: Vec::new(),
+        backends: Vec::new(),
+    });
+    for ports in svc.frontends.values() {
+        for (pname, pc) in ports {
+            let Some(pr) = proto(pc.protocol) else {
+                out.problems.push(format!(
+                    "{name} in {cluster}: port {pname} uses {:?}, which portals do not carry",
+                    pc.protocol
+                ));
                 continue;
             };
-            let name = ServiceName {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-            };
-            if let Some(p) = pin {
-                pins.insert(name.clone(), p);
-            }
-            let entry = out.services.entry(name.clone()).or_insert_with(|| Service {
-                name: name.clone(),
-                vip4: None,
-                vip6: None,
-                ports: Vec::new(),
-                backends: Vec::new(),
-            });
-            for ports in svc.frontends.values() {
-                for (pname, pc) in ports {
-                    let Some(pr) = proto(pc.protocol) else {
-                        out.problems.push(format!("{name} in {cluster}: port {pname} uses {:?}, which portals do not carry", pc.protocol));
-                        continue;
-                    };
-                    if !entry.ports.iter().any(|p| p.name == *pname) {
-                        entry.ports.push(Port {
-                            name: pname.clone(),
-                            port: pc.port,
-                            proto: pr,
-                        });
-                    }
-                }
-            }
-            for (ip, ports) in &svc.backends {
-                let Some(node) = node_of(state, *ip) else {
-                    out.problems.push(format!(
-                        "{name}: backend {ip} in {cluster}: no known node hosts it"
-                    ));
-                    continue;
-                };
-                // The pod's identity and labels, where the cluster exports its ipcache.
-                let identity = state
-                    .ip_pairs()
-                    .find(|p| p.ip == *ip && p.mask.is_none())
-                    .map(|p| p.id);
-                let labels = identity
-                    .and_then(|id| state.identity_labels(id))
-                    .cloned()
-                    .unwrap_or_default();
-                entry.backends.push(Backend {
-                    addr: *ip,
-                    ports: ports.iter().map(|(n, pc)| (n.clone(), pc.port)).collect(),
-                    node: NodeId {
-                        cluster: cluster.clone(),
-                        name: node.name.clone(),
-                    },
-                    weight: 1,
-                    identity,
-                    labels,
+            if !entry.ports.iter().any(|p| p.name == *pname) {
+                entry.ports.push(Port {
+                    name: pname.clone(),
+                    port: pc.port,
+                    proto: pr,
                 });
             }
         }
     }
+    for (ip, ports) in &svc.backends {
+        let Some(node) = node_of(state, *ip) else {
+            out.problems.push(format!(
+                "{name}: backend {ip} in {cluster}: no known node hosts it"
+            ));
+            continue;
+        };
+        // The pod's identity and labels, where the cluster exports its ipcache.
+        let identity = state
+            .ip_pairs()
+            .find(|p| p.ip == *ip && p.mask.is_none())
+            .map(|p| p.id);
+        let labels = identity
+            .and_then(|id| state.identity_labels(id))
+            .cloned()
+            .unwrap_or_default();
+        entry.backends.push(Backend {
+            addr: *ip,
+            ports: ports.iter().map(|(n, pc)| (n.clone(), pc.port)).collect(),
+            node: NodeId {
+                cluster: cluster.to_string(),
+                name: node.name.clone(),
+            },
+            weight: 1,
+            identity,
+            labels,
+        });
+    }
+}
+
+/// Sorts what the clusters gave each service and decides its VIP requests.
+fn finish(
+    out: &mut Imported,
+    pins: &BTreeMap<ServiceName, &PortalSelector>,
+    has4: bool,
+    has6: bool,
+) {
     for svc in out.services.values_mut() {
         svc.ports.sort_by(|a, b| a.name.cmp(&b.name));
         svc.backends
@@ -192,6 +218,29 @@ pub fn import(
         svc.vip4 = request(pin.map(|p| &p.vip4), has4 && v4);
         svc.vip6 = request(pin.map(|p| &p.vip6), has6 && v6);
     }
+}
+
+/// The import of only the services `names` (merged across clusters, as [`import`] makes them;
+/// a name no cluster shares as a portal any more is absent from the result). Nodes are not
+/// imported: a change of them is a full import. An event about a few services costs their
+/// import, not every service's.
+pub fn import_services(
+    clusters: &BTreeMap<String, ClusterState>,
+    portals: &[PortalSelector],
+    has4: bool,
+    has6: bool,
+    names: &std::collections::BTreeSet<ServiceName>,
+) -> Imported {
+    let mut out = Imported::default();
+    let mut pins: BTreeMap<ServiceName, &PortalSelector> = BTreeMap::new();
+    for (cluster, state) in clusters {
+        for name in names {
+            if let Some(svc) = state.service(&name.namespace, &name.name) {
+                add_service(&mut out, &mut pins, portals, cluster, state, svc);
+            }
+        }
+    }
+    finish(&mut out, &pins, has4, has6);
     out
 }
 
@@ -230,6 +279,38 @@ impl Grace {
             out.entry(name.clone()).or_insert_with(|| svc.clone());
         }
         out
+    }
+
+    /// [`Grace::apply`] for only the services `names` (an event about them): `current` holds
+    /// those of them the clusters still share. Returns what to serve for them: the current
+    /// ones, and the withdrawn ones still in their grace period (a name absent from the result
+    /// is served no more). Expiry is left to the next [`Grace::apply`] (at
+    /// [`Grace::next_deadline`]).
+    pub fn apply_some(
+        &mut self,
+        names: &std::collections::BTreeSet<ServiceName>,
+        mut current: BTreeMap<ServiceName, Service>,
+        now: Instant,
+        grace: Duration,
+    ) -> BTreeMap<ServiceName, Service> {
+        for name in names {
+            match current.get(name) {
+                Some(svc) => {
+                    self.withdrawn.remove(name);
+                    self.last.insert(name.clone(), svc.clone());
+                }
+                None => {
+                    if let Some(svc) = self.last.remove(name) {
+                        info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
+                        self.withdrawn.insert(name.clone(), (now + grace, svc));
+                    }
+                    if let Some((_, svc)) = self.withdrawn.get(name) {
+                        current.insert(name.clone(), svc.clone());
+                    }
+                }
+            }
+        }
+        current
     }
 
     /// When the next withdrawn service expires.

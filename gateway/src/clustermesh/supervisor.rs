@@ -2,7 +2,7 @@
 //! status up to date from their events. The daemon owns it and reads the states when it
 //! reconciles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::client::{self, ClientEvent, ClusterEndpoint};
 use super::kvstore;
 use super::state::{Applied, ClusterState, KvEvent};
+use crate::catalog::ServiceName;
 use crate::config::{ClusterSource, ClusterSpec};
 
 /// One cluster's connection as the status shows it.
@@ -24,6 +25,24 @@ pub struct Connection {
     pub last_event: Option<Instant>,
 }
 
+/// What changed in the clusters' states since the daemon last looked: the services a watch event
+/// named, or everything (a list, a node, an ipcache entry or identity, the config or a canary
+/// can change any service's import).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Anything beyond the services below changed: the whole import must be redone.
+    pub all: bool,
+    /// Services (namespace/name) whose kvstore entry changed in some cluster.
+    pub services: BTreeSet<ServiceName>,
+}
+
+impl Dirty {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.services.is_empty()
+    }
+}
+
 /// The clusters: their states, connections and client tasks.
 pub struct Supervisor {
     /// Each cluster's view of the kvstore.
@@ -33,6 +52,8 @@ pub struct Supervisor {
     /// The running clients: each cluster's spec and the switch that stops its task.
     running: BTreeMap<String, (ClusterSpec, watch::Sender<bool>)>,
     tx: mpsc::Sender<(String, ClientEvent)>,
+    /// What changed since [`Supervisor::take_dirty`] was last called.
+    dirty: Dirty,
 }
 
 /// Builds a client endpoint from the configuration.
@@ -82,6 +103,7 @@ impl Supervisor {
             connections: BTreeMap::new(),
             running: BTreeMap::new(),
             tx,
+            dirty: Dirty::default(),
         }
     }
 
@@ -100,6 +122,8 @@ impl Supervisor {
             }
             keep
         });
+        // Clusters that go or come change what is imported.
+        self.dirty.all = true;
         self.states
             .retain(|name, _| wanted.contains_key(name.as_str()));
         self.connections
@@ -158,14 +182,44 @@ impl Supervisor {
             }
             ClientEvent::Listed {
                 prefix, entries, ..
-            } => state.replace_prefix(&prefix, entries),
+            } => {
+                let changed = state.replace_prefix(&prefix, entries);
+                self.dirty.all |= changed;
+                changed
+            }
             ClientEvent::Put { key, value } => {
-                matches!(state.apply(KvEvent::Put { key, value }), Applied::Changed)
+                let service = service_of(&key);
+                let changed = matches!(state.apply(KvEvent::Put { key, value }), Applied::Changed);
+                self.mark(changed, service);
+                changed
             }
             ClientEvent::Delete { key } => {
-                matches!(state.apply(KvEvent::Delete { key }), Applied::Changed)
+                let service = service_of(&key);
+                let changed = matches!(state.apply(KvEvent::Delete { key }), Applied::Changed);
+                self.mark(changed, service);
+                changed
             }
         }
+    }
+
+    fn mark(&mut self, changed: bool, service: Option<ServiceName>) {
+        match (changed, service) {
+            (false, _) => {}
+            (true, Some(s)) => {
+                self.dirty.services.insert(s);
+            }
+            (true, None) => self.dirty.all = true,
+        }
+    }
+
+    /// What changed since [`Supervisor::take_dirty`] was last called.
+    pub fn dirty(&self) -> &Dirty {
+        &self.dirty
+    }
+
+    /// What changed since the last call (and forgets it).
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
     }
 
     /// Stops every client task.
@@ -173,6 +227,16 @@ impl Supervisor {
         for (_, (_, stop)) in std::mem::take(&mut self.running) {
             let _ = stop.send(true);
         }
+    }
+}
+
+/// The service a kvstore key is about, if it is a service key.
+fn service_of(key: &str) -> Option<ServiceName> {
+    match kvstore::parse_key(key) {
+        kvstore::KvKey::Service {
+            namespace, name, ..
+        } => Some(ServiceName { namespace, name }),
+        _ => None,
     }
 }
 
@@ -206,6 +270,51 @@ mod tests {
         let stop_b2 = s.running["b"].1.subscribe();
         s.shutdown();
         assert!(*stop_b2.borrow());
+    }
+
+    #[tokio::test]
+    async fn events_say_which_services_they_changed() {
+        let (tx, _rx) = mpsc::channel(8);
+        let mut s = Supervisor::new(tx);
+        s.states.insert("c1".into(), ClusterState::new("c1"));
+        let svc = |backend: &str| {
+            ClientEvent::Put {
+            key: "cilium/state/services/v1/c1/default/web".into(),
+            value: format!(
+                r#"{{"cluster":"c1","namespace":"default","name":"web","frontends":{{"10.96.0.10":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"backends":{{"{backend}":{{"http":{{"Protocol":"TCP","Port":8080}}}}}},"labels":{{}},"selector":{{}},"includeExternal":true,"shared":true,"clusterID":3}}"#
+            )
+            .into_bytes(),
+        }
+        };
+        let web = ServiceName {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        assert!(s.handle("c1", svc("10.244.1.10")));
+        let d = s.take_dirty();
+        assert!(!d.all);
+        assert_eq!(d.services, [web.clone()].into());
+        assert!(s.take_dirty().is_empty(), "taken");
+        // The same value again changes nothing.
+        assert!(!s.handle("c1", svc("10.244.1.10")));
+        assert!(s.take_dirty().is_empty());
+        // A delete names its service too.
+        assert!(s.handle(
+            "c1",
+            ClientEvent::Delete {
+                key: "cilium/state/services/v1/c1/default/web".into()
+            }
+        ));
+        assert_eq!(s.take_dirty().services, [web].into());
+        // A node can change any service's import.
+        assert!(s.handle(
+            "c1",
+            ClientEvent::Put {
+                key: "cilium/state/nodes/v1/c1/n1".into(),
+                value: br#"{"Name":"n1","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"172.18.0.11"}],"IPv4AllocCIDR":"10.244.1.0/24","ClusterID":3}"#.to_vec(),
+            }
+        ));
+        assert!(s.take_dirty().all);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -28,6 +28,27 @@ pub struct Devices {
     pub vxlan: u32,
 }
 
+/// The IPv4 ranges of the VIP pool (each owned by one local route).
+pub fn ipv4_pool(pool: &[IpNet]) -> Vec<Ipv4Net> {
+    pool.iter()
+        .filter_map(|n| match n {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The VIPs that need an address of their own: IPv6 ones, and IPv4 ones outside the pool route.
+pub fn host_addresses(vips: &BTreeSet<IpAddr>, pool4: &[Ipv4Net]) -> BTreeSet<IpAddr> {
+    vips.iter()
+        .copied()
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !pool4.iter().any(|n| n.contains(v4)),
+            IpAddr::V6(_) => true,
+        })
+        .collect()
+}
+
 /// Makes addresses, proxy entries, routes and neighbours match `d`; `tunnel` are the routes
 /// into the WireGuard interface (prefixes learned over peering), reconciled with the pod routes
 /// because both are routes of protocol meshgw.
@@ -43,10 +64,23 @@ pub async fn reconcile(
         ch.written += c.added;
         ch.removed += c.removed;
     };
-    // Only addresses inside the VIP pool are ours: the legacy interface has its own addresses too.
+    // The IPv4 pool is owned as a whole by one AnyIP `local` route: the kernel accepts every
+    // address of it (VIPs, egress addresses) without an address per VIP. IPv6 VIPs stay host
+    // addresses (NDP answers need them, and there are no 50,000-address IPv6 pools to carry).
+    let pool4 = ipv4_pool(&cfg.vips.pool);
     add(
         &mut ch,
-        nl.reconcile_addresses_in(dev.vips, &d.vips, &cfg.vips.pool)
+        nl.reconcile_local_routes(dev.vips, &pool4)
+            .await
+            .context("local route for the IPv4 VIP pool")?,
+    );
+    // Only addresses inside the VIP pool are ours: the legacy interface has its own addresses
+    // too. IPv4 addresses the pool route covers are not wanted as addresses (an older version
+    // left them there).
+    let addrs = host_addresses(&d.vips, &pool4);
+    add(
+        &mut ch,
+        nl.reconcile_addresses_in(dev.vips, &addrs, &cfg.vips.pool)
             .await
             .context("VIP addresses")?,
     );
@@ -142,4 +176,28 @@ pub async fn reconcile(
         );
     }
     Ok(ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv4_pool_is_a_route_and_only_the_rest_are_addresses() {
+        let pool: Vec<IpNet> = vec![
+            "10.200.0.0/24".parse().unwrap(),
+            "fd00:200::/120".parse().unwrap(),
+        ];
+        let pool4 = ipv4_pool(&pool);
+        assert_eq!(pool4, vec!["10.200.0.0/24".parse::<Ipv4Net>().unwrap()]);
+        let vips: BTreeSet<IpAddr> = ["10.200.0.10", "10.200.0.250", "10.9.9.9", "fd00:200::10"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let want: BTreeSet<IpAddr> = ["10.9.9.9", "fd00:200::10"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(host_addresses(&vips, &pool4), want);
+    }
 }

@@ -40,9 +40,27 @@ use kernel::Devices;
 use names::Names;
 use status::{unix_now, ClusterStatus, PortalStatus, Status};
 
-/// How often the daemon re-runs the reconcilers to repair drift (someone deleted a route, a
-/// neighbour expired).
-const RESYNC: Duration = Duration::from_secs(10);
+/// How often the kernel objects (addresses, routes, neighbours) are checked against the kernel
+/// to repair drift (someone deleted a route, a neighbour expired).
+const REPAIR: Duration = Duration::from_secs(10);
+
+/// How often the whole pipeline runs over the whole catalog (what events apply incrementally is
+/// recomputed from scratch: the reconcilers stay idempotent and any missed event is caught).
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// How often a slice of the BPF service entries is read back and repaired, and how many
+/// frontends a slice holds: 10,000 frontends are all verified within 40 s, and a change never
+/// waits more than a slice (a few ms) for the repair.
+const VERIFY: Duration = Duration::from_secs(1);
+const VERIFY_SLICE: usize = 256;
+
+/// The status (status.json, the API's copy) is rebuilt at most this often after incremental
+/// changes, and always once a burst of them is over: it lists every portal, so rewriting it for
+/// every backend change would cost more than the change.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How long after an incremental change its status is written at the earliest (so that a burst
+/// of changes is applied before the status is rebuilt).
+const STATUS_DELAY: Duration = Duration::from_millis(200);
 
 /// How often the transit part of the status (tunnel counters, sessions) is rewritten.
 const TRANSIT_STATUS: Duration = Duration::from_secs(1);
@@ -50,14 +68,20 @@ const TRANSIT_STATUS: Duration = Duration::from_secs(1);
 /// How long cluster events are gathered before one reconcile applies them: a relist delivers
 /// thousands of keys at once, a single backend change arrives alone; both land well under 100 ms.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// The same for events that name only services (applied incrementally, so gathering them for
+/// long saves little).
+const DEBOUNCE_SERVICES: Duration = Duration::from_millis(2);
 /// How often the telemetry snapshot (API, metrics, dashboard) is refreshed from the maps.
 const TELEMETRY: Duration = Duration::from_secs(1);
 
 /// What a reconcile pass checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pass {
-    /// Everything, kernel objects included (start, reload, the periodic drift repair).
+    /// Everything, kernel objects included, every map entry read back (start, reload).
     Repair,
+    /// Everything recomputed, kernel objects checked; map entries read back only in slices
+    /// (the periodic resync).
+    Resync,
     /// The maps; kernel objects only when their desired set changed (cluster events).
     Update,
 }
@@ -131,6 +155,22 @@ struct Daemon {
     transit_status: Option<transit::TransitStatus>,
     /// The status last published, for refreshing the transit counters between reconciles.
     last_status: Option<Status>,
+    /// The catalog as the last pass served it (backend identities filled in): what an
+    /// incremental pass updates service by service.
+    cat: Catalog,
+    /// The VIP allocation of the last full pass (incremental passes never change it).
+    alloc: vip::Allocation,
+    /// The backend (destination) identities the last full pass knew: a backend with another
+    /// one changes the policy entries, which only a full pass computes.
+    dst_ids: BTreeSet<u32>,
+    /// Whether a full pass has completed (before it, nothing can be applied incrementally).
+    full_done: bool,
+    /// A full pass is wanted at the next event reconcile (peering changed what is learned).
+    full_wanted: bool,
+    /// When the status is due to be rebuilt after incremental changes.
+    status_due: Option<Instant>,
+    /// When it was last rebuilt.
+    status_at: Option<Instant>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -194,6 +234,13 @@ impl Daemon {
             transit_routes: BTreeSet::new(),
             transit_status: None,
             last_status: None,
+            cat: Catalog::default(),
+            alloc: vip::Allocation::default(),
+            dst_ids: BTreeSet::new(),
+            full_done: false,
+            full_wanted: false,
+            status_due: None,
+            status_at: None,
             cfg,
         };
         d.observer = Some(
@@ -254,6 +301,9 @@ impl Daemon {
         // Forwarding: the kernel slow path needs it, and bpf_fib_lookup refuses to answer without it.
         sysctl::set("net/ipv4/ip_forward", "1")?;
         sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+        // The IPv4 VIP pool is one AnyIP local route: ARP for it is answered on the legacy side
+        // only with arp_ignore 0 there.
+        sysctl::answer_arp_for_local_routes(&legacy.name)?;
         // IPv6 VIPs are answered through proxy NDP on the legacy side.
         sysctl::set(&format!("net/ipv6/conf/{}/proxy_ndp", legacy.name), "1")?;
         // An egress flow's first packet to a host without a neighbour entry is handed to the
@@ -413,22 +463,13 @@ impl Daemon {
                 warn!(error = %format!("{e:#}"), "WireGuard peers not updated");
             }
             learned = t.learned().into_keys().collect();
-            tunnel_routes = learned
-                .iter()
-                .map(|dst| crate::netlink::DesiredRoute {
-                    dst: *dst,
-                    oif: t.ifindex,
-                    via: None,
-                    onlink: false,
-                    encap: None,
-                })
-                .collect();
+            tunnel_routes = self::tunnel_routes(&learned, t.ifindex);
         }
         let kernel_changed = d.vips != self.desired.vips
             || d.routes != self.desired.routes
             || d.nodes != self.desired.nodes
             || learned != self.transit_routes;
-        let kernel = if pass == Pass::Repair || kernel_changed {
+        let kernel = if pass != Pass::Update || kernel_changed {
             let k = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d, &tunnel_routes).await?;
             if learned != self.transit_routes {
                 info!(routes = ?learned, "tunnel routes reconciled");
@@ -462,11 +503,191 @@ impl Daemon {
         if let Some(t) = &mut self.transit {
             self.transit_status = Some(t.status(&self.transit_routes).await);
         }
-        self.publish_status(&cat, &alloc);
-        if let Some(o) = &mut self.observer {
-            o.learn(&mut self.dp, &self.cfg, &cat, &self.desired, &self.bpf);
-        }
+        self.dst_ids = compiled.backend_identity.values().copied().collect();
+        self.cat = cat;
+        self.alloc = alloc;
+        self.full_done = true;
+        self.publish_status();
         Ok(())
+    }
+
+    /// Applies cluster events: only the services they named when that is enough (see
+    /// [`Daemon::reconcile_services`]), else a full pass.
+    async fn apply_events(&mut self) -> Result<()> {
+        let dirty = self.clusters.take_dirty();
+        let full = std::mem::take(&mut self.full_wanted);
+        if !full && !dirty.all {
+            if dirty.is_empty() {
+                return Ok(());
+            }
+            if self.reconcile_services(&dirty.services)? {
+                return Ok(());
+            }
+        }
+        self.reconcile(Pass::Update).await
+    }
+
+    /// The incremental pass: re-imports only `names`, recomputes only their frontends and
+    /// writes only those map entries. Returns false (having changed nothing the full pass
+    /// would not redo) when the change reaches beyond those services: a service appears or
+    /// goes (VIP allocation, names, announcements), its VIP request changes, a backend brings
+    /// a destination identity not known yet (policy entries), or the whole catalog matters
+    /// (policies, egress rules, peering).
+    fn reconcile_services(
+        &mut self,
+        names: &BTreeSet<crate::catalog::ServiceName>,
+    ) -> Result<bool> {
+        if !self.full_done
+            || self.transit.is_some()
+            || !self.policies.is_empty()
+            || !self.cfg.egress.is_empty()
+        {
+            return Ok(false);
+        }
+        let pool = &self.cfg.vips.pool;
+        let has4 = pool.iter().any(|n| matches!(n, ipnet::IpNet::V4(_)));
+        let has6 = pool.iter().any(|n| matches!(n, ipnet::IpNet::V6(_)));
+        // A `[[service]]` of the configuration wins over the imported one: nothing to do.
+        let names: BTreeSet<_> = names
+            .iter()
+            .filter(|n| {
+                !self
+                    .cfg
+                    .services
+                    .iter()
+                    .any(|c| c.namespace == n.namespace && c.name == n.name)
+            })
+            .cloned()
+            .collect();
+        let imported =
+            import::import_services(&self.clusters.states, &self.cfg.portals, has4, has6, &names);
+        let grace = Duration::from_secs(self.cfg.vips.withdraw_grace_seconds);
+        let mut served = self
+            .grace
+            .apply_some(&names, imported.services, Instant::now(), grace);
+        let ids_path = LocalIdentities::path(&self.cfg.gateway.state_dir);
+        let ids = self
+            .local_ids
+            .get_or_insert_with(|| LocalIdentities::load(&ids_path));
+        for name in &names {
+            let old = self.cat.services.get(name);
+            let new = served.get_mut(name);
+            match (old, new) {
+                (None, None) => continue,
+                (Some(o), Some(n)) if o.vip4 == n.vip4 && o.vip6 == n.vip6 => {
+                    for b in &mut n.backends {
+                        let (id, _) = compile::backend_identity(&name.namespace, b, ids);
+                        if !self.dst_ids.contains(&id) {
+                            return Ok(false);
+                        }
+                        b.identity = Some(id);
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+        let mut problems = imported.problems;
+        let mut keys = Vec::new();
+        for name in &names {
+            let (Some(old), Some(new)) = (self.cat.services.get(name), served.remove(name)) else {
+                continue;
+            };
+            if *old == new {
+                continue;
+            }
+            for k in desired::service_keys(old, &self.alloc) {
+                self.desired.frontends.remove(&k);
+                keys.push(k);
+            }
+            for (k, fe) in desired::service_frontends(
+                &self.cat,
+                &new,
+                &self.alloc,
+                self.vtep_mac,
+                &mut problems,
+            ) {
+                self.desired.frontends.insert(k, fe);
+                keys.push(k);
+            }
+            self.cat.services.insert(name.clone(), new);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        // Problems about these services are replaced by what they have now (every message
+        // about a service starts with its name).
+        let about: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (format!("{n}:"), format!("{n} in ")))
+            .collect();
+        self.desired.problems.retain(|p| {
+            !about
+                .iter()
+                .any(|(a, b)| p.starts_with(a) || p.starts_with(b))
+        });
+        for p in &problems {
+            warn!(problem = %p, "part of the catalog is not served");
+        }
+        self.desired.problems.extend(problems);
+        let now = Instant::now();
+        self.status_due.get_or_insert_with(|| {
+            let earliest = now + STATUS_DELAY;
+            self.status_at
+                .map(|at| (at + STATUS_EVERY).max(earliest))
+                .unwrap_or(earliest)
+        });
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let ch = self
+            .bpf
+            .apply_frontends(&mut self.dp, &self.desired, &keys)
+            .context("programming the BPF maps")?;
+        if !ch.is_empty() {
+            info!(
+                services = names.len(),
+                frontends = keys.len(),
+                bpf_written = ch.written,
+                bpf_removed = ch.removed,
+                "reconciled services"
+            );
+        }
+        Ok(true)
+    }
+
+    /// The periodic drift repair of the kernel objects, against the desired state of the last
+    /// pass (cheap: the IPv4 VIP pool is one route).
+    async fn repair_kernel(&mut self) -> Result<()> {
+        let tunnel_routes = match &self.transit {
+            Some(t) => tunnel_routes(&self.transit_routes, t.ifindex),
+            None => Vec::new(),
+        };
+        kernel::reconcile(
+            &self.nl,
+            &self.cfg,
+            &self.dev,
+            &self.desired,
+            &tunnel_routes,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One slice of the BPF drift repair.
+    fn verify_slice(&mut self) {
+        match self
+            .bpf
+            .verify_slice(&mut self.dp, &self.desired, VERIFY_SLICE)
+        {
+            Ok(ch) if !ch.is_empty() => {
+                warn!(
+                    written = ch.written,
+                    removed = ch.removed,
+                    "BPF map entries repaired"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "BPF map verification failed"),
+        }
     }
 
     fn announce(&mut self, d: &Desired) {
@@ -508,7 +729,16 @@ impl Daemon {
         }
     }
 
-    fn publish_status(&mut self, cat: &Catalog, alloc: &vip::Allocation) {
+    /// Rebuilds the status (status.json, the API's copy) and the telemetry's names from the
+    /// catalog as served now.
+    fn publish_status(&mut self) {
+        self.status_due = None;
+        self.status_at = Some(Instant::now());
+        if let Some(o) = &mut self.observer {
+            o.learn(&mut self.dp, &self.cfg, &self.cat, &self.desired, &self.bpf);
+        }
+        let cat = &self.cat;
+        let alloc = &self.alloc;
         let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
         let portals = cat
             .services
@@ -735,6 +965,20 @@ impl Daemon {
     }
 }
 
+/// The routes into the WireGuard interface `oif` for the prefixes learned over peering.
+fn tunnel_routes(learned: &BTreeSet<ipnet::IpNet>, oif: u32) -> Vec<crate::netlink::DesiredRoute> {
+    learned
+        .iter()
+        .map(|dst| crate::netlink::DesiredRoute {
+            dst: *dst,
+            oif,
+            via: None,
+            onlink: false,
+            encap: None,
+        })
+        .collect()
+}
+
 /// Resolves when peering changed what is learned; never without transit.
 async fn transit_changed(t: &mut Option<transit::TransitRuntime>) {
     match t {
@@ -761,8 +1005,13 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(RESYNC);
-    tick.tick().await;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    let mut repair = tokio::time::interval(REPAIR);
+    repair.tick().await;
+    let mut verify = tokio::time::interval(VERIFY);
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    verify.tick().await;
     let mut telemetry = tokio::time::interval(TELEMETRY);
     telemetry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(TRANSIT_STATUS);
@@ -771,6 +1020,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let mut due: Option<Instant> = None;
     loop {
         let grace_due = d.grace.next_deadline();
+        let status_due = d.status_due;
         tokio::select! {
             Some((cluster, ev)) = events.recv() => {
                 d.clusters.handle(&cluster, ev);
@@ -778,11 +1028,13 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 while let Ok((cluster, ev)) = events.try_recv() {
                     d.clusters.handle(&cluster, ev);
                 }
-                due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                let wait = if d.clusters.dirty().all { DEBOUNCE } else { DEBOUNCE_SERVICES };
+                let at = Instant::now() + wait;
+                due = Some(due.map_or(at, |t| t.min(at)));
             }
             _ = sleep_until(due) => {
                 due = None;
-                if let Err(e) = d.reconcile(Pass::Update).await {
+                if let Err(e) = d.apply_events().await {
                     error!(error = %format!("{e:#}"), "reconcile after Cluster Mesh events failed");
                 }
             }
@@ -791,7 +1043,9 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                     error!(error = %format!("{e:#}"), "reconcile at the end of a grace period failed");
                 }
             }
+            _ = sleep_until(status_due) => d.publish_status(),
             _ = transit_changed(&mut d.transit) => {
+                d.full_wanted = true;
                 due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
             }
             _ = status_tick.tick(), if d.transit.is_some() => d.refresh_transit_status().await,
@@ -799,9 +1053,15 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             _ = telemetry.tick() => d.refresh_telemetry(),
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick.tick() => {
-                if let Err(e) = d.reconcile(Pass::Repair).await {
-                    error!(error = %format!("{e:#}"), "periodic reconcile failed");
+            _ = verify.tick() => d.verify_slice(),
+            _ = resync.tick() => {
+                if let Err(e) = d.reconcile(Pass::Resync).await {
+                    error!(error = %format!("{e:#}"), "periodic resync failed");
+                }
+            }
+            _ = repair.tick() => {
+                if let Err(e) = d.repair_kernel().await {
+                    error!(error = %format!("{e:#}"), "periodic repair of kernel objects failed");
                 }
                 match crate::reconcile::ct_gc::sweep(&mut d.dp) {
                     Ok((seen, removed)) if removed > 0 => info!(seen, removed, "expired idle flows"),
@@ -828,6 +1088,7 @@ pub async fn down(source: ConfigSource) -> Result<()> {
     let removed = Datapath::remove_pins(&cfg.gateway.bpf_pin_dir)?;
     info!(removed, pin_dir = %cfg.gateway.bpf_pin_dir.display(), "datapath removed");
     nl.reconcile_routes(&[]).await?;
+    nl.reconcile_local_routes(0, &[]).await?;
     if let Some(legacy) = nl.link(&cfg.interfaces.legacy).await? {
         let owned: Vec<ipnet::Ipv6Net> = cfg
             .vips

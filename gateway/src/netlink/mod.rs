@@ -19,6 +19,7 @@ mod addr;
 pub mod announce;
 mod error;
 mod link;
+mod local;
 mod neigh;
 mod route;
 pub mod sysctl;

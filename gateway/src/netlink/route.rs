@@ -153,28 +153,41 @@ impl Netlink {
         Ok((oif, gateway_of(&answer.attributes)))
     }
 
-    /// Our routes (protocol `RTPROT_MESHGW`, main table) of one address family.
-    async fn our_routes(&self, family: AddressFamily) -> Result<Vec<Existing>, NetlinkError> {
+    /// The route messages of protocol `RTPROT_MESHGW` in `table`, of one address family
+    /// (filtered here as well: a kernel without strict checking ignores the dump filter).
+    pub(super) async fn dump_ours(
+        &self,
+        family: AddressFamily,
+        table: u8,
+    ) -> Result<Vec<RouteMessage>, NetlinkError> {
         let mut req = RouteMessage::default();
         req.header.address_family = family;
         req.header.protocol = RouteProtocol::Other(RTPROT_MESHGW);
-        req.header.table = RouteHeader::RT_TABLE_MAIN;
+        req.header.table = table;
         let answers = self
             .dump(
                 RouteNetlinkMessage::GetRoute(req),
-                &format!("list {family:?} routes"),
+                &format!("list {family:?} routes of table {table}"),
             )
             .await?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewRoute(msg)
+                    if msg.header.protocol == RouteProtocol::Other(RTPROT_MESHGW)
+                        && table_of(&msg) == u32::from(table) =>
+                {
+                    Some(msg)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Our routes (protocol `RTPROT_MESHGW`, main table) of one address family.
+    async fn our_routes(&self, family: AddressFamily) -> Result<Vec<Existing>, NetlinkError> {
         let mut out = Vec::new();
-        for answer in answers {
-            let RouteNetlinkMessage::NewRoute(msg) = answer else {
-                continue;
-            };
-            if msg.header.protocol != RouteProtocol::Other(RTPROT_MESHGW)
-                || table_of(&msg) != RT_TABLE_MAIN
-            {
-                continue;
-            }
+        for msg in self.dump_ours(family, RouteHeader::RT_TABLE_MAIN).await? {
             let Some(dst) = destination_of(&msg) else {
                 continue;
             };
@@ -330,7 +343,8 @@ fn deletion(existing: &RouteMessage) -> RouteMessage {
     msg
 }
 
-fn table_of(msg: &RouteMessage) -> u32 {
+/// The table a route is in (`RTA_TABLE`, else the header's 8-bit field).
+pub(super) fn table_of(msg: &RouteMessage) -> u32 {
     msg.attributes
         .iter()
         .find_map(|a| match a {

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracing::info;
 
@@ -79,6 +79,38 @@ pub fn get(path: &str) -> Result<String, SysctlError> {
     fs::read_to_string(&file)
         .map(|s| s.trim().to_owned())
         .map_err(|source| SysctlError::Read { path: file, source })
+}
+
+/// Lets interface `ifname` answer ARP for addresses that only a `local` route makes the
+/// gateway's (AnyIP, as the IPv4 VIP pool is owned): `arp_ignore` 1 and up answer only for
+/// addresses configured on the receiving interface, which such addresses never are, so
+/// `ifname` gets 0. The kernel applies max(`all`, interface): a non-zero `all` is moved down
+/// onto every other interface (and `default`, for interfaces made later) before it is lowered,
+/// so every other interface behaves exactly as before. Returns whether anything changed.
+pub fn answer_arp_for_local_routes(ifname: &str) -> Result<bool, SysctlError> {
+    let all: u32 = get("net/ipv4/conf/all/arp_ignore")?.parse().unwrap_or(0);
+    let mut changed = false;
+    if all > 0 {
+        let dir = Path::new(PROC_SYS).join("net/ipv4/conf");
+        let entries = fs::read_dir(&dir).map_err(|source| SysctlError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "all" || name == ifname {
+                continue;
+            }
+            let key = format!("net/ipv4/conf/{name}/arp_ignore");
+            let own: u32 = get(&key)?.parse().unwrap_or(0);
+            if own < all {
+                changed |= set(&key, &all.to_string())?;
+            }
+        }
+        changed |= set("net/ipv4/conf/all/arp_ignore", "0")?;
+    }
+    changed |= set(&format!("net/ipv4/conf/{ifname}/arp_ignore"), "0")?;
+    Ok(changed)
 }
 
 /// IPv4 forwarding (`net/ipv4/ip_forward`): the kernel slow path needs it, and

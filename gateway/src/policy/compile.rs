@@ -136,14 +136,7 @@ pub fn compile(
     let mut dst_labels: BTreeMap<u32, (String, Labels)> = BTreeMap::new();
     for svc in cat.services.values() {
         for b in &svc.backends {
-            let mut labels = normalize(&b.labels);
-            labels
-                .entry(NAMESPACE_LABEL.into())
-                .or_insert_with(|| svc.name.namespace.clone());
-            let id = match b.identity {
-                Some(id) => id,
-                None => ids.get("dst", &labels),
-            };
+            let (id, labels) = backend_identity(&svc.name.namespace, b, ids);
             out.backend_identity.insert(b.addr, id);
             let ns = labels[NAMESPACE_LABEL].clone();
             out.labels.insert(id, labels.clone());
@@ -219,6 +212,24 @@ pub fn compile(
         }
     }
     out
+}
+
+/// A backend's identity (the policy destination) and its labels as policies see them: the
+/// cluster's identity when the ipcache gives one, else a gateway-local one from its labels.
+pub fn backend_identity(
+    namespace: &str,
+    b: &crate::catalog::Backend,
+    ids: &mut LocalIdentities,
+) -> (u32, Labels) {
+    let mut labels = normalize(&b.labels);
+    labels
+        .entry(NAMESPACE_LABEL.into())
+        .or_insert_with(|| namespace.to_string());
+    let id = match b.identity {
+        Some(id) => id,
+        None => ids.get("dst", &labels),
+    };
+    (id, labels)
 }
 
 /// The identities a rule's peers stand for among the legacy `sources` (and `world`).

@@ -33,6 +33,10 @@ pub struct BpfReconciler {
     /// Each frontend's backends as last written (its Maglev table and entry follow from them):
     /// an unchanged frontend costs neither a table computation nor a map read.
     applied: HashMap<ServiceKey, Vec<(BackendSpec, u32)>>,
+    /// How many applied frontends point at each backend: a backend goes when its count does.
+    refs: HashMap<BackendSpec, u32>,
+    /// Where the next [`BpfReconciler::verify_slice`] starts.
+    verify_cursor: Option<ServiceKey>,
 }
 
 /// Hands out the smallest ids ≥ 1 not in use (0 means "no backend" in the Maglev tables), in
@@ -61,6 +65,14 @@ impl FreeIds {
 #[cfg(test)]
 fn free_id(used: &BTreeSet<u32>) -> u32 {
     FreeIds::default().take(used)
+}
+
+/// Removes backend `id` from the map (1 if it was there) and then its traffic counters: after the
+/// removal nothing counts on the id any more, so its traffic moves to its node's total whole.
+fn remove_backend(dp: &mut Datapath, id: u32, spec: &BackendSpec) -> Result<usize, DatapathError> {
+    let removed = usize::from(dp.backends()?.remove(&id).is_ok());
+    let _ = dp.forget_backend_traffic(id, spec.node_ip.octets());
+    Ok(removed)
 }
 
 impl BpfReconciler {
@@ -122,59 +134,152 @@ impl BpfReconciler {
         self.applied.clear();
     }
 
-    /// Applies `d` to the maps; returns what changed.
+    /// Applies `d` to the maps; returns what changed. Every frontend is looked at (an
+    /// unchanged one costs a comparison, or, after [`BpfReconciler::forget_applied`], a read
+    /// back of its entries); backends nothing points at any more go at the end.
     pub fn apply(&mut self, dp: &mut Datapath, d: &Desired) -> Result<Changes, DatapathError> {
-        let mut ch = Changes::default();
-        let merr = |name: &'static str| move |source| DatapathError::Map { name, source };
-
-        // 1. Backends: allocate ids for new ones and write them.
-        let wanted: BTreeSet<BackendSpec> = d
-            .frontends
-            .values()
-            .flat_map(|f| f.backends.iter().map(|(b, _)| *b))
-            .collect();
-        let mut used: BTreeSet<u32> = self.backend_ids.values().copied().collect();
-        let mut free = FreeIds::default();
         // A known id holds its spec's value (written, or recovered from the map itself): read
         // back only on a repair pass.
         let verify = self.applied.is_empty();
-        {
-            let mut backends = dp.backends()?;
-            for spec in &wanted {
-                let (id, new) = match self.backend_ids.get(spec) {
-                    Some(id) => (*id, false),
-                    None => {
-                        let id = free.take(&used);
-                        used.insert(id);
-                        self.backend_ids.insert(*spec, id);
-                        (id, true)
-                    }
-                };
-                if !new && !verify {
-                    continue;
-                }
-                let v = spec.value();
-                if new || backends.get(&id, 0).ok() != Some(v) {
-                    backends.insert(id, v, 0).map_err(merr("MGW_BACKENDS"))?;
-                    ch.written += 1;
-                }
+        // Wanted frontends first, then the ones no longer wanted: make-before-break.
+        let mut keys: Vec<ServiceKey> = d.frontends.keys().copied().collect();
+        keys.extend(
+            self.service_ids
+                .keys()
+                .filter(|k| !d.frontends.contains_key(k))
+                .copied(),
+        );
+        let mut ch = self.apply_frontends_inner(dp, d, &keys, verify)?;
+        // The references are recounted from what is applied now (after a repair forgot what was
+        // applied, the per-frontend bookkeeping could not know what each frontend had), and
+        // backends nothing points at go, recovered ones included.
+        self.refs.clear();
+        for backends in self.applied.values() {
+            for (b, _) in backends {
+                *self.refs.entry(*b).or_default() += 1;
             }
         }
+        let stale: Vec<(BackendSpec, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(b, _)| !self.refs.contains_key(b))
+            .map(|(b, id)| (*b, *id))
+            .collect();
+        for (spec, id) in stale {
+            self.backend_ids.remove(&spec);
+            ch.removed += remove_backend(dp, id, &spec)?;
+        }
+        ch += self.apply_rest(dp, d)?;
+        Ok(ch)
+    }
 
-        // 2. Maglev tables and service entries.
-        let mut svc_used: BTreeSet<u32> = self.service_ids.values().copied().collect();
+    /// Applies only the frontends `keys` of `d` (present: written if changed; absent: removed),
+    /// and removes the backends that no frontend points at any more. What an event changed
+    /// costs map writes for its own frontends, not a pass over every frontend.
+    pub fn apply_frontends(
+        &mut self,
+        dp: &mut Datapath,
+        d: &Desired,
+        keys: &[ServiceKey],
+    ) -> Result<Changes, DatapathError> {
+        self.apply_frontends_inner(dp, d, keys, false)
+    }
+
+    /// The drift repair in slices: re-reads the entries of at most `n` frontends (the next ones
+    /// after the previous slice, wrapping around) and rewrites what differs. A change never
+    /// waits for a whole-map verification; every frontend is still verified once per round.
+    pub fn verify_slice(
+        &mut self,
+        dp: &mut Datapath,
+        d: &Desired,
+        n: usize,
+    ) -> Result<Changes, DatapathError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = match self.verify_cursor {
+            Some(k) => (Excluded(k), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let keys: Vec<ServiceKey> = d.frontends.range(start).take(n).map(|(k, _)| *k).collect();
+        self.verify_cursor = if keys.len() < n {
+            None
+        } else {
+            keys.last().copied()
+        };
+        self.apply_frontends_inner(dp, d, &keys, true)
+    }
+
+    fn apply_frontends_inner(
+        &mut self,
+        dp: &mut Datapath,
+        d: &Desired,
+        keys: &[ServiceKey],
+        verify: bool,
+    ) -> Result<Changes, DatapathError> {
+        let mut ch = Changes::default();
+        let merr = |name: &'static str| move |source| DatapathError::Map { name, source };
+        // Ids in use, built only when an id has to be handed out.
+        let mut used: Option<BTreeSet<u32>> = None;
         let mut free = FreeIds::default();
-        for (key, fe) in &d.frontends {
+        let mut svc_used: Option<BTreeSet<u32>> = None;
+        let mut svc_free = FreeIds::default();
+        // Backends whose last reference went in this call.
+        let mut released: Vec<BackendSpec> = Vec::new();
+        for key in keys {
+            let Some(fe) = d.frontends.get(key) else {
+                // No longer wanted: the entry, then its table.
+                if let Some(id) = self.service_ids.remove(key) {
+                    if dp.services()?.remove(key).is_ok() {
+                        ch.removed += 1;
+                    }
+                    let _ = dp.maglev()?.remove(&id);
+                    // The id may be reused: its traffic counters must start again from zero.
+                    let _ = dp.forget_service_traffic(id);
+                }
+                if let Some(old) = self.applied.remove(key) {
+                    self.unref(&old, &mut released);
+                }
+                continue;
+            };
+            // 1. Backends: ids for new ones, written before any table points at them.
+            {
+                let mut backends = dp.backends()?;
+                for (spec, _) in &fe.backends {
+                    let (id, new) = match self.backend_ids.get(spec) {
+                        Some(id) => (*id, false),
+                        None => {
+                            let used = used.get_or_insert_with(|| {
+                                self.backend_ids.values().copied().collect()
+                            });
+                            let id = free.take(used);
+                            used.insert(id);
+                            self.backend_ids.insert(*spec, id);
+                            (id, true)
+                        }
+                    };
+                    if !new && !verify {
+                        continue;
+                    }
+                    let v = spec.value();
+                    if new || backends.get(&id, 0).ok() != Some(v) {
+                        backends.insert(id, v, 0).map_err(merr("MGW_BACKENDS"))?;
+                        ch.written += 1;
+                    }
+                }
+            }
+            // 2. Its Maglev table and service entry.
             let id = match self.service_ids.get(key) {
                 Some(id) => *id,
                 None => {
-                    let id = free.take(&svc_used);
-                    svc_used.insert(id);
+                    let used = svc_used
+                        .get_or_insert_with(|| self.service_ids.values().copied().collect());
+                    let id = svc_free.take(used);
+                    used.insert(id);
                     self.service_ids.insert(*key, id);
                     id
                 }
             };
-            if self.applied.get(key) == Some(&fe.backends) {
+            let old = self.applied.get(key);
+            if !verify && old == Some(&fe.backends) {
                 continue;
             }
             let names: Vec<(String, u32)> = fe
@@ -210,44 +315,46 @@ impl BpfReconciler {
                 services.insert(*key, v, 0).map_err(merr("MGW_SERVICES"))?;
                 ch.written += 1;
             }
-            self.applied.insert(*key, fe.backends.clone());
-        }
-
-        // 3. Frontends no longer wanted, then their tables.
-        let stale: Vec<(ServiceKey, u32)> = self
-            .service_ids
-            .iter()
-            .filter(|(k, _)| !d.frontends.contains_key(k))
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        for (key, id) in stale {
-            if dp.services()?.remove(&key).is_ok() {
-                ch.removed += 1;
+            if old != Some(&fe.backends) {
+                for (b, _) in &fe.backends {
+                    *self.refs.entry(*b).or_default() += 1;
+                }
+                if let Some(old) = self.applied.insert(*key, fe.backends.clone()) {
+                    self.unref(&old, &mut released);
+                }
             }
-            let _ = dp.maglev()?.remove(&id);
-            // The id may be reused: its traffic counters must start again from zero.
-            let _ = dp.forget_service_traffic(id);
-            self.service_ids.remove(&key);
-            self.applied.remove(&key);
         }
-
-        // 4. Backends nothing points at. Tracked flows that used them move on their next packet.
-        let stale: Vec<(BackendSpec, u32)> = self
-            .backend_ids
-            .iter()
-            .filter(|(b, _)| !wanted.contains(b))
-            .map(|(b, id)| (*b, *id))
-            .collect();
-        for (spec, id) in stale {
-            if dp.backends()?.remove(&id).is_ok() {
-                ch.removed += 1;
+        // 3. Backends nothing points at any more. Tracked flows that used them move on their
+        // next packet.
+        for spec in released {
+            if self.refs.contains_key(&spec) {
+                continue;
             }
-            // After the removal: nothing counts on the id any more, and its traffic moves to
-            // its node's total whole.
-            let _ = dp.forget_backend_traffic(id, spec.node_ip.octets());
-            self.backend_ids.remove(&spec);
+            if let Some(id) = self.backend_ids.remove(&spec) {
+                ch.removed += remove_backend(dp, id, &spec)?;
+            }
         }
+        Ok(ch)
+    }
 
+    /// Drops one reference to each backend of `old`; those left with none are `released`.
+    fn unref(&mut self, old: &[(BackendSpec, u32)], released: &mut Vec<BackendSpec>) {
+        for (b, _) in old {
+            if let Some(n) = self.refs.get_mut(b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(b);
+                    released.push(*b);
+                }
+            }
+        }
+    }
+
+    /// Identities, policy, egress rules and nodes (a full pass only: events about services
+    /// never change them).
+    fn apply_rest(&mut self, dp: &mut Datapath, d: &Desired) -> Result<Changes, DatapathError> {
+        let mut ch = Changes::default();
+        let merr = |name: &'static str| move |source| DatapathError::Map { name, source };
         // 5. Source identities and policy entries, against what was written (recovered from
         // the maps on start): new ones first, stale ones after, so a changed policy never has a
         // moment with neither the old nor the new allow entry.
@@ -350,6 +457,127 @@ impl BpfReconciler {
 mod tests {
     use super::free_id;
     use std::collections::BTreeSet;
+
+    /// The incremental paths against real (private, unpinned) maps. Needs root to load the
+    /// programs; fails, never skips, without it.
+    mod maps {
+        use std::collections::BTreeSet;
+        use std::net::{IpAddr, Ipv4Addr};
+
+        use aya::maps::MapError;
+        use meshgw_common::maps::{v4_mapped, ServiceKey, FAMILY_V4};
+        use meshgw_datapath::Datapath;
+
+        use super::super::BpfReconciler;
+        use crate::catalog::ServiceName;
+        use crate::desired::{BackendSpec, Desired, Frontend};
+
+        fn key(i: u8) -> ServiceKey {
+            ServiceKey {
+                addr: v4_mapped([10, 200, 0, i]),
+                port: 80u16.to_be(),
+                proto: 6,
+                family: FAMILY_V4,
+            }
+        }
+
+        fn backend(i: u8) -> BackendSpec {
+            BackendSpec {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 244, 1, i)),
+                port: 8080,
+                node_ip: Ipv4Addr::new(172, 18, 0, 11),
+                node_mac: [2, 0xaa, 0, 0, 0, 1],
+                identity: 0,
+            }
+        }
+
+        fn frontend(name: &str, backends: &[u8]) -> Frontend {
+            Frontend {
+                service: ServiceName {
+                    namespace: "default".into(),
+                    name: name.into(),
+                },
+                port_name: "http".into(),
+                backends: backends.iter().map(|b| (backend(*b), 1)).collect(),
+            }
+        }
+
+        /// The backend addresses the maps give frontend `k` (service -> Maglev -> backends).
+        fn served(dp: &mut Datapath, k: &ServiceKey) -> Option<BTreeSet<[u8; 16]>> {
+            let id = dp.services().unwrap().get(k, 0).ok()?.service_id;
+            let table = dp.maglev().unwrap().get(&id, 0).ok()?;
+            let backends = dp.backends().unwrap();
+            let ids: BTreeSet<u32> = table.slots.iter().copied().filter(|s| *s != 0).collect();
+            Some(
+                ids.iter()
+                    .map(|id| backends.get(id, 0).expect("slot names a backend").addr)
+                    .collect(),
+            )
+        }
+
+        fn count_backends(dp: &mut Datapath) -> usize {
+            dp.backends()
+                .unwrap()
+                .keys()
+                .collect::<Result<Vec<u32>, MapError>>()
+                .unwrap()
+                .len()
+        }
+
+        #[test]
+        fn a_change_touches_only_its_service_and_a_restart_converges() {
+            assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (loads BPF maps)");
+            let mut dp = Datapath::load_private().expect("loading the datapath");
+            let mut d = Desired::default();
+            d.frontends.insert(key(1), frontend("a", &[1, 2, 3]));
+            d.frontends.insert(key(2), frontend("b", &[3, 4]));
+            d.frontends.insert(key(3), frontend("c", &[5]));
+            let mut r = BpfReconciler::default();
+            r.apply(&mut dp, &d).unwrap();
+            assert_eq!(count_backends(&mut dp), 5);
+            let b_before = served(&mut dp, &key(2)).unwrap();
+
+            // One backend of a changes (2 -> 6): one backend written, one table, one removed.
+            d.frontends.insert(key(1), frontend("a", &[1, 3, 6]));
+            let ch = r.apply_frontends(&mut dp, &d, &[key(1)]).unwrap();
+            assert_eq!((ch.written, ch.removed), (2, 1), "{ch:?}");
+            let a = served(&mut dp, &key(1)).unwrap();
+            let want: BTreeSet<[u8; 16]> = [1, 3, 6]
+                .iter()
+                .map(|i| v4_mapped([10, 244, 1, *i]))
+                .collect();
+            assert_eq!(a, want);
+            assert_eq!(served(&mut dp, &key(2)).unwrap(), b_before, "b untouched");
+            assert_eq!(count_backends(&mut dp), 5, "2 went, 6 came");
+
+            // a drops backend 3, which b still uses: it stays.
+            d.frontends.insert(key(1), frontend("a", &[1, 6]));
+            let ch = r.apply_frontends(&mut dp, &d, &[key(1)]).unwrap();
+            assert_eq!(ch.removed, 0, "3 is still b's: {ch:?}");
+            assert_eq!(served(&mut dp, &key(2)).unwrap(), b_before);
+
+            // c goes: its entry, its table and its only backend.
+            d.frontends.remove(&key(3));
+            let ch = r.apply_frontends(&mut dp, &d, &[key(3)]).unwrap();
+            assert_eq!(ch.removed, 2, "service entry and backend 5: {ch:?}");
+            assert!(served(&mut dp, &key(3)).is_none());
+            assert_eq!(count_backends(&mut dp), 4);
+
+            // A restart: ids recovered from the maps, the full pass finds nothing to do.
+            let mut r = BpfReconciler::recover(&mut dp).unwrap();
+            let ch = r.apply(&mut dp, &d).unwrap();
+            assert_eq!((ch.written, ch.removed), (0, 0), "{ch:?}");
+
+            // Drift (an entry deleted behind the daemon's back) is repaired by the slices.
+            dp.services().unwrap().remove(&key(2)).unwrap();
+            let mut repaired = 0;
+            for _ in 0..2 {
+                repaired += r.verify_slice(&mut dp, &d, 1).unwrap().written;
+            }
+            assert_eq!(repaired, 1);
+            assert_eq!(served(&mut dp, &key(2)).unwrap(), b_before);
+        }
+    }
 
     #[test]
     fn successive_ids_fill_holes_in_order() {

@@ -215,3 +215,53 @@ fn withdrawn_services_stay_for_the_grace_period() {
     g.apply(full, t0 + Duration::from_secs(2), grace);
     assert_eq!(g.draining().count(), 0);
 }
+
+#[test]
+fn importing_some_services_gives_what_the_full_import_gives_for_them() {
+    let mut clusters = two_clusters();
+    clusters.get_mut("c1").unwrap().apply(KvEvent::Put {
+        key: service("c1", "default", "web", "10.244.1.20", "{}", true).0,
+        value: service("c1", "default", "web", "10.244.1.20", "{}", true)
+            .1
+            .into_bytes(),
+    });
+    let portals = [sel("*", "default", "*")];
+    let full = import(&clusters, &portals, true, false);
+    assert_eq!(full.services.len(), 2);
+    let names: std::collections::BTreeSet<ServiceName> = [echo()].into();
+    let some = import_services(&clusters, &portals, true, false, &names);
+    assert_eq!(some.services.len(), 1, "only the services asked for");
+    assert_eq!(some.services[&echo()], full.services[&echo()]);
+    // A name no cluster shares is simply absent.
+    let gone: std::collections::BTreeSet<ServiceName> = [ServiceName {
+        namespace: "default".into(),
+        name: "nope".into(),
+    }]
+    .into();
+    assert!(import_services(&clusters, &portals, true, false, &gone)
+        .services
+        .is_empty());
+}
+
+#[test]
+fn grace_for_some_services_keeps_a_withdrawn_one_and_drops_nothing_else() {
+    let imp = import(&two_clusters(), &[sel("*", "default", "*")], true, false);
+    let mut g = Grace::default();
+    let t0 = Instant::now();
+    let grace = Duration::from_secs(30);
+    let all = g.apply(imp.services.clone(), t0, grace);
+    assert!(all.contains_key(&echo()));
+    let names: std::collections::BTreeSet<ServiceName> = [echo()].into();
+    // Withdrawn by an event: still served, now draining.
+    let served = g.apply_some(&names, BTreeMap::new(), t0, grace);
+    assert_eq!(served.get(&echo()), imp.services.get(&echo()));
+    assert_eq!(g.draining().collect::<Vec<_>>(), [&echo()]);
+    // Back again: served as it is now and no longer draining.
+    let served = g.apply_some(&names, imp.services.clone(), t0, grace);
+    assert!(served.contains_key(&echo()));
+    assert_eq!(g.draining().count(), 0);
+    // The full pass after the grace period agrees: a withdrawn service goes at its deadline.
+    g.apply_some(&names, BTreeMap::new(), t0, grace);
+    let later = g.apply(BTreeMap::new(), t0 + grace + Duration::from_secs(1), grace);
+    assert!(later.is_empty(), "{later:?}");
+}

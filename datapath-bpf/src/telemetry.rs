@@ -76,7 +76,9 @@ impl Datapath {
         Ok(nodes.into_iter().filter(|(_, t)| t.packets > 0).collect())
     }
 
-    fn retired_node_traffic(&self) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
+    /// Traffic of backends that were removed, per node (user space folds a removed backend's
+    /// totals in; see [`Datapath::forget_backend_traffic`]).
+    pub fn retired_node_traffic(&self) -> Result<Vec<([u8; 4], Traffic)>, DatapathError> {
         self.hashed_traffic(names::NODE_STATS)
     }
 

@@ -59,6 +59,10 @@ impl Clock {
 
 /// Frontends whose traffic counters are read per refresh (see [`Observer::refresh`]).
 const FRONTENDS_PER_REFRESH: usize = 4096;
+/// Backends whose traffic counters are read per refresh, for the same reason: 50,000 services
+/// have 150,000 backends, and reading them all each second held the daemon's loop (and so every
+/// cluster event behind it) for most of that second.
+const BACKENDS_PER_REFRESH: usize = 8192;
 
 /// One frontend as the telemetry names it.
 struct FrontendInfo {
@@ -78,6 +82,12 @@ pub struct Observer {
     /// thousands of services refresh over several seconds instead of stalling the daemon's loop.
     svc_traffic: HashMap<u32, Traffic>,
     svc_cursor: usize,
+    /// Every live backend once (frontends may share one) with its node, as of the last
+    /// [`Observer::learn`]; their traffic as last read, and where the next read starts (the
+    /// datapath counts per backend only: a node's traffic is its backends' sum).
+    backend_nodes: Vec<(u32, [u8; 4])>,
+    be_traffic: HashMap<u32, Traffic>,
+    be_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
     /// The VIPs whose pings the datapath counts, as last synced into its map (`None`: not
     /// synced yet, or the last sync failed and the next reconcile retries).
@@ -202,6 +212,9 @@ impl Observer {
             frontends: Vec::new(),
             svc_traffic: HashMap::new(),
             svc_cursor: 0,
+            backend_nodes: Vec::new(),
+            be_traffic: HashMap::new(),
+            be_cursor: 0,
             icmp_vips: None,
             nodes: BTreeMap::new(),
             events,
@@ -288,6 +301,17 @@ impl Observer {
             .filter_map(|k| bpf.service_id(k))
             .collect();
         self.svc_traffic.retain(|id, _| live.contains(id));
+        self.backend_nodes = d
+            .frontends
+            .values()
+            .flat_map(|f| f.backends.iter())
+            .filter_map(|(spec, _)| Some((bpf.backend_id(spec)?, spec.node_ip.octets())))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        let live_be: std::collections::HashSet<u32> =
+            self.backend_nodes.iter().map(|(id, _)| *id).collect();
+        self.be_traffic.retain(|id, _| live_be.contains(id));
         for (key, f) in &d.frontends {
             let Some(service_id) = bpf.service_id(key) else {
                 continue;
@@ -401,26 +425,22 @@ impl Observer {
             Ok(t) => self.svc_traffic.extend(t),
             Err(e) => warn!(error = %e, "reading frontend traffic"),
         }
-        let svc = &self.svc_traffic;
-        // Every live backend once (frontends may share one), with its node: the datapath
-        // counts per backend only, and a node's traffic is its backends' sum.
-        let backends: Vec<(u32, [u8; 4])> = self
-            .frontends
+        let n = self.backend_nodes.len();
+        if self.be_cursor >= n {
+            self.be_cursor = 0;
+        }
+        let end = n.min(self.be_cursor + BACKENDS_PER_REFRESH);
+        let ids: Vec<u32> = self.backend_nodes[self.be_cursor..end]
             .iter()
-            .flat_map(|f| {
-                f.backends
-                    .iter()
-                    .map(|(id, spec)| (*id, spec.node_ip.octets()))
-            })
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into_iter()
+            .map(|(id, _)| *id)
             .collect();
-        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
-        let be: HashMap<u32, _> = dp
-            .backend_traffic(&ids)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        self.be_cursor = end;
+        match dp.backend_traffic(&ids) {
+            Ok(t) => self.be_traffic.extend(t),
+            Err(e) => warn!(error = %e, "reading backend traffic"),
+        }
+        let svc = &self.svc_traffic;
+        let be = &self.be_traffic;
         for f in &self.frontends {
             let t = svc.get(&f.service_id).copied().unwrap_or_default();
             let vip = addr_from16(f.key.addr, f.key.family);
@@ -457,7 +477,21 @@ impl Observer {
                     .collect(),
             });
         }
-        for (ip, t) in dp.node_traffic(&backends).unwrap_or_default() {
+        let mut nodes: BTreeMap<[u8; 4], Traffic> = match dp.retired_node_traffic() {
+            Ok(t) => t.into_iter().collect(),
+            Err(e) => {
+                warn!(error = %e, "reading the traffic of removed backends");
+                BTreeMap::new()
+            }
+        };
+        for (id, node) in &self.backend_nodes {
+            if let Some(t) = be.get(id) {
+                let n = nodes.entry(*node).or_default();
+                n.packets += t.packets;
+                n.bytes += t.bytes;
+            }
+        }
+        for (ip, t) in nodes.into_iter().filter(|(_, t)| t.packets > 0) {
             let ip = Ipv4Addr::from(ip);
             snap.nodes.push(NodeTelemetry {
                 node: self.nodes.get(&ip).cloned().unwrap_or_default(),

@@ -122,16 +122,22 @@ pub struct Desired {
     pub egress: BTreeMap<(IpAddr, IpNet), crate::egress::EgressEntry>,
 }
 
+/// The problems of services that got no VIP (what only a full pass, which allocates, can change).
+pub fn allocation_problems(alloc: &Allocation) -> Vec<String> {
+    alloc
+        .failures
+        .iter()
+        .map(|(svc, v6, why)| format!("{svc}: no {} VIP: {why}", if *v6 { "IPv6" } else { "IPv4" }))
+        .collect()
+}
+
 /// Computes the desired state. `default_mac` is the inner MAC for nodes without one (Cilium's
 /// overlay ignores the inner destination MAC, so the gateway's own VTEP MAC serves).
 pub fn compute(cat: &Catalog, alloc: &Allocation, default_mac: [u8; 6]) -> Desired {
-    let mut d = Desired::default();
-    for (svc, v6, why) in &alloc.failures {
-        d.problems.push(format!(
-            "{svc}: no {} VIP: {why}",
-            if *v6 { "IPv6" } else { "IPv4" }
-        ));
-    }
+    let mut d = Desired {
+        problems: allocation_problems(alloc),
+        ..Desired::default()
+    };
     for n in cat.nodes.values() {
         d.nodes.insert(n.address);
         for cidr in &n.pod_cidrs {

@@ -245,7 +245,8 @@ pub fn import_services(
 }
 
 /// Keeps withdrawn services (VIP and last backends) for a grace period, so established flows drain
-/// before the VIP goes and its ARP/ND answers stop.
+/// before the VIP goes (its service entries, and for IPv6 its address and neighbour answers; the
+/// IPv4 pool's local route keeps answering ARP for every pool address).
 #[derive(Debug, Default)]
 pub struct Grace {
     withdrawn: BTreeMap<ServiceName, (Instant, Service)>,

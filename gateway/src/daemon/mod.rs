@@ -71,6 +71,9 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// The same for events that name only services (applied incrementally, so gathering them for
 /// long saves little).
 const DEBOUNCE_SERVICES: Duration = Duration::from_millis(2);
+/// A pass after cluster events that failed is retried (as a full pass) this much later, not
+/// only at the next resync.
+const RETRY: Duration = Duration::from_secs(5);
 /// How often the telemetry snapshot (API, metrics, dashboard) is refreshed from the maps.
 const TELEMETRY: Duration = Duration::from_secs(1);
 
@@ -167,6 +170,12 @@ struct Daemon {
     full_done: bool,
     /// A full pass is wanted at the next event reconcile (peering changed what is learned).
     full_wanted: bool,
+    /// Problems only a full pass produces (VIP allocation, DNS names): the incremental pass
+    /// keeps them when it replaces the problems of the services it recomputes.
+    full_pass_problems: BTreeSet<String>,
+    /// The last kernel reconcile failed: the next pass retries it even when the desired kernel
+    /// objects did not change.
+    kernel_failed: bool,
     /// When the status is due to be rebuilt after incremental changes.
     status_due: Option<Instant>,
     /// When it was last rebuilt.
@@ -239,6 +248,8 @@ impl Daemon {
             dst_ids: BTreeSet::new(),
             full_done: false,
             full_wanted: false,
+            full_pass_problems: BTreeSet::new(),
+            kernel_failed: false,
             status_due: None,
             status_at: None,
             cfg,
@@ -443,7 +454,13 @@ impl Daemon {
         d.vips.extend(egress.addresses.iter().copied());
         d.egress = egress.entries;
         d.problems.extend(notes);
-        d.problems.extend(self.names.update(&alloc));
+        let name_problems = self.names.update(&alloc);
+        let full_pass_problems: BTreeSet<String> = desired::allocation_problems(&alloc)
+            .into_iter()
+            .chain(name_problems.iter().cloned())
+            .chain(self.names.error.clone())
+            .collect();
+        d.problems.extend(name_problems);
         d.problems.extend(self.names.error.clone());
         for p in &d.problems {
             warn!(problem = %p, "part of the catalog is not served");
@@ -469,15 +486,22 @@ impl Daemon {
             || d.routes != self.desired.routes
             || d.nodes != self.desired.nodes
             || learned != self.transit_routes;
-        let kernel = if pass != Pass::Update || kernel_changed {
-            let k = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d, &tunnel_routes).await?;
-            if learned != self.transit_routes {
-                info!(routes = ?learned, "tunnel routes reconciled");
+        // The maps already hold `d`: a failed kernel reconcile must not stop `d` from becoming
+        // the state the BPF checks compare against (they would put the old entries back), so
+        // its error is returned only once the rest of the pass is recorded, and the next pass
+        // retries the kernel objects.
+        let kernel = if pass != Pass::Update || kernel_changed || self.kernel_failed {
+            let k = kernel::reconcile(&self.nl, &self.cfg, &self.dev, &d, &tunnel_routes).await;
+            self.kernel_failed = k.is_err();
+            if k.is_ok() {
+                if learned != self.transit_routes {
+                    info!(routes = ?learned, "tunnel routes reconciled");
+                }
+                self.transit_routes = learned;
             }
-            self.transit_routes = learned;
             k
         } else {
-            Default::default()
+            Ok(Default::default())
         };
         self.dp.set_config(&GatewayConfig {
             mesh_ip: self.mesh_ip.octets(),
@@ -491,7 +515,14 @@ impl Daemon {
             vtep_mac: self.vtep_mac,
             _pad: [0; 2],
         })?;
-        if !bpf.is_empty() || !kernel.is_empty() {
+        if kernel.as_ref().is_ok_and(|k| !k.is_empty()) {
+            // Routes or neighbours the gateway owns changed: the datapath's next-hop caches
+            // follow at once instead of within their age bound.
+            if let Err(e) = self.dp.flush_nexthops() {
+                warn!(error = %e, "cannot flush the next-hop caches");
+            }
+        }
+        if !bpf.is_empty() || kernel.as_ref().is_ok_and(|k| !k.is_empty()) {
             info!(
                 bpf_written = bpf.written,
                 bpf_removed = bpf.removed,
@@ -507,8 +538,9 @@ impl Daemon {
         self.cat = cat;
         self.alloc = alloc;
         self.full_done = true;
+        self.full_pass_problems = full_pass_problems;
         self.publish_status();
-        Ok(())
+        kernel.map(|_| ())
     }
 
     /// Applies cluster events: only the services they named when that is enough (see
@@ -520,11 +552,21 @@ impl Daemon {
             if dirty.is_empty() {
                 return Ok(());
             }
-            if self.reconcile_services(&dirty.services)? {
-                return Ok(());
+            match self.reconcile_services(&dirty.services) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    // What the events named is not applied: the next pass is a full one.
+                    self.full_wanted = true;
+                    return Err(e);
+                }
             }
         }
-        self.reconcile(Pass::Update).await
+        let r = self.reconcile(Pass::Update).await;
+        if r.is_err() {
+            self.full_wanted = true;
+        }
+        r
     }
 
     /// The incremental pass: re-imports only `names`, recomputes only their frontends and
@@ -593,6 +635,14 @@ impl Daemon {
                 continue;
             };
             if *old == new {
+                // Nothing to write, but its problems are replaced below: recompute them.
+                let _ = desired::service_frontends(
+                    &self.cat,
+                    &new,
+                    &self.alloc,
+                    self.vtep_mac,
+                    &mut problems,
+                );
                 continue;
             }
             for k in desired::service_keys(old, &self.alloc) {
@@ -619,10 +669,12 @@ impl Daemon {
             .iter()
             .map(|n| (format!("{n}:"), format!("{n} in ")))
             .collect();
+        let keep = &self.full_pass_problems;
         self.desired.problems.retain(|p| {
-            !about
-                .iter()
-                .any(|(a, b)| p.starts_with(a) || p.starts_with(b))
+            keep.contains(p)
+                || !about
+                    .iter()
+                    .any(|(a, b)| p.starts_with(a) || p.starts_with(b))
         });
         for p in &problems {
             warn!(problem = %p, "part of the catalog is not served");
@@ -1036,6 +1088,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 due = None;
                 if let Err(e) = d.apply_events().await {
                     error!(error = %format!("{e:#}"), "reconcile after Cluster Mesh events failed");
+                    due = Some(Instant::now() + RETRY);
                 }
             }
             _ = sleep_until(grace_due) => {

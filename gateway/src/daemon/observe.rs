@@ -85,7 +85,7 @@ pub struct Observer {
     /// Every live backend once (frontends may share one) with its node, as of the last
     /// [`Observer::learn`]; their traffic as last read, and where the next read starts (the
     /// datapath counts per backend only: a node's traffic is its backends' sum).
-    backend_nodes: Vec<(u32, [u8; 4])>,
+    backend_nodes: Vec<(u32, BackendSpec)>,
     be_traffic: HashMap<u32, Traffic>,
     be_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
@@ -301,17 +301,25 @@ impl Observer {
             .filter_map(|k| bpf.service_id(k))
             .collect();
         self.svc_traffic.retain(|id, _| live.contains(id));
-        self.backend_nodes = d
+        let backends: Vec<(u32, BackendSpec)> = d
             .frontends
             .values()
             .flat_map(|f| f.backends.iter())
-            .filter_map(|(spec, _)| Some((bpf.backend_id(spec)?, spec.node_ip.octets())))
+            .filter_map(|(spec, _)| Some((bpf.backend_id(spec)?, *spec)))
             .collect::<BTreeMap<_, _>>()
             .into_iter()
             .collect();
-        let live_be: std::collections::HashSet<u32> =
-            self.backend_nodes.iter().map(|(id, _)| *id).collect();
-        self.be_traffic.retain(|id, _| live_be.contains(id));
+        // A cached figure stays only while its id names the same backend: a freed id reused by
+        // another backend starts from that backend's own (zeroed) counters.
+        let old = std::mem::replace(&mut self.backend_nodes, backends);
+        let same = |id: &u32, now: &[(u32, BackendSpec)]| -> Option<BackendSpec> {
+            now.binary_search_by_key(id, |(i, _)| *i)
+                .ok()
+                .map(|i| now[i].1)
+        };
+        let now = &self.backend_nodes;
+        self.be_traffic
+            .retain(|id, _| same(id, &old).is_some() && same(id, &old) == same(id, now));
         for (key, f) in &d.frontends {
             let Some(service_id) = bpf.service_id(key) else {
                 continue;
@@ -484,9 +492,9 @@ impl Observer {
                 BTreeMap::new()
             }
         };
-        for (id, node) in &self.backend_nodes {
+        for (id, spec) in &self.backend_nodes {
             if let Some(t) = be.get(id) {
-                let n = nodes.entry(*node).or_default();
+                let n = nodes.entry(spec.node_ip.octets()).or_default();
                 n.packets += t.packets;
                 n.bytes += t.bytes;
             }

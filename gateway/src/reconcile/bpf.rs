@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use aya::maps::lpm_trie::Key;
 use meshgw_common::maps::{
     v4_mapped, EgressKey, EgressValue, MaglevTable, NodeKey, NodeValue, PolicyKey, PolicyValue,
-    ServiceKey, ServiceValue, EGRESS_F_EXCLUDED, POLICY_ALLOW,
+    ServiceKey, ServiceValue, EGRESS_F_EXCLUDED, MAX_BACKENDS, MAX_SERVICES, POLICY_ALLOW,
 };
 use meshgw_datapath::{egress_key, identity_key, Datapath, DatapathError};
 use tracing::debug;
@@ -37,25 +37,38 @@ pub struct BpfReconciler {
     refs: HashMap<BackendSpec, u32>,
     /// Where the next [`BpfReconciler::verify_slice`] starts.
     verify_cursor: Option<ServiceKey>,
+    /// Where the next backend and frontend ids are looked for: ids go round their whole range
+    /// before a freed one is handed out again, so a tracked flow or a counter that still names
+    /// a removed backend's id does not land on the next new backend at once.
+    backend_cursor: FreeIds,
+    service_cursor: FreeIds,
 }
 
-/// Hands out the smallest ids ≥ 1 not in use (0 means "no backend" in the Maglev tables), in
-/// increasing order, over a set that only grows meanwhile: each call starts where the last one
-/// stopped, so a pass allocating n ids costs O(n log n) instead of O(n²) (at 50,000 services the
-/// quadratic scan took minutes).
-#[derive(Default)]
+/// Hands out ids 1..=`max` not in use (0 means "no backend" in the Maglev tables), in
+/// increasing order from a cursor that wraps back to 1 past `max`; each call starts where the
+/// last one stopped, so a pass allocating n ids costs O(n log n) instead of O(n²) (at 50,000
+/// services the quadratic scan took minutes). With every id of the range in use, the id past
+/// the range is returned and the map insert with it fails (the maps hold `max` entries).
+#[derive(Clone, Copy, Debug, Default)]
 struct FreeIds {
     next: u32,
 }
 
 impl FreeIds {
-    fn take(&mut self, used: &BTreeSet<u32>) -> u32 {
-        let mut want = self.next.max(1);
-        for id in used.range(want..) {
-            if *id > want {
-                break;
+    fn take(&mut self, used: &BTreeSet<u32>, max: u32) -> u32 {
+        let scan = |from: u32| {
+            let mut want = from;
+            for id in used.range(want..) {
+                if *id > want {
+                    break;
+                }
+                want += 1;
             }
-            want += 1;
+            want
+        };
+        let mut want = scan(self.next.max(1));
+        if want > max {
+            want = scan(1);
         }
         self.next = want + 1;
         want
@@ -64,7 +77,7 @@ impl FreeIds {
 
 #[cfg(test)]
 fn free_id(used: &BTreeSet<u32>) -> u32 {
-    FreeIds::default().take(used)
+    FreeIds::default().take(used, MAX_BACKENDS)
 }
 
 /// Removes backend `id` from the map (1 if it was there) and then its traffic counters: after the
@@ -219,9 +232,9 @@ impl BpfReconciler {
         let merr = |name: &'static str| move |source| DatapathError::Map { name, source };
         // Ids in use, built only when an id has to be handed out.
         let mut used: Option<BTreeSet<u32>> = None;
-        let mut free = FreeIds::default();
+        let mut free = self.backend_cursor;
         let mut svc_used: Option<BTreeSet<u32>> = None;
-        let mut svc_free = FreeIds::default();
+        let mut svc_free = self.service_cursor;
         // Backends whose last reference went in this call.
         let mut released: Vec<BackendSpec> = Vec::new();
         for key in keys {
@@ -250,7 +263,7 @@ impl BpfReconciler {
                             let used = used.get_or_insert_with(|| {
                                 self.backend_ids.values().copied().collect()
                             });
-                            let id = free.take(used);
+                            let id = free.take(used, MAX_BACKENDS);
                             used.insert(id);
                             self.backend_ids.insert(*spec, id);
                             (id, true)
@@ -272,7 +285,7 @@ impl BpfReconciler {
                 None => {
                     let used = svc_used
                         .get_or_insert_with(|| self.service_ids.values().copied().collect());
-                    let id = svc_free.take(used);
+                    let id = svc_free.take(used, MAX_SERVICES - 1);
                     used.insert(id);
                     self.service_ids.insert(*key, id);
                     id
@@ -334,6 +347,8 @@ impl BpfReconciler {
                 ch.removed += remove_backend(dp, id, &spec)?;
             }
         }
+        self.backend_cursor = free;
+        self.service_cursor = svc_free;
         Ok(ch)
     }
 
@@ -585,11 +600,29 @@ mod tests {
         let mut free = super::FreeIds::default();
         let mut got = Vec::new();
         for _ in 0..4 {
-            let id = free.take(&used);
+            let id = free.take(&used, meshgw_common::maps::MAX_BACKENDS);
             used.insert(id);
             got.push(id);
         }
         assert_eq!(got, [3, 5, 6, 8]);
+    }
+
+    #[test]
+    fn ids_go_round_their_range_before_a_freed_one_is_reused() {
+        let mut free = super::FreeIds::default();
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        for want in [1, 2, 3] {
+            assert_eq!(free.take(&used, 4), want);
+            used.insert(want);
+        }
+        // 1 is freed: the cursor goes on to 4 first, then wraps and finds 1.
+        used.remove(&1);
+        assert_eq!(free.take(&used, 4), 4);
+        used.insert(4);
+        assert_eq!(free.take(&used, 4), 1);
+        used.insert(1);
+        // Every id of the range in use: the one past it (whose insert the full map refuses).
+        assert_eq!(free.take(&used, 4), 5);
     }
 
     #[test]

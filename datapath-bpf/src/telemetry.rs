@@ -152,7 +152,11 @@ impl Datapath {
 
     /// Zeroes a frontend's traffic counters (its id is free again).
     pub fn forget_service_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
-        let name = names::SVC_STATS;
+        self.zero_slot(names::SVC_STATS, id)
+    }
+
+    /// Zeroes slot `id` of the per-CPU traffic array `name`.
+    fn zero_slot(&mut self, name: &'static str, id: u32) -> Result<(), DatapathError> {
         let zero = Self::on_one_cpu(name, Traffic::default())?;
         let map = self
             .ebpf
@@ -194,16 +198,7 @@ impl Datapath {
             h.insert(node, total, 0)
                 .map_err(|source| DatapathError::Map { name, source })?;
         }
-        let name = names::BACKEND_STATS;
-        let zero = Self::on_one_cpu(name, Traffic::default())?;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?;
-        let mut a: PerCpuArray<&mut MapData, Traffic> =
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        a.set(id, zero, 0)
-            .map_err(|source| DatapathError::Map { name, source })
+        self.zero_slot(names::BACKEND_STATS, id)
     }
 
     /// Takes the flow event ring buffer out of the datapath object, for a reader that owns it.

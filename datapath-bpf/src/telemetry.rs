@@ -103,6 +103,28 @@ impl Datapath {
         self.hashed_traffic(names::VIP_ICMP)
     }
 
+    /// The ping counters of the VIPs in `keys` (IPv4-mapped for IPv4); a key the map does not
+    /// hold (a VIP removed meanwhile) is left out. One lookup each: a slice of a large set can
+    /// be read without walking the whole map.
+    pub fn vip_icmp_traffic_of(
+        &self,
+        keys: &[[u8; 16]],
+    ) -> Result<Vec<([u8; 16], Traffic)>, DatapathError> {
+        let name = names::VIP_ICMP;
+        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
+        let h: PerCpuHashMap<&MapData, [u8; 16], Traffic> =
+            PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            match h.get(k, 0) {
+                Ok(v) => out.push((*k, sum(v.iter().copied()))),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { name, source }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes the VIPs whose pings are counted exactly `vips`: entries of VIPs that went are
     /// removed, new VIPs start at zero, and the counts of the others are kept (so the sync is
     /// idempotent, and a restarted daemon keeps the counts the pinned map holds).

@@ -40,7 +40,7 @@ pub struct NodeId {
 pub const STATIC_CLUSTER: &str = "static";
 
 /// A frontend port of a service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Port {
     /// Port name (backends map names to target ports).
     pub name: String,
@@ -51,7 +51,7 @@ pub struct Port {
 }
 
 /// A backend (pod) of a service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
     /// Pod address.
     pub addr: IpAddr,
@@ -76,7 +76,7 @@ impl Backend {
 }
 
 /// A service that may become a portal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Service {
     /// Identity.
     pub name: ServiceName,

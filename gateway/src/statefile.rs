@@ -8,12 +8,14 @@ use serde::Serialize;
 use tracing::warn;
 
 /// Writes `value` to `path` as pretty JSON: to a temporary file beside it, then renamed.
+/// Streamed through a buffer: the status of a large catalog is tens of MB as one string.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
-    )?;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
+    w.flush()?;
+    drop(w);
     std::fs::rename(tmp, path)
 }
 

@@ -150,7 +150,7 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
         }
     }
     println!("portals");
-    for p in &st.portals {
+    for p in st.portals.iter() {
         let vips: Vec<String> = p.vips.iter().map(|v| v.to_string()).collect();
         println!(
             "  {:<32} {:<28} {}  [{}{}]",
@@ -202,7 +202,7 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
     }
     if let Some(snap) = &snap {
         println!("traffic");
-        for s in &snap.services {
+        for s in snap.services.iter() {
             println!(
                 "  {:<32} {}:{}/{}  {} pkts {} B  {} connections",
                 s.service, s.vip, s.port, s.proto, s.packets, s.bytes, s.connections

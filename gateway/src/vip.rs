@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::ServiceName;
 
 /// What a service asks for in one address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Request {
     /// Any free address of the pool.
     Auto,

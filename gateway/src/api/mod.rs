@@ -175,8 +175,9 @@ pub struct Snapshot {
     pub status: Status,
     /// The datapath counters by name.
     pub counters: BTreeMap<String, u64>,
-    /// Per frontend.
-    pub services: Vec<ServiceTelemetry>,
+    /// Per frontend. Shared entry by entry with the daemon's copy: a refresh renders only the
+    /// frontends whose counters it read.
+    pub services: std::sync::Arc<[std::sync::Arc<ServiceTelemetry>]>,
     /// Per tunnel peer.
     pub nodes: Vec<NodeTelemetry>,
     /// Per VIP: the pings it received.

@@ -12,9 +12,11 @@ pub mod observe;
 pub mod status;
 pub mod transit;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,9 +24,9 @@ use meshgw_common::maps::{GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLI
 use meshgw_datapath::{AttachMode, Datapath, Program};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::catalog::{Catalog, STATIC_CLUSTER};
+use crate::catalog::{Catalog, Service, ServiceName, STATIC_CLUSTER};
 use crate::clustermesh::client::ClientEvent;
 use crate::clustermesh::import::{self, Grace};
 use crate::clustermesh::supervisor::Supervisor;
@@ -180,6 +182,47 @@ struct Daemon {
     status_due: Option<Instant>,
     /// When it was last rebuilt.
     status_at: Option<Instant>,
+    /// Writes status.json off the loop.
+    status_writer: status::StatusWriter,
+    /// Each portal's status with a fingerprint of what it was built from: a publish rebuilds
+    /// only the portals whose service, VIPs or draining state changed.
+    portal_cache: BTreeMap<ServiceName, (u64, Arc<PortalStatus>)>,
+    /// The services whose portals changed since the last publish (incremental passes name
+    /// them); `None` after a full pass, which may have changed any.
+    portals_dirty: Option<BTreeSet<ServiceName>>,
+}
+
+/// A portal as the status shows it.
+fn portal_status(s: &Service, vips: Vec<IpAddr>, is_static: bool, draining: bool) -> PortalStatus {
+    let mut from: Vec<&str> = s.backends.iter().map(|b| b.node.cluster.as_str()).collect();
+    from.dedup();
+    PortalStatus {
+        service: s.name.to_string(),
+        vips,
+        ports: s
+            .ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}/{}",
+                    p.name,
+                    p.port,
+                    if p.proto == 6 { "tcp" } else { "udp" }
+                )
+            })
+            .collect(),
+        backends: s
+            .backends
+            .iter()
+            .map(|b| format!("{} via {}/{}", b.addr, b.node.cluster, b.node.name))
+            .collect(),
+        source: if is_static {
+            STATIC_CLUSTER.to_string()
+        } else {
+            from.join(",")
+        },
+        draining,
+    }
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -252,6 +295,9 @@ impl Daemon {
             kernel_failed: false,
             status_due: None,
             status_at: None,
+            status_writer: status::StatusWriter::spawn().context("start the status writer")?,
+            portal_cache: BTreeMap::new(),
+            portals_dirty: None,
             cfg,
         };
         d.observer = Some(
@@ -373,6 +419,7 @@ impl Daemon {
     /// the kernel; `Pass::Update` touches them only when the desired set of them changed, so a
     /// backend change in etcd costs a few map writes, not a netlink dump of every address.
     async fn reconcile(&mut self, pass: Pass) -> Result<()> {
+        self.portals_dirty = None;
         let mut cat = Catalog::from_config(&self.cfg);
         let mut notes = Vec::new();
         if !self.cfg.clusters.is_empty() {
@@ -680,6 +727,9 @@ impl Daemon {
             warn!(problem = %p, "part of the catalog is not served");
         }
         self.desired.problems.extend(problems);
+        if let Some(dirty) = &mut self.portals_dirty {
+            dirty.extend(names.iter().cloned());
+        }
         let now = Instant::now();
         self.status_due.get_or_insert_with(|| {
             let earliest = now + STATUS_DELAY;
@@ -774,69 +824,29 @@ impl Daemon {
 
     /// Refreshes the telemetry snapshot (once a second).
     fn refresh_telemetry(&mut self) {
+        let t0 = Instant::now();
         let mut st = self.last_status.clone().unwrap_or_default();
         st.clusters = self.cluster_status();
         if let Some(o) = &mut self.observer {
             o.refresh(&mut self.dp, &st);
         }
+        debug!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "telemetry refreshed"
+        );
     }
 
     /// Rebuilds the status (status.json, the API's copy) and the telemetry's names from the
     /// catalog as served now.
     fn publish_status(&mut self) {
         self.status_due = None;
-        self.status_at = Some(Instant::now());
+        let t0 = Instant::now();
+        self.status_at = Some(t0);
         if let Some(o) = &mut self.observer {
             o.learn(&mut self.dp, &self.cfg, &self.cat, &self.desired, &self.bpf);
         }
-        let cat = &self.cat;
-        let alloc = &self.alloc;
-        let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
-        let portals = cat
-            .services
-            .values()
-            .map(|s| {
-                let mut from: Vec<&str> =
-                    s.backends.iter().map(|b| b.node.cluster.as_str()).collect();
-                from.dedup();
-                let vips: Vec<IpAddr> = [false, true]
-                    .iter()
-                    .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
-                    .collect();
-                PortalStatus {
-                    service: s.name.to_string(),
-                    vips,
-                    ports: s
-                        .ports
-                        .iter()
-                        .map(|p| {
-                            format!(
-                                "{} {}/{}",
-                                p.name,
-                                p.port,
-                                if p.proto == 6 { "tcp" } else { "udp" }
-                            )
-                        })
-                        .collect(),
-                    backends: s
-                        .backends
-                        .iter()
-                        .map(|b| format!("{} via {}/{}", b.addr, b.node.cluster, b.node.name))
-                        .collect(),
-                    source: if self
-                        .cfg
-                        .services
-                        .iter()
-                        .any(|c| c.namespace == s.name.namespace && c.name == s.name.name)
-                    {
-                        STATIC_CLUSTER.to_string()
-                    } else {
-                        from.join(",")
-                    },
-                    draining: draining.contains(&s.name),
-                }
-            })
-            .collect();
+        let learned = t0.elapsed();
+        let portals = self.portals();
         let mut st = Status {
             gateway: self.cfg.gateway.name.clone(),
             pid: std::process::id(),
@@ -849,7 +859,8 @@ impl Daemon {
             portals,
             clusters: self.cluster_status(),
             dns: self.names.listening(),
-            nodes: cat
+            nodes: self
+                .cat
                 .nodes
                 .values()
                 .map(|n| format!("{}/{} {}", n.id.cluster, n.id.name, n.address))
@@ -864,13 +875,69 @@ impl Daemon {
         if let Some(o) = &self.observer {
             st.problems.extend(o.problems().cloned());
         }
-        if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
-            warn!(error = %e, "cannot write status");
-        }
+        self.status_writer
+            .write(&self.cfg.gateway.state_dir, st.clone());
         if let Some(o) = &self.observer {
             o.set_status(&st);
         }
         self.last_status = Some(st);
+        debug!(
+            learn_ms = learned.as_millis() as u64,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "status published"
+        );
+    }
+
+    /// Every portal's status, rebuilding only those whose inputs changed since the last call:
+    /// after incremental passes, the services they named; after a full pass, those whose
+    /// fingerprint (service, VIPs, draining, source) differs.
+    fn portals(&mut self) -> Arc<[Arc<PortalStatus>]> {
+        let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
+        let statics: HashSet<(&str, &str)> = self
+            .cfg
+            .services
+            .iter()
+            .map(|c| (c.namespace.as_str(), c.name.as_str()))
+            .collect();
+        let alloc = &self.alloc;
+        let build = |s: &Service, old: Option<(u64, Arc<PortalStatus>)>| {
+            let vips: Vec<IpAddr> = [false, true]
+                .iter()
+                .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
+                .collect();
+            let is_static = statics.contains(&(s.name.namespace.as_str(), s.name.name.as_str()));
+            let is_draining = draining.contains(&s.name);
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (s, &vips, is_static, is_draining).hash(&mut h);
+            let print = h.finish();
+            match old {
+                Some((old, p)) if old == print => (print, p),
+                _ => (
+                    print,
+                    Arc::new(portal_status(s, vips, is_static, is_draining)),
+                ),
+            }
+        };
+        match self.portals_dirty.replace(BTreeSet::new()) {
+            Some(dirty) => {
+                for name in dirty {
+                    let old = self.portal_cache.remove(&name);
+                    if let Some(s) = self.cat.services.get(&name) {
+                        self.portal_cache.insert(name, build(s, old));
+                    }
+                }
+            }
+            None => {
+                let mut old = std::mem::take(&mut self.portal_cache);
+                self.portal_cache = self
+                    .cat
+                    .services
+                    .values()
+                    .map(|s| (s.name.clone(), build(s, old.remove(&s.name))))
+                    .collect();
+            }
+        }
+        self.portal_cache.values().map(|(_, p)| p.clone()).collect()
     }
 
     fn cluster_status(&self) -> Vec<ClusterStatus> {
@@ -1004,9 +1071,8 @@ impl Daemon {
         let fresh = t.status(&self.transit_routes).await;
         self.transit_status = Some(fresh.clone());
         st.transit = Some(fresh);
-        if let Err(e) = st.save(&self.cfg.gateway.state_dir) {
-            warn!(error = %e, "cannot write status");
-        }
+        self.status_writer
+            .write(&self.cfg.gateway.state_dir, st.clone());
         if let Some(o) = &self.observer {
             o.set_status(st);
         }
@@ -1129,6 +1195,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     // No socket: clients say "daemon not running" rather than time out.
     let _ = std::fs::remove_file(&d.cfg.observe.api_socket);
     d.observer = None;
+    d.status_writer.finish();
     info!("stopping; the XDP datapath stays attached and forwarding (meshgw down removes it)");
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,8 +73,9 @@ pub struct Status {
     pub vtep_mac: String,
     /// VNI sent.
     pub identity: u32,
-    /// Portals.
-    pub portals: Vec<PortalStatus>,
+    /// Portals. Shared, entry by entry, with the daemon's cache and every copy of the status
+    /// (the API's snapshot, the file writer): at 50,000 services a deep copy is tens of MB.
+    pub portals: Arc<[Arc<PortalStatus>]>,
     /// Remote clusters.
     #[serde(default)]
     pub clusters: Vec<ClusterStatus>,
@@ -195,6 +198,61 @@ impl Status {
     pub fn load(state_dir: &Path) -> std::io::Result<Status> {
         let bytes = std::fs::read(Self::path(state_dir))?;
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+/// Writes published statuses to `status.json` on a thread of its own, so that serializing tens
+/// of thousands of portals never holds up the daemon's loop. Only the newest pending status is
+/// written: one that was superseded before its turn would be stale anyway.
+pub struct StatusWriter {
+    tx: Option<mpsc::Sender<(PathBuf, Status)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusWriter {
+    /// Starts the writer thread.
+    pub fn spawn() -> std::io::Result<StatusWriter> {
+        let (tx, rx) = mpsc::channel::<(PathBuf, Status)>();
+        let thread = std::thread::Builder::new()
+            .name("meshgw-status".into())
+            .spawn(move || {
+                while let Ok(mut next) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        next = newer;
+                    }
+                    let (dir, st) = next;
+                    if let Err(e) = st.save(&dir) {
+                        tracing::warn!(error = %e, dir = %dir.display(), "cannot write status");
+                    }
+                }
+            })?;
+        Ok(StatusWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `st` for `<state_dir>/status.json`.
+    pub fn write(&self, state_dir: &Path, st: Status) {
+        if let Some(tx) = &self.tx {
+            // The thread only ends when `tx` is dropped; a failed send means it panicked, and
+            // the API's copy of the status still serves.
+            let _ = tx.send((state_dir.to_path_buf(), st));
+        }
+    }
+
+    /// Writes what is pending and stops the thread.
+    pub fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

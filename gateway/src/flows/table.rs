@@ -15,10 +15,10 @@ use super::record::{Endpoint, FlowRecord, Verdict};
 /// What the datapath's ids mean, as the daemon last reconciled them.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    /// Service id -> `namespace/name`.
-    pub services: HashMap<u32, String>,
-    /// Backend id -> `addr:port`.
-    pub backends: HashMap<u32, String>,
+    /// Service id -> `namespace/name` (shared with the telemetry's frontend list).
+    pub services: HashMap<u32, std::sync::Arc<str>>,
+    /// Backend id -> its address and port.
+    pub backends: HashMap<u32, std::net::SocketAddr>,
     /// Backend id -> its address (IPv4-mapped for IPv4) and port in network order: the source
     /// of the flow's reply tracking entry.
     pub backend_keys: HashMap<u32, ([u8; 16], u16)>,
@@ -153,8 +153,8 @@ impl FlowTable {
                 last_seen_ms: at_ms,
                 src: endpoint(&e.src, e.sport, e.src_identity),
                 dst: endpoint(&e.dst, e.dport, e.dst_identity),
-                service: names.services.get(&e.service_id).cloned(),
-                backend: names.backends.get(&e.backend_id).cloned(),
+                service: names.services.get(&e.service_id).map(|s| s.to_string()),
+                backend: names.backends.get(&e.backend_id).map(|b| b.to_string()),
                 proto: proto_name(e.proto),
                 proto_num: e.proto,
                 verdict: if dropped {
@@ -331,8 +331,8 @@ mod tests {
 
     fn names() -> Names {
         Names {
-            services: [(1, "default/web".to_string())].into(),
-            backends: [(7, "10.244.1.10:8080".to_string())].into(),
+            services: [(1, std::sync::Arc::from("default/web"))].into(),
+            backends: [(7, "10.244.1.10:8080".parse().unwrap())].into(),
             backend_keys: [(7, (v4_mapped([10, 244, 1, 10]), 8080u16.to_be()))].into(),
             identities: [(2, vec!["reserved:world".to_string()])].into(),
         }

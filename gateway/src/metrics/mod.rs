@@ -138,7 +138,7 @@ fn registry(s: &Snapshot) -> Registry {
         "backend_health",
         "A backend's passive health (1 for its current state: up, failing, unknown), judged from the TCP connections of the last minute it answered or not",
     );
-    for f in &s.services {
+    for f in s.services.iter() {
         let l = FrontendLabels {
             service: f.service.clone(),
             vip: f.vip.to_string(),

@@ -35,7 +35,7 @@ fn snapshot() -> Snapshot {
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
         .collect(),
-        services: vec![ServiceTelemetry {
+        services: [std::sync::Arc::new(ServiceTelemetry {
             service: "default/web".into(),
             vip: "10.200.0.1".parse().unwrap(),
             port: 80,
@@ -53,7 +53,8 @@ fn snapshot() -> Snapshot {
                 answered: 1,
                 unanswered: 2,
             }],
-        }],
+        })]
+        .into(),
         nodes: vec![
             NodeTelemetry {
                 node: "east/n1".into(),

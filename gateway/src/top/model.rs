@@ -239,6 +239,7 @@ impl Model {
             .as_ref()?
             .services
             .get(self.selection(Pane::Services))
+            .map(|s| &**s)
     }
 
     /// The flows the filter lets through, oldest first.

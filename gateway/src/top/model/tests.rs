@@ -33,7 +33,7 @@ fn snap(at_ms: u64, packets: u64, drops: u64) -> Snapshot {
             ("drop_policy".to_string(), drops),
         ]
         .into(),
-        services: vec![ServiceTelemetry {
+        services: [std::sync::Arc::new(ServiceTelemetry {
             service: "default/web".into(),
             vip: "10.200.0.1".parse().unwrap(),
             port: 80,
@@ -51,7 +51,8 @@ fn snap(at_ms: u64, packets: u64, drops: u64) -> Snapshot {
                 answered: 1,
                 unanswered: 2,
             }],
-        }],
+        })]
+        .into(),
         nodes: vec![NodeTelemetry {
             node: "east/n1".into(),
             address: "172.18.0.11".into(),

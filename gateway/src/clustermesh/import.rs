@@ -3,7 +3,7 @@
 //! namespace/name in several clusters merge into one service (as Cilium's global services do),
 //! which node hosts each backend, and how long a withdrawn service keeps its VIP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::kvstore::{ClusterService, KvNode, L4Protocol};
 use super::state::ClusterState;
-use crate::catalog::{Backend, Node, NodeId, Port, Service, ServiceName};
+use crate::catalog::{named_ports, Backend, NamedPorts, Node, NodeId, Port, Service, ServiceName};
 use crate::config::{PortalSelector, VipSpec};
 use crate::vip::Request;
 
@@ -24,6 +24,26 @@ pub struct Imported {
     pub nodes: BTreeMap<NodeId, Node>,
     /// What could not be imported, and why.
     pub problems: Vec<String>,
+    /// Each node's id, once made (cluster -> node name -> id): backends share it.
+    node_ids: HashMap<String, HashMap<String, NodeId>>,
+}
+
+impl Imported {
+    /// The id of node `name` of `cluster`, shared with every other user of it.
+    fn node_id(&mut self, cluster: &str, name: &str) -> NodeId {
+        if let Some(id) = self.node_ids.get(cluster).and_then(|m| m.get(name)) {
+            return id.clone();
+        }
+        let id = NodeId {
+            cluster: cluster.into(),
+            name: name.into(),
+        };
+        self.node_ids
+            .entry(cluster.to_string())
+            .or_default()
+            .insert(name.to_string(), id.clone());
+        id
+    }
 }
 
 fn glob(p: &str, s: &str) -> bool {
@@ -103,10 +123,7 @@ pub fn import(
                 ));
                 continue;
             };
-            let id = NodeId {
-                cluster: cluster.clone(),
-                name: n.name.clone(),
-            };
+            let id = out.node_id(cluster, &n.name);
             let node = Node {
                 id: id.clone(),
                 address,
@@ -171,6 +188,9 @@ fn add_service<'a>(
             }
         }
     }
+    // Backends mapping their ports alike (the common case) share one list.
+    let mut shared: Option<NamedPorts> = None;
+    let mut backends = Vec::with_capacity(svc.backends.len());
     for (ip, ports) in &svc.backends {
         let Some(node) = node_of(state, *ip) else {
             out.problems.push(format!(
@@ -187,17 +207,26 @@ fn add_service<'a>(
             .and_then(|id| state.identity_labels(id))
             .cloned()
             .unwrap_or_default();
-        entry.backends.push(Backend {
+        let mine = named_ports(ports.iter().map(|(n, pc)| (n.as_str(), pc.port)));
+        let ports = match &shared {
+            Some(p) if *p == mine => p.clone(),
+            _ => {
+                shared = Some(mine.clone());
+                mine
+            }
+        };
+        let node = out.node_id(cluster, &node.name);
+        backends.push(Backend {
             addr: *ip,
-            ports: ports.iter().map(|(n, pc)| (n.clone(), pc.port)).collect(),
-            node: NodeId {
-                cluster: cluster.to_string(),
-                name: node.name.clone(),
-            },
+            ports,
+            node,
             weight: 1,
             identity,
             labels,
         });
+    }
+    if let Some(entry) = out.services.get_mut(&name) {
+        entry.backends.extend(backends);
     }
 }
 
@@ -247,24 +276,32 @@ pub fn import_services(
 /// Keeps withdrawn services (VIP and last backends) for a grace period, so established flows drain
 /// before the VIP goes (its service entries, and for IPv6 its address and neighbour answers; the
 /// IPv4 pool's local route keeps answering ARP for every pool address).
+///
+/// Only names are remembered between passes: a withdrawn service's last version is taken from
+/// what the caller served (its catalog), not from a second copy of every imported service.
 #[derive(Debug, Default)]
 pub struct Grace {
     withdrawn: BTreeMap<ServiceName, (Instant, Service)>,
-    last: BTreeMap<ServiceName, Service>,
+    last: std::collections::BTreeSet<ServiceName>,
 }
 
 impl Grace {
     /// The services to serve now: `current`, plus those withdrawn less than `grace` ago.
+    /// `served` is what the previous pass served (where a newly withdrawn service's last
+    /// version comes from).
     pub fn apply(
         &mut self,
         current: BTreeMap<ServiceName, Service>,
+        served: &BTreeMap<ServiceName, Service>,
         now: Instant,
         grace: Duration,
     ) -> BTreeMap<ServiceName, Service> {
-        for (name, svc) in std::mem::take(&mut self.last) {
+        for name in std::mem::take(&mut self.last) {
             if !current.contains_key(&name) {
-                info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
-                self.withdrawn.insert(name, (now + grace, svc));
+                if let Some(svc) = served.get(&name) {
+                    info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
+                    self.withdrawn.insert(name, (now + grace, svc.clone()));
+                }
             }
         }
         self.withdrawn.retain(|name, (deadline, _)| {
@@ -274,7 +311,7 @@ impl Grace {
             }
             keep
         });
-        self.last = current.clone();
+        self.last = current.keys().cloned().collect();
         let mut out = current;
         for (name, (_, svc)) in &self.withdrawn {
             out.entry(name.clone()).or_insert_with(|| svc.clone());
@@ -291,24 +328,25 @@ impl Grace {
         &mut self,
         names: &std::collections::BTreeSet<ServiceName>,
         mut current: BTreeMap<ServiceName, Service>,
+        served: &BTreeMap<ServiceName, Service>,
         now: Instant,
         grace: Duration,
     ) -> BTreeMap<ServiceName, Service> {
         for name in names {
-            match current.get(name) {
-                Some(svc) => {
-                    self.withdrawn.remove(name);
-                    self.last.insert(name.clone(), svc.clone());
+            if current.contains_key(name) {
+                self.withdrawn.remove(name);
+                self.last.insert(name.clone());
+                continue;
+            }
+            if self.last.remove(name) {
+                if let Some(svc) = served.get(name) {
+                    info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
+                    self.withdrawn
+                        .insert(name.clone(), (now + grace, svc.clone()));
                 }
-                None => {
-                    if let Some(svc) = self.last.remove(name) {
-                        info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
-                        self.withdrawn.insert(name.clone(), (now + grace, svc));
-                    }
-                    if let Some((_, svc)) = self.withdrawn.get(name) {
-                        current.insert(name.clone(), svc.clone());
-                    }
-                }
+            }
+            if let Some((_, svc)) = self.withdrawn.get(name) {
+                current.insert(name.clone(), svc.clone());
             }
         }
         current

@@ -194,7 +194,7 @@ struct Daemon {
 
 /// A portal as the status shows it.
 fn portal_status(s: &Service, vips: Vec<IpAddr>, is_static: bool, draining: bool) -> PortalStatus {
-    let mut from: Vec<&str> = s.backends.iter().map(|b| b.node.cluster.as_str()).collect();
+    let mut from: Vec<&str> = s.backends.iter().map(|b| &*b.node.cluster).collect();
     from.dedup();
     PortalStatus {
         service: s.name.to_string(),
@@ -428,7 +428,9 @@ impl Daemon {
             let has6 = pool.iter().any(|n| matches!(n, ipnet::IpNet::V6(_)));
             let imported = import::import(&self.clusters.states, &self.cfg.portals, has4, has6);
             let grace = Duration::from_secs(self.cfg.vips.withdraw_grace_seconds);
-            let services = self.grace.apply(imported.services, Instant::now(), grace);
+            let services =
+                self.grace
+                    .apply(imported.services, &self.cat.services, Instant::now(), grace);
             notes.extend(imported.problems);
             notes.extend(cat.merge_imported(services, imported.nodes));
             for (name, st) in &self.clusters.states {
@@ -651,9 +653,13 @@ impl Daemon {
         let imported =
             import::import_services(&self.clusters.states, &self.cfg.portals, has4, has6, &names);
         let grace = Duration::from_secs(self.cfg.vips.withdraw_grace_seconds);
-        let mut served = self
-            .grace
-            .apply_some(&names, imported.services, Instant::now(), grace);
+        let mut served = self.grace.apply_some(
+            &names,
+            imported.services,
+            &self.cat.services,
+            Instant::now(),
+            grace,
+        );
         let ids_path = LocalIdentities::path(&self.cfg.gateway.state_dir);
         let ids = self
             .local_ids

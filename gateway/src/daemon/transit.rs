@@ -136,7 +136,7 @@ pub fn origins(cat: &crate::catalog::Catalog, alloc: &crate::vip::Allocation) ->
                     .backends
                     .iter()
                     .filter(|b| b.addr.is_ipv4())
-                    .filter_map(|b| b.ports.get(&p.name).map(|t| (b.addr, *t)))
+                    .filter_map(|b| b.port_named(&p.name).map(|t| (b.addr, t)))
                     .collect();
                 let proto = if p.proto == 6 { "tcp" } else { "udp" };
                 (proto.to_owned(), p.port, backends)

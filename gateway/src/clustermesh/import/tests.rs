@@ -109,7 +109,7 @@ fn same_service_in_two_clusters_merges_backends() {
             proto: 6
         }]
     );
-    assert_eq!(svc.backends[0].ports.get("http"), Some(&8080));
+    assert_eq!(svc.backends[0].port_named("http"), Some(8080));
     assert_eq!(svc.vip4, Some(Request::Auto));
     assert_eq!(svc.vip6, None, "no IPv6 backends, no IPv6 VIP");
     assert_eq!(imp.nodes.len(), 2);
@@ -198,21 +198,30 @@ fn withdrawn_services_stay_for_the_grace_period() {
     let t0 = Instant::now();
     let mut g = Grace::default();
     let full = import(&two_clusters(), &[sel("*", "*", "*")], true, false).services;
-    assert_eq!(g.apply(full.clone(), t0, grace).len(), 1);
-    let served = g.apply(BTreeMap::new(), t0 + Duration::from_secs(1), grace);
+    let none = BTreeMap::new();
+    let first = g.apply(full.clone(), &none, t0, grace);
+    assert_eq!(first.len(), 1);
+    // The withdrawn service's last version is what was served.
+    let served = g.apply(BTreeMap::new(), &first, t0 + Duration::from_secs(1), grace);
     assert!(served.contains_key(&echo()), "kept while draining");
+    assert_eq!(served.get(&echo()), first.get(&echo()));
     assert_eq!(g.draining().count(), 1);
     assert!(g.next_deadline().is_some());
     assert!(
-        g.apply(BTreeMap::new(), t0 + Duration::from_secs(32), grace)
-            .is_empty(),
+        g.apply(
+            BTreeMap::new(),
+            &served,
+            t0 + Duration::from_secs(32),
+            grace
+        )
+        .is_empty(),
         "released after the grace"
     );
     assert_eq!(g.next_deadline(), None);
     // Coming back during the grace cancels it.
-    g.apply(full.clone(), t0, grace);
-    g.apply(BTreeMap::new(), t0 + Duration::from_secs(1), grace);
-    g.apply(full, t0 + Duration::from_secs(2), grace);
+    let s1 = g.apply(full.clone(), &none, t0, grace);
+    let s2 = g.apply(BTreeMap::new(), &s1, t0 + Duration::from_secs(1), grace);
+    g.apply(full, &s2, t0 + Duration::from_secs(2), grace);
     assert_eq!(g.draining().count(), 0);
 }
 
@@ -249,19 +258,24 @@ fn grace_for_some_services_keeps_a_withdrawn_one_and_drops_nothing_else() {
     let mut g = Grace::default();
     let t0 = Instant::now();
     let grace = Duration::from_secs(30);
-    let all = g.apply(imp.services.clone(), t0, grace);
+    let all = g.apply(imp.services.clone(), &BTreeMap::new(), t0, grace);
     assert!(all.contains_key(&echo()));
     let names: std::collections::BTreeSet<ServiceName> = [echo()].into();
     // Withdrawn by an event: still served, now draining.
-    let served = g.apply_some(&names, BTreeMap::new(), t0, grace);
+    let served = g.apply_some(&names, BTreeMap::new(), &all, t0, grace);
     assert_eq!(served.get(&echo()), imp.services.get(&echo()));
     assert_eq!(g.draining().collect::<Vec<_>>(), [&echo()]);
     // Back again: served as it is now and no longer draining.
-    let served = g.apply_some(&names, imp.services.clone(), t0, grace);
+    let served = g.apply_some(&names, imp.services.clone(), &all, t0, grace);
     assert!(served.contains_key(&echo()));
     assert_eq!(g.draining().count(), 0);
     // The full pass after the grace period agrees: a withdrawn service goes at its deadline.
-    g.apply_some(&names, BTreeMap::new(), t0, grace);
-    let later = g.apply(BTreeMap::new(), t0 + grace + Duration::from_secs(1), grace);
+    g.apply_some(&names, BTreeMap::new(), &all, t0, grace);
+    let later = g.apply(
+        BTreeMap::new(),
+        &all,
+        t0 + grace + Duration::from_secs(1),
+        grace,
+    );
     assert!(later.is_empty(), "{later:?}");
 }

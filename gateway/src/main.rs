@@ -145,12 +145,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Two malloc arenas instead of glibc's default of eight per core: the daemon's allocations
+/// (Cluster Mesh values decoded on the runtime's workers, the catalog built on the main thread)
+/// otherwise spread over arenas that each keep their own free memory, which showed as RSS far
+/// above the live heap at 50,000 services.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { files } => return check(&files),
         Cmd::Run { config } => {
             init_logging();
+            limit_malloc_arenas();
             daemon::require_privileges()
                 .and_then(|()| daemon::source_for(config.as_deref()))
                 .and_then(|src| runtime()?.block_on(daemon::run(src)))

@@ -479,7 +479,8 @@ impl Observer {
         let Ok(mut names) = self.shared.names.write() else {
             return;
         };
-        let rebuild = !self.learned || names.backends.len() > 2 * self.backend_nodes.len() + 1024;
+        let rebuild =
+            !self.learned || names.backend_keys.len() > 2 * self.backend_nodes.len() + 1024;
         let fresh: Vec<usize>;
         let added = if rebuild {
             *names = Names::default();
@@ -511,9 +512,6 @@ impl Observer {
             let f = &self.frontends[*i];
             names.services.insert(f.service_id, f.service.clone());
             for (id, spec) in &f.backends {
-                names
-                    .backends
-                    .insert(*id, std::net::SocketAddr::new(spec.addr, spec.port));
                 names
                     .backend_keys
                     .insert(*id, (addr16(spec.addr).0, spec.port.to_be()));

@@ -17,8 +17,6 @@ use super::record::{Endpoint, FlowRecord, Verdict};
 pub struct Names {
     /// Service id -> `namespace/name` (shared with the telemetry's frontend list).
     pub services: HashMap<u32, std::sync::Arc<str>>,
-    /// Backend id -> its address and port.
-    pub backends: HashMap<u32, std::net::SocketAddr>,
     /// Backend id -> its address (IPv4-mapped for IPv4) and port in network order: the source
     /// of the flow's reply tracking entry.
     pub backend_keys: HashMap<u32, ([u8; 16], u16)>,
@@ -154,7 +152,10 @@ impl FlowTable {
                 src: endpoint(&e.src, e.sport, e.src_identity),
                 dst: endpoint(&e.dst, e.dport, e.dst_identity),
                 service: names.services.get(&e.service_id).map(|s| s.to_string()),
-                backend: names.backends.get(&e.backend_id).map(|b| b.to_string()),
+                // The backend is of the flow's family (the datapath never translates across).
+                backend: names.backend_keys.get(&e.backend_id).map(|(a, port)| {
+                    std::net::SocketAddr::new(addr(a, e.family), u16::from_be(*port)).to_string()
+                }),
                 proto: proto_name(e.proto),
                 proto_num: e.proto,
                 verdict: if dropped {
@@ -332,7 +333,6 @@ mod tests {
     fn names() -> Names {
         Names {
             services: [(1, std::sync::Arc::from("default/web"))].into(),
-            backends: [(7, "10.244.1.10:8080".parse().unwrap())].into(),
             backend_keys: [(7, (v4_mapped([10, 244, 1, 10]), 8080u16.to_be()))].into(),
             identities: [(2, vec!["reserved:world".to_string()])].into(),
         }

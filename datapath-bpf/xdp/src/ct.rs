@@ -134,6 +134,7 @@ pub fn backend_for(
     let f = &s.flow;
     let key = forward_key(f);
     let t = now();
+    s.now = t;
     if let Some(fwd) = CT.get_ptr_mut(&key) {
         // SAFETY: live map value.
         let id = unsafe { (*fwd).backend_id };

@@ -279,7 +279,9 @@ pub fn reply_target(s: &mut Scratch) -> bool {
     let Some(e) = SNAT.get_ptr_mut(&key(f, CT_DIR_EGRESS_REPLY)) else {
         return false;
     };
-    touch(e, f, ct::now());
+    let t = ct::now();
+    s.now = t;
+    touch(e, f, t);
     // SAFETY: live map value, copied out.
     s.backend = unsafe {
         BackendValue {

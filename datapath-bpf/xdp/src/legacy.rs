@@ -93,7 +93,8 @@ pub fn tunnel_to_backend(
         return drop(Counter::DropNoBackend);
     }
     let outer_ip_len = (f.l3_len + (BLOCK_LEN - ETH_LEN)) as u16;
-    let nh = match nexthop::get(ctx, s, cfg, b.node_ip, outer_ip_len) {
+    let t = s.now;
+    let nh = match nexthop::get(ctx, s, cfg, b.node_ip, outer_ip_len, t) {
         Ok(nh) => nh,
         Err(Fib::TooBig) => return drop(Counter::DropTooBig),
         Err(_) => return drop(Counter::DropFibMiss),

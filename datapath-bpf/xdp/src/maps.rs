@@ -91,6 +91,9 @@ pub struct Scratch {
     pub entry: CtEntry,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
+    /// The coarse clock as read once for the packet (by whichever stage read it first), so
+    /// that later stages do not pay another helper call for it.
+    pub now: u64,
     /// A source-NAT entry being created.
     pub snat: SnatEntry,
     /// Egress: the translated source address and port (network order).

@@ -113,7 +113,8 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             (*e).local_mac,
         )
     };
-    ct::touch(e, inner, ct::now());
+    let t = ct::now();
+    ct::touch(e, inner, t);
 
     let tagged = flags & CT_F_VLAN != 0;
     let v4 = inner.family == FAMILY_V4;
@@ -122,7 +123,7 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     let hop = if tagged {
         None
     } else {
-        nexthop::client(ctx, s, cfg, &nat_addr, l3_len)
+        nexthop::client(ctx, s, cfg, &nat_addr, l3_len, t)
     };
     let (dmac, smac) = if let Some(macs) = hop {
         macs

@@ -43,6 +43,7 @@ fn fresh(nh: &NextHop, cfg: &GatewayConfig, t: u64) -> bool {
 /// The next hop towards `node_ip` for an outer packet of `outer_ip_len` bytes: a pointer to the
 /// cached entry (or, when it cannot be cached, to `s.nh`), or the FIB's verdict (`TooBig` for a
 /// packet over the path MTU, `Miss` when the node is not reachable through the mesh interface).
+/// `t` is the packet's coarse clock reading (`s.now`).
 #[inline(always)]
 pub fn get(
     ctx: &XdpContext,
@@ -50,8 +51,8 @@ pub fn get(
     cfg: &GatewayConfig,
     node_ip: [u8; 4],
     outer_ip_len: u16,
+    t: u64,
 ) -> Result<*const NextHop, Fib> {
-    let t = now();
     let nh = match NEXTHOP.get_ptr(&node_ip) {
         // SAFETY: a live per-CPU map value, only this CPU's.
         Some(nh) if fresh(unsafe { &*nh }, cfg, t) => nh,
@@ -123,7 +124,8 @@ const _: () = assert!(BLOCK_LEN == 64);
 
 /// The MACs (destination, source) the reply to the client `s.inner.dst` (from `vip`,
 /// `l3_len` bytes) goes to when the FIB knows the client on the legacy interface: as a lookup
-/// would say, but from the cache while its entry is fresh.
+/// would say, but from the cache while its entry is fresh. `t` is the packet's coarse clock
+/// reading.
 #[inline(always)]
 pub fn client(
     ctx: &XdpContext,
@@ -131,8 +133,8 @@ pub fn client(
     cfg: &GatewayConfig,
     vip: &[u8; 16],
     l3_len: u16,
+    t: u64,
 ) -> Option<([u8; 6], [u8; 6])> {
-    let t = now();
     if let Some(h) = CLIENT_HOPS.get_ptr(&s.inner.dst) {
         // SAFETY: a live per-CPU map value, only this CPU's; copied out into locals (a copy
         // into the scratch map would be a byte-loop memmove).

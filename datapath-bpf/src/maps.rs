@@ -9,7 +9,7 @@ use meshgw_common::maps::{
     names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig,
     MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue,
     SnatEntry, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES,
-    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
+    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{
@@ -228,7 +228,14 @@ impl Datapath {
     /// the FIB again. For a neighbour or route change that must apply at once rather than within
     /// the caches' age bound.
     pub fn flush_nexthops(&mut self) -> Result<(), DatapathError> {
-        self.flush::<[u8; 4], NextHop>(names::NEXTHOP)?;
+        let name = names::NEXTHOP;
+        let mut a: PerCpuArray<&mut MapData, NextHop> = PerCpuArray::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        for slot in 0..NEXTHOP_SLOTS {
+            let empty = Self::on_one_cpu(name, NextHop::default())?;
+            a.set(slot, empty, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+        }
         self.flush::<[u8; 16], ClientHop>(names::CLIENT_HOPS)
     }
 

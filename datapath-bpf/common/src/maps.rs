@@ -84,8 +84,9 @@ pub mod names {
     /// [`super::CtKey`] (dir [`super::CT_DIR_EGRESS`] or [`super::CT_DIR_EGRESS_REPLY`]) ->
     /// [`super::SnatEntry`] (LRU).
     pub const SNAT: &str = "MGW_SNAT";
-    /// Per-CPU LRU: node IPv4 address (`[u8; 4]`) -> [`super::NextHop`]. A cache, never pinned:
-    /// a new program starts with an empty one.
+    /// Per-CPU array of [`super::NEXTHOP_SLOTS`] [`super::NextHop`]s, a node's entry in one of
+    /// the two slots [`super::nexthop_slots`] gives its IPv4 address (the entry names its node).
+    /// A cache, never pinned: a new program starts with an empty one.
     pub const NEXTHOP: &str = "MGW_NEXTHOP";
     /// Per-CPU LRU: client address (16 bytes, IPv4-mapped for IPv4) -> [`super::ClientHop`].
     /// A cache like [`NEXTHOP`], never pinned.
@@ -390,8 +391,27 @@ pub struct SnatEntry {
     pub rule: u32,
 }
 
-/// The next hop towards a mesh node as the XDP programs cache it (per CPU, by node IPv4 address,
-/// in `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what it was built with.
+/// Slots of the next-hop cache (`MGW_NEXTHOP`): a power of two, as many as nodes can be known.
+pub const NEXTHOP_SLOTS: u32 = MAX_NODES;
+const _: () = assert!(NEXTHOP_SLOTS.is_power_of_two());
+
+/// The two slots of the next-hop cache a node's entry may live in (two multiplicative hashes of
+/// its IPv4 address, as read from memory): an array index is an inlined lookup where a hash map
+/// is a chain of kernel calls, and a second choice keeps two busy nodes whose first slots
+/// collide from evicting each other on every packet.
+#[inline(always)]
+pub const fn nexthop_slots(node_ip: [u8; 4]) -> (u32, u32) {
+    let ip = u32::from_ne_bytes(node_ip);
+    let shift = 32 - NEXTHOP_SLOTS.trailing_zeros();
+    (
+        ip.wrapping_mul(0x9e37_79b1) >> shift,
+        ip.wrapping_mul(0x85eb_ca6b) >> shift,
+    )
+}
+
+/// The next hop towards a mesh node as the XDP programs cache it (per CPU, in one of the node's
+/// [`nexthop_slots`] of `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what
+/// it was built with.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
@@ -411,7 +431,9 @@ pub struct NextHop {
     /// See [`NextHop::mesh_ip`] (network order).
     pub vxlan_port: u16,
     /// Padding, always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The node this entry is for (network order); all zero in an empty slot.
+    pub node_ip: [u8; 4],
 }
 
 impl Default for NextHop {
@@ -424,7 +446,8 @@ impl Default for NextHop {
             mesh_ip: [0; 4],
             vni: 0,
             vxlan_port: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            node_ip: [0; 4],
         }
     }
 }

@@ -9,7 +9,7 @@ use meshgw_common::maps::{
     BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
     NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
     CT_MAX, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
-    MAX_SERVICES, SNAT_MAX,
+    MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
@@ -56,10 +56,11 @@ pub static EGRESS: LpmTrie<EgressKey, EgressValue> =
 #[map(name = "MGW_SNAT")]
 pub static SNAT: LruHashMap<CtKey, SnatEntry> = LruHashMap::with_max_entries(SNAT_MAX, 0);
 
-/// Not pinned: a cache that a new program may start empty.
+/// Not pinned: a cache that a new program may start empty. An array (see
+/// `meshgw_common::maps::nexthop_slots`): its lookup is inlined by the verifier, where a hash
+/// lookup is a helper call.
 #[map(name = "MGW_NEXTHOP")]
-pub static NEXTHOP: LruPerCpuHashMap<[u8; 4], NextHop> =
-    LruPerCpuHashMap::with_max_entries(MAX_NODES, 0);
+pub static NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHOP_SLOTS, 0);
 
 /// Not pinned, like `NEXTHOP`. As many clients as connection-tracking keeps flows for would be
 /// too many to cache; the least recently used go.

@@ -10,7 +10,7 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use aya_ebpf::programs::XdpContext;
 use meshgw_common::encap::{write_vxlan_block, EncapParams, BLOCK_LEN};
-use meshgw_common::maps::{v4_mapped, ClientHop, GatewayConfig, NextHop, FAMILY_V4};
+use meshgw_common::maps::{nexthop_slots, v4_mapped, ClientHop, GatewayConfig, NextHop, FAMILY_V4};
 use meshgw_common::parse::ETH_P_IP;
 
 use crate::fib::{self, Fib};
@@ -30,14 +30,23 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Whether `nh` may serve a packet now under `cfg`.
+/// Whether `nh` may serve a packet to `node_ip` now under `cfg`.
 #[inline(always)]
-fn fresh(nh: &NextHop, cfg: &GatewayConfig, t: u64) -> bool {
-    t.wrapping_sub(nh.stamp_ns) < MAX_AGE_NS
+fn fresh(nh: &NextHop, node_ip: [u8; 4], cfg: &GatewayConfig, t: u64) -> bool {
+    nh.node_ip == node_ip
+        && t.wrapping_sub(nh.stamp_ns) < MAX_AGE_NS
         && nh.ifindex == cfg.mesh_ifindex
         && nh.mesh_ip == cfg.mesh_ip
         && nh.vni == cfg.vni
         && nh.vxlan_port == cfg.vxlan_port
+}
+
+/// The cached entry for `node_ip` in `slot` if it may serve a packet now.
+#[inline(always)]
+fn cached(slot: u32, node_ip: [u8; 4], cfg: &GatewayConfig, t: u64) -> Option<*const NextHop> {
+    let nh = NEXTHOP.get_ptr(slot)?;
+    // SAFETY: a live per-CPU map value, only this CPU's.
+    fresh(unsafe { &*nh }, node_ip, cfg, t).then_some(nh)
 }
 
 /// The next hop towards `node_ip` for an outer packet of `outer_ip_len` bytes: a pointer to the
@@ -53,10 +62,10 @@ pub fn get(
     outer_ip_len: u16,
     t: u64,
 ) -> Result<*const NextHop, Fib> {
-    let nh = match NEXTHOP.get_ptr(&node_ip) {
-        // SAFETY: a live per-CPU map value, only this CPU's.
-        Some(nh) if fresh(unsafe { &*nh }, cfg, t) => nh,
-        _ => match refresh(ctx, s, node_ip, outer_ip_len) {
+    let (a, b) = nexthop_slots(node_ip);
+    let nh = match cached(a, node_ip, cfg, t).or_else(|| cached(b, node_ip, cfg, t)) {
+        Some(nh) => nh,
+        None => match refresh(ctx, s, node_ip, outer_ip_len) {
             Fib::Found => &s.nh as *const NextHop,
             other => return Err(other),
         },
@@ -103,9 +112,10 @@ fn refresh(ctx: &XdpContext, s: &mut Scratch, node_ip: [u8; 4], outer_ip_len: u1
         inner_ethertype: ETH_P_IP,
         inner_l3_len: EMPTY_INNER,
     };
+    let t = now();
     let nh = &mut s.nh;
     write_vxlan_block(&enc, &mut nh.block);
-    nh.stamp_ns = now();
+    nh.stamp_ns = t;
     // On success the kernel returns the route's MTU where the packet length was (the union of
     // `tot_len` and `mtu_result`): later packets are checked against it here.
     nh.mtu = u32::from(s.fib.tot_len);
@@ -113,10 +123,19 @@ fn refresh(ctx: &XdpContext, s: &mut Scratch, node_ip: [u8; 4], outer_ip_len: u1
     nh.mesh_ip = cfg.mesh_ip;
     nh.vni = cfg.vni;
     nh.vxlan_port = cfg.vxlan_port;
-    nh._pad = [0; 6];
-    // A full map evicts the least recently used node; a failed insert only costs the next
-    // packet another lookup.
-    let _ = NEXTHOP.insert(&node_ip, &*nh, 0);
+    nh._pad = [0; 2];
+    nh.node_ip = node_ip;
+    // The first slot unless it holds another node's entry that is still in use (within the age
+    // bound) and the second does not: two nodes sharing a first slot then both stay cached. A
+    // full pair evicts the first slot's node, whose next packet asks the FIB again.
+    let (a, b) = nexthop_slots(node_ip);
+    let busy = |slot: u32| match NEXTHOP.get_ptr(slot) {
+        // SAFETY: a live per-CPU map value, only this CPU's.
+        Some(e) => unsafe { (*e).node_ip != node_ip && t.wrapping_sub((*e).stamp_ns) < MAX_AGE_NS },
+        None => false,
+    };
+    let slot = if busy(a) && !busy(b) { b } else { a };
+    let _ = NEXTHOP.set(slot, &*nh, 0);
     Fib::Found
 }
 

@@ -18,6 +18,9 @@ pub const MAGLEV_SIZE: usize = 1021;
 pub const MAX_SERVICES: u32 = 65_536;
 /// Maximum number of backends over all services.
 pub const MAX_BACKENDS: u32 = 262_144;
+/// Slots of `MGW_BACKENDS`, an array indexed by backend id: ids are 1..=[`MAX_BACKENDS`] (0 is
+/// never a backend), so slot 0 stays empty.
+pub const BACKEND_SLOTS: u32 = MAX_BACKENDS + 1;
 /// Maximum number of Maglev tables (one per frontend).
 pub const MAX_MAGLEV: u32 = 65_536;
 /// Maximum number of known mesh nodes (VXLAN peers).
@@ -64,7 +67,8 @@ pub mod names {
     pub const SERVICES: &str = "MGW_SERVICES";
     /// service id (`u32`) -> [`super::MaglevTable`].
     pub const MAGLEV: &str = "MGW_MAGLEV";
-    /// backend id (`u32`) -> [`super::BackendValue`].
+    /// Array: backend id (`u32`, 1..=[`super::MAX_BACKENDS`]) -> [`super::BackendValue`]; an
+    /// all-zero slot (family 0) is no backend.
     pub const BACKENDS: &str = "MGW_BACKENDS";
     /// [`super::NodeKey`] -> [`super::NodeValue`]: VXLAN sources accepted on the mesh side.
     pub const NODES: &str = "MGW_NODES";
@@ -220,7 +224,8 @@ impl MaglevTable {
     }
 }
 
-/// A backend: the pod address and port, and where to tunnel to reach it.
+/// A backend: the pod address and port, and where to tunnel to reach it. In `MGW_BACKENDS` a
+/// value whose `family` is 0 is an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendValue {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use meshgw_common::maps::{
     BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
     NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
-    CT_MAX, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
+    BACKEND_SLOTS, CT_MAX, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
     MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
@@ -28,9 +28,11 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static MAGLEV: HashMap<u32, MaglevTable> =
     HashMap::with_max_entries(MAX_MAGLEV, BPF_F_NO_PREALLOC);
 
+// Indexed by backend id, like MGW_BACKEND_TRAFFIC: an array lookup is a few inlined
+// instructions where a hash lookup is a helper call (and, with the CPU's return-thunk
+// mitigation, an expensive one). An empty slot is all zero (family 0).
 #[map(name = "MGW_BACKENDS")]
-pub static BACKENDS: HashMap<u32, BackendValue> =
-    HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(BACKEND_SLOTS, 0);
 
 #[map(name = "MGW_NODES")]
 pub static NODES: HashMap<NodeKey, NodeValue> = HashMap::with_max_entries(MAX_NODES, 0);

@@ -2,7 +2,7 @@
 //! the Maglev table changes. A forward entry (client -> VIP) holds the backend; a reverse entry
 //! (backend -> client) holds what the reply needs: the VIP to restore and the client's L2 details.
 
-use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::programs::XdpContext;
 use meshgw_common::maps::{
     BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
@@ -13,7 +13,7 @@ use meshgw_common::stats::Counter;
 use crate::ctx::XdpPacket;
 use crate::events::{self, EventMeta};
 use crate::lookup;
-use crate::maps::{Scratch, CT};
+use crate::maps::{Clock, Scratch, CT};
 use crate::policy;
 use crate::stats::count;
 
@@ -33,12 +33,26 @@ pub const CT_F_VLAN: u32 = 1 << 8;
 
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
-/// The clock of tracking entries: the coarse monotonic clock (a tick's resolution, plenty for
-/// idle timeouts and the once-a-second refresh, and cheaper per packet than the precise one).
+/// The clock of tracking entries and next-hop ages: the coarse monotonic clock (a tick's
+/// resolution, plenty for idle timeouts, the once-a-second refresh and the next hops' age
+/// bound), read at most once per tick and CPU. The coarse clock only moves when the tick moves
+/// `jiffies`, and `bpf_jiffies64` is inlined by the verifier into one load where the clock is a
+/// helper call (tens of ns with the CPU's return-thunk mitigation): within a tick the reading
+/// cached in `c` is the clock's value. (A CPU that reads the clock between another CPU's jiffies
+/// increment and its clock update keeps the previous tick's value for one tick: a lag of at most
+/// one more tick.)
 #[inline(always)]
-pub fn now() -> u64 {
+pub fn now(c: &mut Clock) -> u64 {
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let j = unsafe { bpf_jiffies64() };
+    if j == c.jiffies {
+        return c.ns;
+    }
+    // SAFETY: as above.
+    let t = unsafe { bpf_ktime_get_coarse_ns() };
+    c.jiffies = j;
+    c.ns = t;
+    t
 }
 
 /// The precise monotonic clock, for flow events' timestamps.
@@ -121,9 +135,10 @@ pub enum Admit {
 }
 
 /// Finds the flow's backend, creating or repairing the entries as needed; with `policy`, a new
-/// flow is first checked against it. A BPF subprogram of its own (not inlined) so that its frame
-/// does not add to the caller's; the entry under construction lives in the scratch map.
-#[inline(never)]
+/// flow is first checked against it. The established flow's path is inlined into the caller
+/// (every BPF call and return pays the CPU's return-thunk mitigation); a new or moved flow goes
+/// on in [`create`], a subprogram whose frame does not add to the caller's.
+#[inline(always)]
 pub fn backend_for(
     ctx: &XdpContext,
     s: &mut Scratch,
@@ -132,10 +147,9 @@ pub fn backend_for(
     policy: bool,
 ) -> Admit {
     let f = &s.flow;
-    let key = forward_key(f);
-    let t = now();
+    let t = now(&mut s.clock);
     s.now = t;
-    if let Some(fwd) = CT.get_ptr_mut(&key) {
+    if let Some(fwd) = CT.get_ptr_mut(&forward_key(f)) {
         // SAFETY: live map value.
         let id = unsafe { (*fwd).backend_id };
         if let Some(b) = lookup::backend(id) {
@@ -161,6 +175,16 @@ pub fn backend_for(
     } else {
         count(Counter::CtCreated);
     }
+    create(ctx, s, svc, hash, policy)
+}
+
+/// A new flow, or one whose backend is gone: picks its backend (Maglev), checks policy, and
+/// tracks it (reverse entry first, then forward), at the time `s.now`.
+#[inline(never)]
+fn create(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool) -> Admit {
+    let t = s.now;
+    let f = &s.flow;
+    let key = forward_key(f);
     let Some((id, b)) = lookup::maglev(svc, hash) else {
         return Admit::NoBackend;
     };

@@ -100,7 +100,7 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
         return Class::Route;
     };
     let flags = cfg.flags;
-    let t = ct::now();
+    let t = ct::now(&mut s.clock);
     s.ct_key = key(&s.inner, CT_DIR_EGRESS);
     if let Some(e) = SNAT.get_ptr_mut(&s.ct_key) {
         touch(e, &s.inner, t);
@@ -279,7 +279,7 @@ pub fn reply_target(s: &mut Scratch) -> bool {
     let Some(e) = SNAT.get_ptr_mut(&key(f, CT_DIR_EGRESS_REPLY)) else {
         return false;
     };
-    let t = ct::now();
+    let t = ct::now(&mut s.clock);
     s.now = t;
     touch(e, f, t);
     // SAFETY: live map value, copied out.

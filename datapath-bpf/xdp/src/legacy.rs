@@ -8,13 +8,13 @@ use meshgw_common::maps::{
     GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
 use meshgw_common::parse::{
-    Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    parse_into, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use meshgw_common::stats::Counter;
 
 use crate::ct;
-use crate::ctx::{parse_frame, rewrite_frame};
+use crate::ctx::{rewrite_frame, XdpPacket};
 use crate::egress;
 use crate::encap::{encapsulate, Inner};
 use crate::events;
@@ -39,7 +39,8 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         Some(c) if c.flags & CFG_F_ENABLED != 0 => c,
         _ => return pass(Counter::LegacyPass),
     };
-    match parse_frame(ctx, 0, &mut s.flow) {
+    // Inlined rather than the `parse_frame` subprogram: see above.
+    match parse_into(&XdpPacket { ctx }, 0, &mut s.flow) {
         Kind::Flow => {}
         Kind::Other => return pass(Counter::LegacyPass),
         Kind::Malformed => return pass(Counter::Malformed),

@@ -79,7 +79,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS
 /// Per-packet working memory. The BPF stack is 512 bytes for a whole call chain, and Rust's
 /// frames are generous; the large per-packet structures live here instead, one copy per CPU
 /// (XDP runs to completion on one CPU, so nothing else touches it meanwhile). Not pinned: it
-/// holds no state between packets.
+/// holds no state between packets but a clock cache, which a new program may start empty.
 #[repr(C)]
 pub struct Scratch {
     /// Legacy: the packet. Mesh: the outer (VXLAN) packet.
@@ -97,6 +97,8 @@ pub struct Scratch {
     /// The coarse clock as read once for the packet (by whichever stage read it first), so
     /// that later stages do not pay another helper call for it.
     pub now: u64,
+    /// The per-CPU cache of [`crate::ct::now`]; unlike the rest, it outlives the packet.
+    pub clock: Clock,
     /// A source-NAT entry being created.
     pub snat: SnatEntry,
     /// Egress: the translated source address and port (network order).
@@ -106,6 +108,14 @@ pub struct Scratch {
     pub ct_key: CtKey,
     /// Egress: the rule lookup's key.
     pub egress_key: aya_ebpf::maps::lpm_trie::Key<EgressKey>,
+}
+
+/// The coarse clock's last reading on this CPU and the `jiffies` it was read at (see
+/// [`crate::ct::now`]); zero until the first reading.
+#[repr(C)]
+pub struct Clock {
+    pub jiffies: u64,
+    pub ns: u64,
 }
 
 #[map(name = "MGW_SCRATCH")]

@@ -113,7 +113,7 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             (*e).local_mac,
         )
     };
-    let t = ct::now();
+    let t = ct::now(&mut s.clock);
     ct::touch(e, inner, t);
 
     let tagged = flags & CT_F_VLAN != 0;

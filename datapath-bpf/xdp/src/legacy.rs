@@ -8,7 +8,7 @@ use meshgw_common::maps::{
     GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
 use meshgw_common::parse::{
-    parse_into, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    parse_into, rewrite, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_TCP, IPPROTO_UDP,
 };
 use meshgw_common::stats::Counter;
@@ -104,7 +104,13 @@ pub fn tunnel_to_backend(
         Err(_) => return drop(Counter::DropFibMiss),
     };
     let f = &s.flow;
-    if !rewrite_frame(ctx, f, Side::Destination, &b.addr, b.port) {
+    // IPv4 inlined (its frame fits beside this one's), IPv6 in the subprogram.
+    let rewritten = if f.family == FAMILY_V4 {
+        rewrite(&XdpPacket { ctx }, f, Side::Destination, &b.addr, b.port).is_some()
+    } else {
+        rewrite_frame(ctx, f, Side::Destination, &b.addr, b.port)
+    };
+    if !rewritten {
         return pass(Counter::Malformed);
     }
     let inner = Inner {

@@ -3,13 +3,14 @@
 use std::mem::size_of;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::Pod;
 use meshgw_common::maps::{
     names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig,
     MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue,
-    SnatEntry, BACKEND_SLOTS, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_EGRESS, MAX_IDENTITY_PREFIXES,
-    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
+    SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_EGRESS,
+    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS,
+    SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{
@@ -297,42 +298,25 @@ impl Datapath {
     /// the FIB again. For a neighbour or route change that must apply at once rather than within
     /// the caches' age bound.
     pub fn flush_nexthops(&mut self) -> Result<(), DatapathError> {
-        let name = names::NEXTHOP;
-        let mut a: PerCpuArray<&mut MapData, NextHop> = PerCpuArray::try_from(self.map_mut(name)?)
+        self.clear_per_cpu_array::<NextHop>(names::NEXTHOP, NEXTHOP_SLOTS)?;
+        self.clear_per_cpu_array::<ClientHop>(names::CLIENT_HOPS, CLIENT_HOP_SLOTS)
+    }
+
+    /// Writes the default (all zero: an empty cache slot) into every slot of the per-CPU array
+    /// `name`, on every CPU.
+    fn clear_per_cpu_array<T: Pod + Default>(
+        &mut self,
+        name: &'static str,
+        slots: u32,
+    ) -> Result<(), DatapathError> {
+        let mut a: PerCpuArray<&mut MapData, T> = PerCpuArray::try_from(self.map_mut(name)?)
             .map_err(|source| DatapathError::Map { name, source })?;
-        for slot in 0..NEXTHOP_SLOTS {
-            let empty = Self::on_one_cpu(name, NextHop::default())?;
+        for slot in 0..slots {
+            let empty = Self::on_one_cpu(name, T::default())?;
             a.set(slot, empty, 0)
                 .map_err(|source| DatapathError::Map { name, source })?;
         }
-        self.flush::<[u8; 16], ClientHop>(names::CLIENT_HOPS)
-    }
-
-    /// Removes every entry of the per-CPU hash `name`.
-    fn flush<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<(), DatapathError> {
-        let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
-        let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            Self::remove_cached(name, m.remove(&k))?;
-        }
         Ok(())
-    }
-
-    fn remove_cached(
-        name: &'static str,
-        r: Result<(), aya::maps::MapError>,
-    ) -> Result<(), DatapathError> {
-        match r {
-            Ok(()) => Ok(()),
-            // Evicted meanwhile: gone either way.
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Map { name, source }),
-        }
     }
 
     /// The counters, summed over CPUs, in [`Counter::ALL`] order.

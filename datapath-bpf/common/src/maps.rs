@@ -92,8 +92,9 @@ pub mod names {
     /// the two slots [`super::nexthop_slots`] gives its IPv4 address (the entry names its node).
     /// A cache, never pinned: a new program starts with an empty one.
     pub const NEXTHOP: &str = "MGW_NEXTHOP";
-    /// Per-CPU LRU: client address (16 bytes, IPv4-mapped for IPv4) -> [`super::ClientHop`].
-    /// A cache like [`NEXTHOP`], never pinned.
+    /// Per-CPU array of [`super::CLIENT_HOP_SLOTS`] [`super::ClientHop`]s, a client's entry in
+    /// one of the two slots [`super::client_hop_slots`] gives its address. A cache like
+    /// [`NEXTHOP`], never pinned.
     pub const CLIENT_HOPS: &str = "MGW_CLIENT_HOPS";
     /// Every map the programs use, for pinning.
     pub const ALL: [&str; 12] = [
@@ -400,18 +401,37 @@ pub struct SnatEntry {
 pub const NEXTHOP_SLOTS: u32 = MAX_NODES;
 const _: () = assert!(NEXTHOP_SLOTS.is_power_of_two());
 
-/// The two slots of the next-hop cache a node's entry may live in (two multiplicative hashes of
-/// its IPv4 address, as read from memory): an array index is an inlined lookup where a hash map
-/// is a chain of kernel calls, and a second choice keeps two busy nodes whose first slots
-/// collide from evicting each other on every packet.
+/// Slots of the client next-hop cache (`MGW_CLIENT_HOPS`): a power of two.
+pub const CLIENT_HOP_SLOTS: u32 = 16_384;
+const _: () = assert!(CLIENT_HOP_SLOTS.is_power_of_two());
+
+/// The two slots of a per-CPU cache array of `slots` entries (a power of two) an entry for `key`
+/// may live in: two multiplicative hashes of it. An array index is an inlined lookup where a
+/// hash map is a chain of kernel calls, and the second choice keeps two busy keys whose first
+/// slots collide from evicting each other on every packet. The entry itself names its key.
+#[inline(always)]
+const fn cache_slots(key: u32, slots: u32) -> (u32, u32) {
+    let shift = 32 - slots.trailing_zeros();
+    (
+        key.wrapping_mul(0x9e37_79b1) >> shift,
+        key.wrapping_mul(0x85eb_ca6b) >> shift,
+    )
+}
+
+/// The two slots of `MGW_NEXTHOP` a node's entry may live in, by its IPv4 address (as read from
+/// memory).
 #[inline(always)]
 pub const fn nexthop_slots(node_ip: [u8; 4]) -> (u32, u32) {
-    let ip = u32::from_ne_bytes(node_ip);
-    let shift = 32 - NEXTHOP_SLOTS.trailing_zeros();
-    (
-        ip.wrapping_mul(0x9e37_79b1) >> shift,
-        ip.wrapping_mul(0x85eb_ca6b) >> shift,
-    )
+    cache_slots(u32::from_ne_bytes(node_ip), NEXTHOP_SLOTS)
+}
+
+/// The two slots of `MGW_CLIENT_HOPS` a client's entry may live in, by its 16-byte address
+/// (IPv4-mapped for IPv4), folded to one word.
+#[inline(always)]
+pub fn client_hop_slots(addr: &[u8; 16]) -> (u32, u32) {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24);
+    cache_slots(folded, CLIENT_HOP_SLOTS)
 }
 
 /// The next hop towards a mesh node as the XDP programs cache it (per CPU, in one of the node's
@@ -458,8 +478,8 @@ impl Default for NextHop {
 }
 
 /// The L2 next hop towards a legacy client as the mesh program caches it for replies (per CPU,
-/// by the client's 16-byte address, in `MGW_CLIENT_HOPS`): what a FIB lookup on the legacy
-/// interface said.
+/// in one of the client's [`client_hop_slots`] of `MGW_CLIENT_HOPS`): what a FIB lookup on the
+/// legacy interface said.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientHop {
@@ -475,6 +495,8 @@ pub struct ClientHop {
     pub smac: [u8; 6],
     /// Padding, always zero.
     pub _pad: [u8; 4],
+    /// The client this entry is for (IPv4-mapped for IPv4); all zero in an empty slot.
+    pub addr: [u8; 16],
 }
 
 macro_rules! assert_size {
@@ -497,7 +519,7 @@ assert_size!(EgressKey, 32);
 assert_size!(EgressValue, 24);
 assert_size!(SnatEntry, 80);
 assert_size!(NextHop, 96);
-assert_size!(ClientHop, 32);
+assert_size!(ClientHop, 48);
 
 #[cfg(feature = "user")]
 mod pod {

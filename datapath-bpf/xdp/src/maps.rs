@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use meshgw_common::maps::{
     BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
     NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
-    BACKEND_SLOTS, CT_MAX, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
-    MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
+    BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV,
+    MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
@@ -64,14 +64,11 @@ pub static SNAT: LruHashMap<CtKey, SnatEntry> = LruHashMap::with_max_entries(SNA
 #[map(name = "MGW_NEXTHOP")]
 pub static NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHOP_SLOTS, 0);
 
-/// Not pinned, like `NEXTHOP`. As many clients as connection-tracking keeps flows for would be
-/// too many to cache; the least recently used go.
+/// Not pinned, like `NEXTHOP`, and an array like it (see
+/// `meshgw_common::maps::client_hop_slots`). As many clients as connection-tracking keeps flows
+/// for would be too many to cache; a client whose two slots hold busier ones is asked of the FIB.
 #[map(name = "MGW_CLIENT_HOPS")]
-pub static CLIENT_HOPS: LruPerCpuHashMap<[u8; 16], ClientHop> =
-    LruPerCpuHashMap::with_max_entries(CLIENT_HOPS_MAX, 0);
-
-/// Entries of [`CLIENT_HOPS`].
-const CLIENT_HOPS_MAX: u32 = 16_384;
+pub static CLIENT_HOPS: PerCpuArray<ClientHop> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
 #[map(name = "MGW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

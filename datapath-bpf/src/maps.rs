@@ -302,6 +302,29 @@ impl Datapath {
         self.clear_per_cpu_array::<ClientHop>(names::CLIENT_HOPS, CLIENT_HOP_SLOTS)
     }
 
+    /// The nodes the next-hop cache holds an entry for, on any CPU, fresh or not (one read per
+    /// slot: for diagnostics and tests).
+    pub fn cached_next_hop_nodes(
+        &self,
+    ) -> Result<std::collections::BTreeSet<[u8; 4]>, DatapathError> {
+        let name = names::NEXTHOP;
+        let a: PerCpuArray<&MapData, NextHop> = PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let mut nodes = std::collections::BTreeSet::new();
+        for slot in 0..NEXTHOP_SLOTS {
+            let per_cpu = a
+                .get(&slot, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            nodes.extend(
+                per_cpu
+                    .iter()
+                    .map(|nh| nh.node_ip)
+                    .filter(|ip| *ip != [0; 4]),
+            );
+        }
+        Ok(nodes)
+    }
+
     /// Writes the default (all zero: an empty cache slot) into every slot of the per-CPU array
     /// `name`, on every CPU.
     fn clear_per_cpu_array<T: Pod + Default>(

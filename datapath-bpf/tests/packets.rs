@@ -300,6 +300,41 @@ fn udp4_round_trip() {
 }
 
 #[test]
+fn established_packets_get_the_flows_vxlan_source_port_recorded_or_not() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        let q = udp4(CLIENT4, 33_333, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let dnat = udp4(CLIENT4, 33_333, POD4, 5353, CLIENT_MAC, LEGACY_MAC);
+        let hash = hash4(CLIENT4, 33_333, VIP4, 53, 17);
+        let want = vxlan_expected(&dnat, hash);
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
+        // The forward entry records the port; the next packet uses the record.
+        let key = CtKey {
+            src: v4_mapped(CLIENT4),
+            dst: v4_mapped(VIP4),
+            sport: 33_333u16.to_be(),
+            dport: 53u16.to_be(),
+            proto: 17,
+            family: FAMILY_V4,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        };
+        let e = dp.ct().unwrap().get(&key, 0).unwrap();
+        assert_eq!(e.nat_port, vxlan_source_port(hash));
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
+        // An entry made before ports were recorded (0 there) gets the same port.
+        dp.ct()
+            .unwrap()
+            .insert(key, CtEntry { nat_port: 0, ..e }, 0)
+            .unwrap();
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 3);
+        assert_eq!(dp.counter(Counter::CtCreated).unwrap(), 1);
+    });
+}
+
+#[test]
 fn ipv6_tcp_and_udp_round_trip() {
     let ns = lab();
     ns.run(|| {

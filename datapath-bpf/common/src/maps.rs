@@ -316,7 +316,9 @@ pub struct CtEntry {
     pub bytes: u64,
     /// Reverse: the VIP to restore as source.
     pub nat_addr: [u8; 16],
-    /// Reverse: the frontend port to restore as source, network order.
+    /// Reverse: the frontend port to restore as source, network order. Forward: the VXLAN
+    /// source port (host order) of the flow's tunnelled packets, so that they need not hash the
+    /// flow again (0 in entries made before it was recorded: the port is then computed).
     pub nat_port: u16,
     /// Reverse: the client's 802.1Q TCI (VLAN id and priority), 0 when the client was untagged.
     pub vlan_tci: u16,

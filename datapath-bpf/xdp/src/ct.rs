@@ -4,6 +4,7 @@
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::programs::XdpContext;
+use meshgw_common::hash::vxlan_source_port;
 use meshgw_common::maps::{
     BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
 };
@@ -139,20 +140,20 @@ pub enum Admit {
 /// (every BPF call and return pays the CPU's return-thunk mitigation); a new or moved flow goes
 /// on in [`create`], a subprogram whose frame does not add to the caller's.
 #[inline(always)]
-pub fn backend_for(
-    ctx: &XdpContext,
-    s: &mut Scratch,
-    svc: &ServiceValue,
-    hash: u32,
-    policy: bool,
-) -> Admit {
+pub fn backend_for(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy: bool) -> Admit {
     let f = &s.flow;
     let t = now(&mut s.clock);
     s.now = t;
     if let Some(fwd) = CT.get_ptr_mut(&forward_key(f)) {
         // SAFETY: live map value.
-        let id = unsafe { (*fwd).backend_id };
+        let (id, src_port) = unsafe { ((*fwd).backend_id, (*fwd).nat_port) };
         if let Some(b) = lookup::backend(id) {
+            // Entries made before the port was recorded have 0 there (never a source port).
+            s.src_port = if src_port != 0 {
+                src_port
+            } else {
+                vxlan_source_port(f.hash())
+            };
             touch(fwd, f, t);
             events::account(f, svc.service_id, id);
             events::sample(
@@ -175,15 +176,17 @@ pub fn backend_for(
     } else {
         count(Counter::CtCreated);
     }
-    create(ctx, s, svc, hash, policy)
+    create(ctx, s, svc, policy)
 }
 
 /// A new flow, or one whose backend is gone: picks its backend (Maglev), checks policy, and
 /// tracks it (reverse entry first, then forward), at the time `s.now`.
 #[inline(never)]
-fn create(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, hash: u32, policy: bool) -> Admit {
+fn create(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy: bool) -> Admit {
     let t = s.now;
     let f = &s.flow;
+    let hash = f.hash();
+    let src_port = vxlan_source_port(hash);
     let key = forward_key(f);
     let Some((id, b)) = lookup::maglev(svc, hash) else {
         return Admit::NoBackend;
@@ -243,14 +246,15 @@ fn create(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, hash: u32, poli
     // Reverse first: a reply can only exist once the forward packet left, never the other way.
     // SAFETY: `e` is the scratch map's entry, fully written above.
     let _ = CT.insert(&reverse_key(f, &b), unsafe { &*e }, 0);
-    // The forward entry: no NAT or L2 details, the first packet counted.
+    // The forward entry: no NAT or L2 details but the VXLAN source port (so that the flow's
+    // later packets need not hash it), the first packet counted.
     // SAFETY: as above.
     unsafe {
         use core::ptr::{addr_of_mut, write_volatile as w};
         let nat = addr_of_mut!((*e).nat_addr) as *mut u64;
         w(nat, 0);
         w(nat.add(1), 0);
-        w(addr_of_mut!((*e).nat_port), 0);
+        w(addr_of_mut!((*e).nat_port), src_port);
         w(addr_of_mut!((*e).vlan_tci), 0);
         w(addr_of_mut!((*e).flags), 0);
         let mac_words = addr_of_mut!((*e).peer_mac) as *mut u64;
@@ -275,5 +279,6 @@ fn create(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, hash: u32, poli
         },
     );
     s.backend = b;
+    s.src_port = src_port;
     Admit::Backend
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use meshgw_common::encap::BLOCK_LEN;
-use meshgw_common::hash::{flow_hash, vxlan_source_port};
+use meshgw_common::hash::vxlan_source_port;
 use meshgw_common::maps::{
     GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
@@ -53,8 +53,9 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         }
         return pass(Counter::LegacyPass);
     }
-    // The flow hash only for packets that need it: a pass-through never computes it.
-    let (done, hash) = match lookup::service(f) {
+    // The flow hash only for packets that need it: a pass-through never computes it, and an
+    // established flow has its VXLAN source port in its tracking entry.
+    let (done, src_port) = match lookup::service(f) {
         Some(svc) => {
             if f.fragment {
                 return pass(Counter::Fragment);
@@ -62,23 +63,21 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             if svc.backend_count == 0 {
                 return drop(Counter::DropNoBackend);
             }
-            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-            match ct::backend_for(ctx, s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
+            match ct::backend_for(ctx, s, &svc, cfg.flags & CFG_F_POLICY != 0) {
                 ct::Admit::Backend => {}
                 ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
                 ct::Admit::Denied => return drop(Counter::DropPolicy),
             }
-            (Counter::VipForwarded, hash)
+            (Counter::VipForwarded, s.src_port)
         }
         // Not for a VIP: the reply of an egress flow goes back to its endpoint the same way.
         None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => {
             let f = &s.flow;
-            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-            (Counter::EgressReplied, hash)
+            (Counter::EgressReplied, vxlan_source_port(f.hash()))
         }
         None => return pass(Counter::LegacyPass),
     };
-    tunnel_to_backend(ctx, s, cfg, hash, done)
+    tunnel_to_backend(ctx, s, cfg, src_port, done)
 }
 
 /// Sends the packet in `s.flow` to `s.backend`: DNAT to the backend's address and port, VXLAN
@@ -88,7 +87,7 @@ pub fn tunnel_to_backend(
     ctx: &XdpContext,
     s: &mut Scratch,
     cfg: &GatewayConfig,
-    hash: u32,
+    src_port: u16,
     done: Counter,
 ) -> u32 {
     let f = &s.flow;
@@ -116,7 +115,7 @@ pub fn tunnel_to_backend(
     let inner = Inner {
         l3_off: f.l3_off,
         l3_len: f.l3_len as u16,
-        src_port: vxlan_source_port(hash),
+        src_port,
         dst_mac: b.node_mac,
         src_mac: cfg.vtep_mac,
         ethertype: if f.family == FAMILY_V4 {

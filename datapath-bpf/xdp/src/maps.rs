@@ -91,6 +91,8 @@ pub struct Scratch {
     pub entry: CtEntry,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
+    /// The VXLAN source port (host order) the packet is tunnelled with.
+    pub src_port: u16,
     /// The coarse clock as read once for the packet (by whichever stage read it first), so
     /// that later stages do not pay another helper call for it.
     pub now: u64,

@@ -13,7 +13,7 @@ mod testrun;
 
 pub use error::DatapathError;
 pub use loader::{AttachMode, Datapath, Program};
-pub use maps::{egress_key, identity_key, MapLayout};
+pub use maps::{egress_key, identity_key, Backends, MapLayout};
 pub use meshgw_common as common;
 pub use testrun::{action, RunResult};
 

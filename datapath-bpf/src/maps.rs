@@ -3,13 +3,14 @@
 use std::mem::size_of;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::Pod;
 use meshgw_common::maps::{
     names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig,
     MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue,
-    SnatEntry, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES,
-    MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, SNAT_MAX,
+    SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_EGRESS,
+    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS,
+    SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{
@@ -46,7 +47,7 @@ impl MapLayout {
                 MAX_SERVICES,
             ),
             names::MAGLEV => l(4, Some(size_of::<MaglevTable>()), MAX_MAGLEV),
-            names::BACKENDS => l(4, Some(size_of::<BackendValue>()), MAX_BACKENDS),
+            names::BACKENDS => l(4, Some(size_of::<BackendValue>()), BACKEND_SLOTS),
             names::NODES => l(
                 size_of::<NodeKey>(),
                 Some(size_of::<NodeValue>()),
@@ -74,6 +75,72 @@ impl MapLayout {
             tnames::VIP_ICMP => l(16, Some(size_of::<Traffic>()), MAX_SERVICES),
             _ => return None,
         })
+    }
+}
+
+/// `MGW_BACKENDS`: an array indexed by backend id whose empty slots are all zero (family 0),
+/// with the operations of a map from id to backend. The datapath reads a slot without a lock
+/// while user space writes it, so a slot changes between empty and full in two writes that
+/// leave every intermediate state either the old or the new backend, never a mix of both.
+pub struct Backends<T> {
+    slots: Array<T, BackendValue>,
+}
+
+impl<T: std::borrow::Borrow<MapData>> Backends<T> {
+    /// Wraps the (opened or pinned) array.
+    pub fn new(slots: Array<T, BackendValue>) -> Self {
+        Self { slots }
+    }
+
+    /// Backend `id`; [`MapError::KeyNotFound`] for an empty slot.
+    pub fn get(&self, id: &u32, flags: u64) -> Result<BackendValue, MapError> {
+        let v = self.slots.get(id, flags)?;
+        if v.family == 0 {
+            return Err(MapError::KeyNotFound);
+        }
+        Ok(v)
+    }
+
+    /// Every backend with its id, in id order (one read per slot: for recovery and tests, not
+    /// for a hot loop).
+    pub fn iter(&self) -> impl Iterator<Item = Result<(u32, BackendValue), MapError>> + '_ {
+        (1..self.slots.len()).filter_map(|id| match self.get(&id, 0) {
+            Ok(v) => Some(Ok((id, v))),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// The ids of every backend.
+    pub fn keys(&self) -> impl Iterator<Item = Result<u32, MapError>> + '_ {
+        self.iter().map(|r| r.map(|(id, _)| id))
+    }
+}
+
+impl<T: std::borrow::BorrowMut<MapData>> Backends<T> {
+    /// Writes backend `id` (`v.family` must not be 0). Into an empty slot in two writes, the
+    /// family last, so that no packet sees the backend half written; a full slot is overwritten
+    /// in one (it never reads as empty meanwhile, which would move the flows tracked on it).
+    pub fn insert(
+        &mut self,
+        id: u32,
+        v: impl std::borrow::Borrow<BackendValue>,
+        flags: u64,
+    ) -> Result<(), MapError> {
+        let v = *v.borrow();
+        if self.slots.get(&id, 0)?.family == 0 {
+            let hidden = BackendValue { family: 0, ..v };
+            self.slots.set(id, hidden, flags)?;
+        }
+        self.slots.set(id, v, flags)
+    }
+
+    /// Empties slot `id`: the family first (from then on the datapath sees no backend and moves
+    /// the flows tracked on it), then the rest. [`MapError::KeyNotFound`] if it was empty.
+    pub fn remove(&mut self, id: &u32) -> Result<(), MapError> {
+        let v = self.get(id, 0)?;
+        self.slots.set(*id, BackendValue { family: 0, ..v }, 0)?;
+        self.slots.set(*id, BackendValue::default(), 0)
     }
 }
 
@@ -183,8 +250,11 @@ impl Datapath {
     }
 
     /// Backends map.
-    pub fn backends(&mut self) -> Result<HashMap<&mut MapData, u32, BackendValue>, DatapathError> {
-        self.hash_map(names::BACKENDS)
+    pub fn backends(&mut self) -> Result<Backends<&mut MapData>, DatapathError> {
+        let name = names::BACKENDS;
+        Array::try_from(self.map_mut(name)?)
+            .map(Backends::new)
+            .map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Known nodes.
@@ -228,35 +298,48 @@ impl Datapath {
     /// the FIB again. For a neighbour or route change that must apply at once rather than within
     /// the caches' age bound.
     pub fn flush_nexthops(&mut self) -> Result<(), DatapathError> {
-        self.flush::<[u8; 4], NextHop>(names::NEXTHOP)?;
-        self.flush::<[u8; 16], ClientHop>(names::CLIENT_HOPS)
+        self.clear_per_cpu_array::<NextHop>(names::NEXTHOP, NEXTHOP_SLOTS)?;
+        self.clear_per_cpu_array::<ClientHop>(names::CLIENT_HOPS, CLIENT_HOP_SLOTS)
     }
 
-    /// Removes every entry of the per-CPU hash `name`.
-    fn flush<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<(), DatapathError> {
-        let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(self.map_mut(name)?)
+    /// The nodes the next-hop cache holds an entry for, on any CPU, fresh or not (one read per
+    /// slot: for diagnostics and tests).
+    pub fn cached_next_hop_nodes(
+        &self,
+    ) -> Result<std::collections::BTreeSet<[u8; 4]>, DatapathError> {
+        let name = names::NEXTHOP;
+        let a: PerCpuArray<&MapData, NextHop> = PerCpuArray::try_from(self.map(name)?)
             .map_err(|source| DatapathError::Map { name, source })?;
-        let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            Self::remove_cached(name, m.remove(&k))?;
+        let mut nodes = std::collections::BTreeSet::new();
+        for slot in 0..NEXTHOP_SLOTS {
+            let per_cpu = a
+                .get(&slot, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            nodes.extend(
+                per_cpu
+                    .iter()
+                    .map(|nh| nh.node_ip)
+                    .filter(|ip| *ip != [0; 4]),
+            );
+        }
+        Ok(nodes)
+    }
+
+    /// Writes the default (all zero: an empty cache slot) into every slot of the per-CPU array
+    /// `name`, on every CPU.
+    fn clear_per_cpu_array<T: Pod + Default>(
+        &mut self,
+        name: &'static str,
+        slots: u32,
+    ) -> Result<(), DatapathError> {
+        let mut a: PerCpuArray<&mut MapData, T> = PerCpuArray::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        for slot in 0..slots {
+            let empty = Self::on_one_cpu(name, T::default())?;
+            a.set(slot, empty, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
         }
         Ok(())
-    }
-
-    fn remove_cached(
-        name: &'static str,
-        r: Result<(), aya::maps::MapError>,
-    ) -> Result<(), DatapathError> {
-        match r {
-            Ok(()) => Ok(()),
-            // Evicted meanwhile: gone either way.
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(DatapathError::Map { name, source }),
-        }
     }
 
     /// The counters, summed over CPUs, in [`Counter::ALL`] order.

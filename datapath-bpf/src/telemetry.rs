@@ -152,8 +152,11 @@ impl Datapath {
         Ok(())
     }
 
-    /// Per-CPU values of `t` on the first CPU, zero on the others.
-    fn on_one_cpu(name: &'static str, t: Traffic) -> Result<PerCpuValues<Traffic>, DatapathError> {
+    /// Per-CPU values of `t` on the first CPU, the default (zero) on the others.
+    pub(crate) fn on_one_cpu<T: aya::Pod + Default>(
+        name: &'static str,
+        t: T,
+    ) -> Result<PerCpuValues<T>, DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
             name,
             source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
@@ -161,7 +164,7 @@ impl Datapath {
                 io_error: e,
             }),
         })?;
-        let mut v = vec![Traffic::default(); cpus];
+        let mut v: Vec<T> = (0..cpus).map(|_| T::default()).collect();
         v[0] = t;
         PerCpuValues::try_from(v).map_err(|e| DatapathError::Map {
             name,

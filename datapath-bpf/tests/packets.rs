@@ -300,6 +300,41 @@ fn udp4_round_trip() {
 }
 
 #[test]
+fn established_packets_get_the_flows_vxlan_source_port_recorded_or_not() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = datapath();
+        let q = udp4(CLIENT4, 33_333, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let dnat = udp4(CLIENT4, 33_333, POD4, 5353, CLIENT_MAC, LEGACY_MAC);
+        let hash = hash4(CLIENT4, 33_333, VIP4, 53, 17);
+        let want = vxlan_expected(&dnat, hash);
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
+        // The forward entry records the port; the next packet uses the record.
+        let key = CtKey {
+            src: v4_mapped(CLIENT4),
+            dst: v4_mapped(VIP4),
+            sport: 33_333u16.to_be(),
+            dport: 53u16.to_be(),
+            proto: 17,
+            family: FAMILY_V4,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        };
+        let e = dp.ct().unwrap().get(&key, 0).unwrap();
+        assert_eq!(e.nat_port, vxlan_source_port(hash));
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
+        // An entry made before ports were recorded (0 there) gets the same port.
+        dp.ct()
+            .unwrap()
+            .insert(key, CtEntry { nat_port: 0, ..e }, 0)
+            .unwrap();
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 3);
+        assert_eq!(dp.counter(Counter::CtCreated).unwrap(), 1);
+    });
+}
+
+#[test]
 fn ipv6_tcp_and_udp_round_trip() {
     let ns = lab();
     ns.run(|| {
@@ -522,6 +557,15 @@ fn established_flows_stay_on_their_backend_and_move_only_when_it_is_gone() {
         let again = dp.run(Program::Legacy, &syn, 1).unwrap().frame;
         assert_eq!(&again[64 + 16..64 + 20], &[10, 244, 1, 11]);
         assert_eq!(dp.counter(Counter::CtReselected).unwrap(), 1);
+        // The removed backend's slot reads as absent, and only once.
+        let mut backends = dp.backends().unwrap();
+        assert!(matches!(
+            backends.get(&1, 0),
+            Err(aya::maps::MapError::KeyNotFound)
+        ));
+        assert!(backends.remove(&1).is_err(), "removed twice");
+        let ids: Vec<u32> = backends.keys().map(Result::unwrap).collect();
+        assert_eq!(ids, [2, 3, 4, 7]);
     });
 }
 
@@ -1036,22 +1080,27 @@ fn telemetry_counts_per_service_backend_and_node_and_reports_flows_samples_and_p
     });
 }
 
-/// Points the node's neighbour entry in namespace `ns` at `mac`.
-fn set_node_neighbour(ns: &str, mac: &str) {
+/// Sets a permanent neighbour entry for `ip` on `dev` in namespace `ns`.
+fn set_neighbour(ns: &str, ip: &str, mac: &str, dev: &str) {
     sh(&[
         "ip",
         "-n",
         ns,
         "neigh",
         "replace",
-        "172.18.0.11",
+        ip,
         "lladdr",
         mac,
         "dev",
-        "mesh",
+        dev,
         "nud",
         "permanent",
     ]);
+}
+
+/// Points the node's neighbour entry in namespace `ns` at `mac`.
+fn set_node_neighbour(ns: &str, mac: &str) {
+    set_neighbour(ns, "172.18.0.11", mac, "mesh");
 }
 
 #[test]
@@ -1094,6 +1143,63 @@ fn the_next_hop_cache_follows_a_changed_neighbour() {
             "stale entry refreshed"
         );
         assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 4);
+    });
+}
+
+#[test]
+fn two_nodes_sharing_a_next_hop_slot_are_both_cached() {
+    // NODE_IP and this node have the same first slot in MGW_NEXTHOP.
+    const OTHER_NODE: [u8; 4] = [172, 18, 81, 58];
+    const OTHER_NH_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x44];
+    assert_eq!(
+        nexthop_slots(OTHER_NODE).0,
+        nexthop_slots(NODE_IP).0,
+        "the test's premise"
+    );
+    assert_ne!(nexthop_slots(OTHER_NODE).1, nexthop_slots(NODE_IP).1);
+    let ns = lab();
+    let name = ns.name.clone();
+    sh(&[
+        "ip",
+        "-n",
+        &name,
+        "route",
+        "add",
+        "172.18.81.0/24",
+        "dev",
+        "mesh",
+    ]);
+    set_neighbour(&name, "172.18.81.58", "02:00:00:00:00:44", "mesh");
+    ns.run(move || {
+        let mut dp = datapath();
+        let other = BackendValue {
+            node_ip: OTHER_NODE,
+            ..backend(v4_mapped(POD4), 8080, FAMILY_V4)
+        };
+        dp.backends().unwrap().insert(7, other, 0).unwrap();
+        let to_node = tcp4(CLIENT4, 40_000, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let to_other = tcp4(CLIENT4, 40_001, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let send = |dp: &Datapath, f: &[u8]| {
+            let r = dp.run(Program::Legacy, f, 1).unwrap();
+            expect_action(dp, &r, action::REDIRECT);
+            r.frame
+        };
+        // Outer destination MAC and IPv4 address of each tunnelled frame.
+        let outer = |f: &[u8]| (f[0..6].to_vec(), f[30..34].to_vec());
+        let first = send(&dp, &to_node);
+        assert_eq!(outer(&first), (NODE_NH_MAC.to_vec(), NODE_IP.to_vec()));
+        dp.maglev()
+            .unwrap()
+            .insert(1, MaglevTable::filled(7), 0)
+            .unwrap();
+        let f = send(&dp, &to_other);
+        assert_eq!(outer(&f), (OTHER_NH_MAC.to_vec(), OTHER_NODE.to_vec()));
+        assert_eq!(send(&dp, &to_node), first, "the tracked flow, to its node");
+        assert_eq!(
+            dp.cached_next_hop_nodes().unwrap(),
+            [NODE_IP, OTHER_NODE].into(),
+            "both nodes cached: the second took its second slot"
+        );
     });
 }
 
@@ -1158,22 +1264,7 @@ fn the_reply_next_hop_cache_follows_a_changed_client_neighbour() {
         assert_eq!(reply(&dp), to(CLIENT_MAC));
         assert_eq!(reply(&dp), to(CLIENT_MAC), "from the cache");
 
-        let set = |mac: &str| {
-            sh(&[
-                "ip",
-                "-n",
-                &name,
-                "neigh",
-                "replace",
-                "10.100.0.2",
-                "lladdr",
-                mac,
-                "dev",
-                "legacy",
-                "nud",
-                "permanent",
-            ])
-        };
+        let set = |mac: &str| set_neighbour(&name, "10.100.0.2", mac, "legacy");
         set("02:00:00:00:00:b2");
         dp.flush_nexthops().unwrap();
         assert_eq!(reply(&dp), to([2, 0, 0, 0, 0, 0xb2]), "flushed");

@@ -19,12 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions, Txn, TxnOp};
 use futures::StreamExt;
-use meshgw_common::maps::{
-    names, v4_mapped, BackendValue, MaglevTable, ServiceKey, ServiceValue, FAMILY_V4,
-};
+use meshgw_common::maps::{names, v4_mapped, MaglevTable, ServiceKey, ServiceValue, FAMILY_V4};
 
 #[allow(dead_code, clippy::unwrap_used)]
 #[path = "../tests/lab/etcd.rs"]
@@ -316,21 +314,22 @@ enabled = false
 struct Pinned {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     maglev: HashMap<MapData, u32, MaglevTable>,
-    backends: HashMap<MapData, u32, BackendValue>,
+    backends: meshgw_datapath::Backends<MapData>,
 }
 
 impl Pinned {
     fn open() -> Result<Pinned> {
-        let open = |name: &str| -> Result<Map> {
+        let pin = |name: &str| -> Result<MapData> {
             let p = Path::new(PIN_DIR).join("maps").join(name);
-            Ok(Map::HashMap(
-                MapData::from_pin(&p).with_context(|| p.display().to_string())?,
-            ))
+            MapData::from_pin(&p).with_context(|| p.display().to_string())
         };
+        let open = |name: &str| -> Result<Map> { Ok(Map::HashMap(pin(name)?)) };
         Ok(Pinned {
             services: HashMap::try_from(open(names::SERVICES)?)?,
             maglev: HashMap::try_from(open(names::MAGLEV)?)?,
-            backends: HashMap::try_from(open(names::BACKENDS)?)?,
+            backends: meshgw_datapath::Backends::new(Array::try_from(Map::Array(pin(
+                names::BACKENDS,
+            )?))?),
         })
     }
 

@@ -18,6 +18,9 @@ pub const MAGLEV_SIZE: usize = 1021;
 pub const MAX_SERVICES: u32 = 65_536;
 /// Maximum number of backends over all services.
 pub const MAX_BACKENDS: u32 = 262_144;
+/// Slots of `MGW_BACKENDS`, an array indexed by backend id: ids are 1..=[`MAX_BACKENDS`] (0 is
+/// never a backend), so slot 0 stays empty.
+pub const BACKEND_SLOTS: u32 = MAX_BACKENDS + 1;
 /// Maximum number of Maglev tables (one per frontend).
 pub const MAX_MAGLEV: u32 = 65_536;
 /// Maximum number of known mesh nodes (VXLAN peers).
@@ -64,7 +67,8 @@ pub mod names {
     pub const SERVICES: &str = "MGW_SERVICES";
     /// service id (`u32`) -> [`super::MaglevTable`].
     pub const MAGLEV: &str = "MGW_MAGLEV";
-    /// backend id (`u32`) -> [`super::BackendValue`].
+    /// Array: backend id (`u32`, 1..=[`super::MAX_BACKENDS`]) -> [`super::BackendValue`]; an
+    /// all-zero slot (family 0) is no backend.
     pub const BACKENDS: &str = "MGW_BACKENDS";
     /// [`super::NodeKey`] -> [`super::NodeValue`]: VXLAN sources accepted on the mesh side.
     pub const NODES: &str = "MGW_NODES";
@@ -84,11 +88,13 @@ pub mod names {
     /// [`super::CtKey`] (dir [`super::CT_DIR_EGRESS`] or [`super::CT_DIR_EGRESS_REPLY`]) ->
     /// [`super::SnatEntry`] (LRU).
     pub const SNAT: &str = "MGW_SNAT";
-    /// Per-CPU LRU: node IPv4 address (`[u8; 4]`) -> [`super::NextHop`]. A cache, never pinned:
-    /// a new program starts with an empty one.
+    /// Per-CPU array of [`super::NEXTHOP_SLOTS`] [`super::NextHop`]s, a node's entry in one of
+    /// the two slots [`super::nexthop_slots`] gives its IPv4 address (the entry names its node).
+    /// A cache, never pinned: a new program starts with an empty one.
     pub const NEXTHOP: &str = "MGW_NEXTHOP";
-    /// Per-CPU LRU: client address (16 bytes, IPv4-mapped for IPv4) -> [`super::ClientHop`].
-    /// A cache like [`NEXTHOP`], never pinned.
+    /// Per-CPU array of [`super::CLIENT_HOP_SLOTS`] [`super::ClientHop`]s, a client's entry in
+    /// one of the two slots [`super::client_hop_slots`] gives its address. A cache like
+    /// [`NEXTHOP`], never pinned.
     pub const CLIENT_HOPS: &str = "MGW_CLIENT_HOPS";
     /// Every map the programs use, for pinning.
     pub const ALL: [&str; 12] = [
@@ -219,7 +225,8 @@ impl MaglevTable {
     }
 }
 
-/// A backend: the pod address and port, and where to tunnel to reach it.
+/// A backend: the pod address and port, and where to tunnel to reach it. In `MGW_BACKENDS` a
+/// value whose `family` is 0 is an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendValue {
@@ -309,7 +316,9 @@ pub struct CtEntry {
     pub bytes: u64,
     /// Reverse: the VIP to restore as source.
     pub nat_addr: [u8; 16],
-    /// Reverse: the frontend port to restore as source, network order.
+    /// Reverse: the frontend port to restore as source, network order. Forward: the VXLAN
+    /// source port (host order) of the flow's tunnelled packets, so that they need not hash the
+    /// flow again (0 in entries made before it was recorded: the port is then computed).
     pub nat_port: u16,
     /// Reverse: the client's 802.1Q TCI (VLAN id and priority), 0 when the client was untagged.
     pub vlan_tci: u16,
@@ -390,8 +399,46 @@ pub struct SnatEntry {
     pub rule: u32,
 }
 
-/// The next hop towards a mesh node as the XDP programs cache it (per CPU, by node IPv4 address,
-/// in `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what it was built with.
+/// Slots of the next-hop cache (`MGW_NEXTHOP`): a power of two, as many as nodes can be known.
+pub const NEXTHOP_SLOTS: u32 = MAX_NODES;
+const _: () = assert!(NEXTHOP_SLOTS.is_power_of_two());
+
+/// Slots of the client next-hop cache (`MGW_CLIENT_HOPS`): a power of two.
+pub const CLIENT_HOP_SLOTS: u32 = 16_384;
+const _: () = assert!(CLIENT_HOP_SLOTS.is_power_of_two());
+
+/// The two slots of a per-CPU cache array of `slots` entries (a power of two) an entry for `key`
+/// may live in: two multiplicative hashes of it. An array index is an inlined lookup where a
+/// hash map is a chain of kernel calls, and the second choice keeps two busy keys whose first
+/// slots collide from evicting each other on every packet. The entry itself names its key.
+#[inline(always)]
+const fn cache_slots(key: u32, slots: u32) -> (u32, u32) {
+    let shift = 32 - slots.trailing_zeros();
+    (
+        key.wrapping_mul(0x9e37_79b1) >> shift,
+        key.wrapping_mul(0x85eb_ca6b) >> shift,
+    )
+}
+
+/// The two slots of `MGW_NEXTHOP` a node's entry may live in, by its IPv4 address (as read from
+/// memory).
+#[inline(always)]
+pub const fn nexthop_slots(node_ip: [u8; 4]) -> (u32, u32) {
+    cache_slots(u32::from_ne_bytes(node_ip), NEXTHOP_SLOTS)
+}
+
+/// The two slots of `MGW_CLIENT_HOPS` a client's entry may live in, by its 16-byte address
+/// (IPv4-mapped for IPv4), folded to one word.
+#[inline(always)]
+pub fn client_hop_slots(addr: &[u8; 16]) -> (u32, u32) {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24);
+    cache_slots(folded, CLIENT_HOP_SLOTS)
+}
+
+/// The next hop towards a mesh node as the XDP programs cache it (per CPU, in one of the node's
+/// [`nexthop_slots`] of `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what
+/// it was built with.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
@@ -411,7 +458,9 @@ pub struct NextHop {
     /// See [`NextHop::mesh_ip`] (network order).
     pub vxlan_port: u16,
     /// Padding, always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The node this entry is for (network order); all zero in an empty slot.
+    pub node_ip: [u8; 4],
 }
 
 impl Default for NextHop {
@@ -424,14 +473,15 @@ impl Default for NextHop {
             mesh_ip: [0; 4],
             vni: 0,
             vxlan_port: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            node_ip: [0; 4],
         }
     }
 }
 
 /// The L2 next hop towards a legacy client as the mesh program caches it for replies (per CPU,
-/// by the client's 16-byte address, in `MGW_CLIENT_HOPS`): what a FIB lookup on the legacy
-/// interface said.
+/// in one of the client's [`client_hop_slots`] of `MGW_CLIENT_HOPS`): what a FIB lookup on the
+/// legacy interface said.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientHop {
@@ -447,6 +497,8 @@ pub struct ClientHop {
     pub smac: [u8; 6],
     /// Padding, always zero.
     pub _pad: [u8; 4],
+    /// The client this entry is for (IPv4-mapped for IPv4); all zero in an empty slot.
+    pub addr: [u8; 16],
 }
 
 macro_rules! assert_size {
@@ -469,7 +521,7 @@ assert_size!(EgressKey, 32);
 assert_size!(EgressValue, 24);
 assert_size!(SnatEntry, 80);
 assert_size!(NextHop, 96);
-assert_size!(ClientHop, 32);
+assert_size!(ClientHop, 48);
 
 #[cfg(feature = "user")]
 mod pod {

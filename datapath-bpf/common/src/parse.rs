@@ -294,6 +294,27 @@ fn parse_ipv4<P: Packet>(p: &P, flow: &mut Flow) -> Kind {
     parse_l4(p, flow, tot_len - ihl)
 }
 
+impl Flow {
+    /// [`crate::hash::flow_hash`] of the flow's 5-tuple, its addresses read as aligned words.
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
+        let words = |a: &[u8; 16]| {
+            #[allow(clippy::cast_ptr_alignment)]
+            let p = a.as_ptr() as *const u32;
+            // SAFETY: `src` and `dst` are 16 bytes at eight-byte offsets of an eight-aligned
+            // struct (asserted below), so four aligned words; any bit pattern is a valid u32.
+            unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] }
+        };
+        crate::hash::flow_hash_words(
+            &words(&self.src),
+            &words(&self.dst),
+            self.sport,
+            self.dport,
+            self.proto,
+        )
+    }
+}
+
 /// Sets the flow's addresses to `src` and `dst` IPv4-mapped, in four word stores (a plain
 /// `v4_mapped` assignment becomes a byte-loop `memset` of the zero prefix in BPF).
 #[inline(always)]

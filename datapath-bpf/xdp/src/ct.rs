@@ -2,8 +2,9 @@
 //! the Maglev table changes. A forward entry (client -> VIP) holds the backend; a reverse entry
 //! (backend -> client) holds what the reply needs: the VIP to restore and the client's L2 details.
 
-use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::programs::XdpContext;
+use meshgw_common::hash::vxlan_source_port;
 use meshgw_common::maps::{
     BackendValue, CtEntry, CtKey, ServiceValue, CT_DIR_FORWARD, CT_DIR_REVERSE,
 };
@@ -13,7 +14,7 @@ use meshgw_common::stats::Counter;
 use crate::ctx::XdpPacket;
 use crate::events::{self, EventMeta};
 use crate::lookup;
-use crate::maps::{Scratch, CT};
+use crate::maps::{Clock, Scratch, CT};
 use crate::policy;
 use crate::stats::count;
 
@@ -33,12 +34,26 @@ pub const CT_F_VLAN: u32 = 1 << 8;
 
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
-/// The clock of tracking entries: the coarse monotonic clock (a tick's resolution, plenty for
-/// idle timeouts and the once-a-second refresh, and cheaper per packet than the precise one).
+/// The clock of tracking entries and next-hop ages: the coarse monotonic clock (a tick's
+/// resolution, plenty for idle timeouts, the once-a-second refresh and the next hops' age
+/// bound), read at most once per tick and CPU. The coarse clock only moves when the tick moves
+/// `jiffies`, and `bpf_jiffies64` is inlined by the verifier into one load where the clock is a
+/// helper call (tens of ns with the CPU's return-thunk mitigation): within a tick the reading
+/// cached in `c` is the clock's value. (A CPU that reads the clock between another CPU's jiffies
+/// increment and its clock update keeps the previous tick's value for one tick: a lag of at most
+/// one more tick.)
 #[inline(always)]
-pub fn now() -> u64 {
+pub fn now(c: &mut Clock) -> u64 {
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let j = unsafe { bpf_jiffies64() };
+    if j == c.jiffies {
+        return c.ns;
+    }
+    // SAFETY: as above.
+    let t = unsafe { bpf_ktime_get_coarse_ns() };
+    c.jiffies = j;
+    c.ns = t;
+    t
 }
 
 /// The precise monotonic clock, for flow events' timestamps.
@@ -121,23 +136,24 @@ pub enum Admit {
 }
 
 /// Finds the flow's backend, creating or repairing the entries as needed; with `policy`, a new
-/// flow is first checked against it. A BPF subprogram of its own (not inlined) so that its frame
-/// does not add to the caller's; the entry under construction lives in the scratch map.
-#[inline(never)]
-pub fn backend_for(
-    ctx: &XdpContext,
-    s: &mut Scratch,
-    svc: &ServiceValue,
-    hash: u32,
-    policy: bool,
-) -> Admit {
+/// flow is first checked against it. The established flow's path is inlined into the caller
+/// (every BPF call and return pays the CPU's return-thunk mitigation); a new or moved flow goes
+/// on in [`create`], a subprogram whose frame does not add to the caller's.
+#[inline(always)]
+pub fn backend_for(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy: bool) -> Admit {
     let f = &s.flow;
-    let key = forward_key(f);
-    let t = now();
-    if let Some(fwd) = CT.get_ptr_mut(&key) {
+    let t = now(&mut s.clock);
+    s.now = t;
+    if let Some(fwd) = CT.get_ptr_mut(&forward_key(f)) {
         // SAFETY: live map value.
-        let id = unsafe { (*fwd).backend_id };
+        let (id, src_port) = unsafe { ((*fwd).backend_id, (*fwd).nat_port) };
         if let Some(b) = lookup::backend(id) {
+            // Entries made before the port was recorded have 0 there (never a source port).
+            s.src_port = if src_port != 0 {
+                src_port
+            } else {
+                vxlan_source_port(f.hash())
+            };
             touch(fwd, f, t);
             events::account(f, svc.service_id, id);
             events::sample(
@@ -160,6 +176,18 @@ pub fn backend_for(
     } else {
         count(Counter::CtCreated);
     }
+    create(ctx, s, svc, policy)
+}
+
+/// A new flow, or one whose backend is gone: picks its backend (Maglev), checks policy, and
+/// tracks it (reverse entry first, then forward), at the time `s.now`.
+#[inline(never)]
+fn create(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy: bool) -> Admit {
+    let t = s.now;
+    let f = &s.flow;
+    let hash = f.hash();
+    let src_port = vxlan_source_port(hash);
+    let key = forward_key(f);
     let Some((id, b)) = lookup::maglev(svc, hash) else {
         return Admit::NoBackend;
     };
@@ -218,14 +246,15 @@ pub fn backend_for(
     // Reverse first: a reply can only exist once the forward packet left, never the other way.
     // SAFETY: `e` is the scratch map's entry, fully written above.
     let _ = CT.insert(&reverse_key(f, &b), unsafe { &*e }, 0);
-    // The forward entry: no NAT or L2 details, the first packet counted.
+    // The forward entry: no NAT or L2 details but the VXLAN source port (so that the flow's
+    // later packets need not hash it), the first packet counted.
     // SAFETY: as above.
     unsafe {
         use core::ptr::{addr_of_mut, write_volatile as w};
         let nat = addr_of_mut!((*e).nat_addr) as *mut u64;
         w(nat, 0);
         w(nat.add(1), 0);
-        w(addr_of_mut!((*e).nat_port), 0);
+        w(addr_of_mut!((*e).nat_port), src_port);
         w(addr_of_mut!((*e).vlan_tci), 0);
         w(addr_of_mut!((*e).flags), 0);
         let mac_words = addr_of_mut!((*e).peer_mac) as *mut u64;
@@ -250,5 +279,6 @@ pub fn backend_for(
         },
     );
     s.backend = b;
+    s.src_port = src_port;
     Admit::Backend
 }

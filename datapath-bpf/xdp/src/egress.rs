@@ -10,7 +10,6 @@
 //! flows can never claim the same port towards the same host.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
-use meshgw_common::hash::flow_hash;
 use meshgw_common::maps::{
     BackendValue, CtKey, EgressKey, SnatEntry, CFG_F_EGRESS, CFG_F_POLICY, CT_DIR_EGRESS,
     CT_DIR_EGRESS_REPLY, EGRESS_F_EXCLUDED, FAMILY_V4, SNAT_PORT_MAX, SNAT_PORT_MIN,
@@ -100,7 +99,7 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
         return Class::Route;
     };
     let flags = cfg.flags;
-    let t = ct::now();
+    let t = ct::now(&mut s.clock);
     s.ct_key = key(&s.inner, CT_DIR_EGRESS);
     if let Some(e) = SNAT.get_ptr_mut(&s.ct_key) {
         touch(e, &s.inner, t);
@@ -193,13 +192,7 @@ fn classify(ctx: &XdpContext, s: &mut Scratch) -> Class {
 #[inline(never)]
 fn allocate(s: &mut Scratch) -> bool {
     let inner = &s.inner;
-    let hash = flow_hash(
-        &inner.src,
-        &inner.dst,
-        inner.sport,
-        inner.dport,
-        inner.proto,
-    );
+    let hash = inner.hash();
     let reply = &mut s.ct_key;
     reply.src = inner.dst;
     reply.dst = s.nat_addr;
@@ -279,7 +272,9 @@ pub fn reply_target(s: &mut Scratch) -> bool {
     let Some(e) = SNAT.get_ptr_mut(&key(f, CT_DIR_EGRESS_REPLY)) else {
         return false;
     };
-    touch(e, f, ct::now());
+    let t = ct::now(&mut s.clock);
+    s.now = t;
+    touch(e, f, t);
     // SAFETY: live map value, copied out.
     s.backend = unsafe {
         BackendValue {

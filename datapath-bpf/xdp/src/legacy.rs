@@ -3,18 +3,18 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use meshgw_common::encap::BLOCK_LEN;
-use meshgw_common::hash::{flow_hash, vxlan_source_port};
+use meshgw_common::hash::vxlan_source_port;
 use meshgw_common::maps::{
     GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
 use meshgw_common::parse::{
-    Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    parse_into, rewrite, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use meshgw_common::stats::Counter;
 
 use crate::ct;
-use crate::ctx::{parse_frame, rewrite_frame};
+use crate::ctx::{rewrite_frame, XdpPacket};
 use crate::egress;
 use crate::encap::{encapsulate, Inner};
 use crate::events;
@@ -30,13 +30,17 @@ pub fn run(ctx: &XdpContext) -> u32 {
     with_scratch(ctx, Counter::LegacyPass, handle)
 }
 
-#[inline(never)]
+// Inlined into the entry point, as are the established flow's stages below: every BPF call and
+// return pays the CPU's return-thunk mitigation (AMD SRSO: tens of ns each), so the hot path
+// keeps to one frame where the verifier's 512-byte stack allows.
+#[inline(always)]
 fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     let cfg = match CONFIG.get(0) {
         Some(c) if c.flags & CFG_F_ENABLED != 0 => c,
         _ => return pass(Counter::LegacyPass),
     };
-    match parse_frame(ctx, 0, &mut s.flow) {
+    // Inlined rather than the `parse_frame` subprogram: see above.
+    match parse_into(&XdpPacket { ctx }, 0, &mut s.flow) {
         Kind::Flow => {}
         Kind::Other => return pass(Counter::LegacyPass),
         Kind::Malformed => return pass(Counter::Malformed),
@@ -49,8 +53,9 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         }
         return pass(Counter::LegacyPass);
     }
-    // The flow hash only for packets that need it: a pass-through never computes it.
-    let (done, hash) = match lookup::service(f) {
+    // The flow hash only for packets that need it: a pass-through never computes it, and an
+    // established flow has its VXLAN source port in its tracking entry.
+    let (done, src_port) = match lookup::service(f) {
         Some(svc) => {
             if f.fragment {
                 return pass(Counter::Fragment);
@@ -58,23 +63,21 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             if svc.backend_count == 0 {
                 return drop(Counter::DropNoBackend);
             }
-            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-            match ct::backend_for(ctx, s, &svc, hash, cfg.flags & CFG_F_POLICY != 0) {
+            match ct::backend_for(ctx, s, &svc, cfg.flags & CFG_F_POLICY != 0) {
                 ct::Admit::Backend => {}
                 ct::Admit::NoBackend => return drop(Counter::DropNoBackend),
                 ct::Admit::Denied => return drop(Counter::DropPolicy),
             }
-            (Counter::VipForwarded, hash)
+            (Counter::VipForwarded, s.src_port)
         }
         // Not for a VIP: the reply of an egress flow goes back to its endpoint the same way.
         None if cfg.flags & CFG_F_EGRESS != 0 && egress::reply_target(s) => {
             let f = &s.flow;
-            let hash = flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto);
-            (Counter::EgressReplied, hash)
+            (Counter::EgressReplied, vxlan_source_port(f.hash()))
         }
         None => return pass(Counter::LegacyPass),
     };
-    tunnel_to_backend(ctx, s, cfg, hash, done)
+    tunnel_to_backend(ctx, s, cfg, src_port, done)
 }
 
 /// Sends the packet in `s.flow` to `s.backend`: DNAT to the backend's address and port, VXLAN
@@ -84,7 +87,7 @@ pub fn tunnel_to_backend(
     ctx: &XdpContext,
     s: &mut Scratch,
     cfg: &GatewayConfig,
-    hash: u32,
+    src_port: u16,
     done: Counter,
 ) -> u32 {
     let f = &s.flow;
@@ -93,19 +96,26 @@ pub fn tunnel_to_backend(
         return drop(Counter::DropNoBackend);
     }
     let outer_ip_len = (f.l3_len + (BLOCK_LEN - ETH_LEN)) as u16;
-    let nh = match nexthop::get(ctx, s, cfg, b.node_ip, outer_ip_len) {
+    let t = s.now;
+    let nh = match nexthop::get(ctx, s, cfg, b.node_ip, outer_ip_len, t) {
         Ok(nh) => nh,
         Err(Fib::TooBig) => return drop(Counter::DropTooBig),
         Err(_) => return drop(Counter::DropFibMiss),
     };
     let f = &s.flow;
-    if !rewrite_frame(ctx, f, Side::Destination, &b.addr, b.port) {
+    // IPv4 inlined (its frame fits beside this one's), IPv6 in the subprogram.
+    let rewritten = if f.family == FAMILY_V4 {
+        rewrite(&XdpPacket { ctx }, f, Side::Destination, &b.addr, b.port).is_some()
+    } else {
+        rewrite_frame(ctx, f, Side::Destination, &b.addr, b.port)
+    };
+    if !rewritten {
         return pass(Counter::Malformed);
     }
     let inner = Inner {
         l3_off: f.l3_off,
         l3_len: f.l3_len as u16,
-        src_port: vxlan_source_port(hash),
+        src_port,
         dst_mac: b.node_mac,
         src_mac: cfg.vtep_mac,
         ethertype: if f.family == FAMILY_V4 {

@@ -17,10 +17,10 @@ pub fn service(flow: &Flow) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&key).copied() }
 }
 
+/// Backend `id`, if its slot holds one (a removed backend's slot is zeroed: family 0).
 #[inline(always)]
 pub fn backend(id: u32) -> Option<BackendValue> {
-    // SAFETY: copied out at once.
-    unsafe { BACKENDS.get(&id).copied() }
+    BACKENDS.get(id).copied().filter(|b| b.family != 0)
 }
 
 /// Maps a hash onto 0..MAGLEV_SIZE by multiply-and-shift (Lemire): cheaper than a modulo, and

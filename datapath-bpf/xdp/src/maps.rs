@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use meshgw_common::maps::{
     BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig, MaglevTable,
     NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SnatEntry,
-    CT_MAX, MAX_BACKENDS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
-    MAX_SERVICES, SNAT_MAX,
+    BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV,
+    MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::parse::Flow;
 use meshgw_common::stats::COUNTER_SLOTS;
@@ -28,9 +28,11 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static MAGLEV: HashMap<u32, MaglevTable> =
     HashMap::with_max_entries(MAX_MAGLEV, BPF_F_NO_PREALLOC);
 
+// Indexed by backend id, like MGW_BACKEND_TRAFFIC: an array lookup is a few inlined
+// instructions where a hash lookup is a helper call (and, with the CPU's return-thunk
+// mitigation, an expensive one). An empty slot is all zero (family 0).
 #[map(name = "MGW_BACKENDS")]
-pub static BACKENDS: HashMap<u32, BackendValue> =
-    HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(BACKEND_SLOTS, 0);
 
 #[map(name = "MGW_NODES")]
 pub static NODES: HashMap<NodeKey, NodeValue> = HashMap::with_max_entries(MAX_NODES, 0);
@@ -56,19 +58,17 @@ pub static EGRESS: LpmTrie<EgressKey, EgressValue> =
 #[map(name = "MGW_SNAT")]
 pub static SNAT: LruHashMap<CtKey, SnatEntry> = LruHashMap::with_max_entries(SNAT_MAX, 0);
 
-/// Not pinned: a cache that a new program may start empty.
+/// Not pinned: a cache that a new program may start empty. An array (see
+/// `meshgw_common::maps::nexthop_slots`): its lookup is inlined by the verifier, where a hash
+/// lookup is a helper call.
 #[map(name = "MGW_NEXTHOP")]
-pub static NEXTHOP: LruPerCpuHashMap<[u8; 4], NextHop> =
-    LruPerCpuHashMap::with_max_entries(MAX_NODES, 0);
+pub static NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXTHOP_SLOTS, 0);
 
-/// Not pinned, like `NEXTHOP`. As many clients as connection-tracking keeps flows for would be
-/// too many to cache; the least recently used go.
+/// Not pinned, like `NEXTHOP`, and an array like it (see
+/// `meshgw_common::maps::client_hop_slots`). As many clients as connection-tracking keeps flows
+/// for would be too many to cache; a client whose two slots hold busier ones is asked of the FIB.
 #[map(name = "MGW_CLIENT_HOPS")]
-pub static CLIENT_HOPS: LruPerCpuHashMap<[u8; 16], ClientHop> =
-    LruPerCpuHashMap::with_max_entries(CLIENT_HOPS_MAX, 0);
-
-/// Entries of [`CLIENT_HOPS`].
-const CLIENT_HOPS_MAX: u32 = 16_384;
+pub static CLIENT_HOPS: PerCpuArray<ClientHop> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
 #[map(name = "MGW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -76,7 +76,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS
 /// Per-packet working memory. The BPF stack is 512 bytes for a whole call chain, and Rust's
 /// frames are generous; the large per-packet structures live here instead, one copy per CPU
 /// (XDP runs to completion on one CPU, so nothing else touches it meanwhile). Not pinned: it
-/// holds no state between packets.
+/// holds no state between packets but a clock cache, which a new program may start empty.
 #[repr(C)]
 pub struct Scratch {
     /// Legacy: the packet. Mesh: the outer (VXLAN) packet.
@@ -91,6 +91,13 @@ pub struct Scratch {
     pub entry: CtEntry,
     /// The backend chosen for the packet.
     pub backend: BackendValue,
+    /// The VXLAN source port (host order) the packet is tunnelled with.
+    pub src_port: u16,
+    /// The coarse clock as read once for the packet (by whichever stage read it first), so
+    /// that later stages do not pay another helper call for it.
+    pub now: u64,
+    /// The per-CPU cache of [`crate::ct::now`]; unlike the rest, it outlives the packet.
+    pub clock: Clock,
     /// A source-NAT entry being created.
     pub snat: SnatEntry,
     /// Egress: the translated source address and port (network order).
@@ -100,6 +107,14 @@ pub struct Scratch {
     pub ct_key: CtKey,
     /// Egress: the rule lookup's key.
     pub egress_key: aya_ebpf::maps::lpm_trie::Key<EgressKey>,
+}
+
+/// The coarse clock's last reading on this CPU and the `jiffies` it was read at (see
+/// [`crate::ct::now`]); zero until the first reading.
+#[repr(C)]
+pub struct Clock {
+    pub jiffies: u64,
+    pub ns: u64,
 }
 
 #[map(name = "MGW_SCRATCH")]

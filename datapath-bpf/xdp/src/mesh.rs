@@ -9,7 +9,7 @@ use meshgw_common::maps::{
     CtKey, NodeKey, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, CT_DIR_REVERSE, DEV_LEGACY,
     FAMILY_V4,
 };
-use meshgw_common::parse::{load, Kind, Side, IPPROTO_TCP, IPPROTO_UDP};
+use meshgw_common::parse::{load, parse_into, rewrite, Kind, Side, IPPROTO_TCP, IPPROTO_UDP};
 use meshgw_common::stats::Counter;
 
 use crate::ct::{self, CT_F_VLAN};
@@ -26,13 +26,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
     with_scratch(ctx, Counter::MeshPass, handle)
 }
 
-#[inline(never)]
+// Inlined into the entry point, as the legacy program's is (see `legacy::handle`).
+#[inline(always)]
 fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     let cfg = match CONFIG.get(0) {
         Some(c) if c.flags & CFG_F_ENABLED != 0 => c,
         _ => return pass(Counter::MeshPass),
     };
-    match parse_frame(ctx, 0, &mut s.flow) {
+    match parse_into(&XdpPacket { ctx }, 0, &mut s.flow) {
         Kind::Flow => {}
         Kind::Other => return pass(Counter::MeshPass),
         Kind::Malformed => return pass(Counter::Malformed),
@@ -113,7 +114,8 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
             (*e).local_mac,
         )
     };
-    ct::touch(e, inner, ct::now());
+    let t = ct::now(&mut s.clock);
+    ct::touch(e, inner, t);
 
     let tagged = flags & CT_F_VLAN != 0;
     let v4 = inner.family == FAMILY_V4;
@@ -122,7 +124,7 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     let hop = if tagged {
         None
     } else {
-        nexthop::client(ctx, s, cfg, &nat_addr, l3_len)
+        nexthop::client(ctx, s, cfg, &nat_addr, l3_len, t)
     };
     let (dmac, smac) = if let Some(macs) = hop {
         macs
@@ -134,7 +136,13 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         return xdp_action::XDP_DROP;
     };
     let inner = &s.inner;
-    if !rewrite_frame(ctx, inner, Side::Source, &nat_addr, nat_port) {
+    // IPv4 inlined, IPv6 in the subprogram (as on the legacy side).
+    let rewritten = if v4 {
+        rewrite(&XdpPacket { ctx }, inner, Side::Source, &nat_addr, nat_port).is_some()
+    } else {
+        rewrite_frame(ctx, inner, Side::Source, &nat_addr, nat_port)
+    };
+    if !rewritten {
         return pass(Counter::Malformed);
     }
     let l2 = L2 {

@@ -316,3 +316,21 @@ fn rewrite_refuses_icmp() {
     .is_none());
     assert_eq!(v, before);
 }
+
+#[test]
+fn flow_hash_of_a_parsed_flow_is_the_hash_of_its_5_tuple() {
+    let f = Flow {
+        src: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        dst: [
+            17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+        ],
+        sport: 40_000u16.to_be(),
+        dport: 53u16.to_be(),
+        proto: 17,
+        ..Flow::default()
+    };
+    assert_eq!(
+        f.hash(),
+        crate::hash::flow_hash(&f.src, &f.dst, f.sport, f.dport, f.proto)
+    );
+}

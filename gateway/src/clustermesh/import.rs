@@ -54,7 +54,10 @@ fn matches(sel: &PortalSelector, cluster: &str, svc: &ClusterService) -> bool {
     glob(&sel.cluster, cluster)
         && glob(&sel.namespace, &svc.namespace)
         && glob(&sel.name, &svc.name)
-        && sel.labels.iter().all(|(k, v)| svc.labels.get(k) == Some(v))
+        && sel
+            .labels
+            .iter()
+            .all(|(k, v)| svc.labels.get(k) == Some(v.as_str()))
 }
 
 /// Whether the service is a portal, and the selector pinning its VIPs if one does.
@@ -157,8 +160,8 @@ fn add_service<'a>(
         return;
     };
     let name = ServiceName {
-        namespace: svc.namespace.clone(),
-        name: svc.name.clone(),
+        namespace: svc.namespace.to_string(),
+        name: svc.name.to_string(),
     };
     if let Some(p) = pin {
         pins.insert(name.clone(), p);
@@ -171,7 +174,7 @@ fn add_service<'a>(
         backends: Vec::new(),
     });
     for ports in svc.frontends.values() {
-        for (pname, pc) in ports {
+        for (pname, pc) in ports.iter() {
             let Some(pr) = proto(pc.protocol) else {
                 out.problems.push(format!(
                     "{name} in {cluster}: port {pname} uses {:?}, which portals do not carry",
@@ -179,9 +182,9 @@ fn add_service<'a>(
                 ));
                 continue;
             };
-            if !entry.ports.iter().any(|p| p.name == *pname) {
+            if !entry.ports.iter().any(|p| p.name == pname) {
                 entry.ports.push(Port {
-                    name: pname.clone(),
+                    name: pname.to_string(),
                     port: pc.port,
                     proto: pr,
                 });
@@ -191,7 +194,7 @@ fn add_service<'a>(
     // Backends mapping their ports alike (the common case) share one list.
     let mut shared: Option<NamedPorts> = None;
     let mut backends = Vec::with_capacity(svc.backends.len());
-    for (ip, ports) in &svc.backends {
+    for (ip, ports) in svc.backends.iter() {
         let Some(node) = node_of(state, *ip) else {
             out.problems.push(format!(
                 "{name}: backend {ip} in {cluster}: no known node hosts it"
@@ -207,7 +210,7 @@ fn add_service<'a>(
             .and_then(|id| state.identity_labels(id))
             .cloned()
             .unwrap_or_default();
-        let mine = named_ports(ports.iter().map(|(n, pc)| (n.as_str(), pc.port)));
+        let mine = named_ports(ports.iter().map(|(n, pc)| (n, pc.port)));
         let ports = match &shared {
             Some(p) if *p == mine => p.clone(),
             _ => {

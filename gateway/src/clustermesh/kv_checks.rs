@@ -23,7 +23,7 @@ impl ClusterState {
         name: &str,
     ) -> Result<ClusterService, KvError> {
         let svc = kvstore::decode_service(value)?;
-        if svc.cluster != self.name || svc.namespace != namespace || svc.name != name {
+        if *svc.cluster != *self.name || &*svc.namespace != namespace || &*svc.name != name {
             let reason = format!(
                 "the value is {}/{}/{}, the key names {}/{namespace}/{name}",
                 svc.cluster, svc.namespace, svc.name, self.name

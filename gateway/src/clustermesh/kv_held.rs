@@ -8,7 +8,7 @@ use super::Applied;
 #[derive(Clone, Debug)]
 pub(super) struct Held<T> {
     /// The key it came from: deletes and lists match on it.
-    pub(super) key: String,
+    pub(super) key: Box<str>,
     pub(super) value: T,
     /// Missing from the last list of its prefix, before that prefix's canary was seen.
     pub(super) stale: bool,
@@ -24,13 +24,13 @@ pub(super) fn upsert<K: Ord, T: PartialEq>(
 ) -> Applied {
     match map.get_mut(&id) {
         // Clearing `stale` is not a visible change: the entry was served all along.
-        Some(h) if h.key == key && h.value == value => {
+        Some(h) if *h.key == *key && h.value == value => {
             h.stale = false;
             Applied::Unchanged
         }
         Some(h) => {
             *h = Held {
-                key: key.to_string(),
+                key: key.into(),
                 value,
                 stale: false,
             };
@@ -40,7 +40,7 @@ pub(super) fn upsert<K: Ord, T: PartialEq>(
             map.insert(
                 id,
                 Held {
-                    key: key.to_string(),
+                    key: key.into(),
                     value,
                     stale: false,
                 },
@@ -52,7 +52,7 @@ pub(super) fn upsert<K: Ord, T: PartialEq>(
 
 pub(super) fn remove<K: Ord, T>(map: &mut Map<K, T>, id: &K, key: &str) -> Applied {
     // The same entity under the other layout (state vs cache) is a different key: leave it.
-    if map.get(id).is_some_and(|h| h.key == key) {
+    if map.get(id).is_some_and(|h| *h.key == *key) {
         map.remove(id);
         Applied::Changed
     } else {
@@ -72,7 +72,7 @@ pub(super) fn sweep<K: Ord, T>(
         if !h.key.starts_with(prefix) {
             return true;
         }
-        if present.contains(h.key.as_str()) {
+        if present.contains(&*h.key) {
             // Listed, even if with a value we skipped: the key exists, keep its last good value.
             h.stale = false;
             return true;

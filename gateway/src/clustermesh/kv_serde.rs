@@ -2,7 +2,6 @@
 //! null, unset IPs as `""`, `net.IPMask` as base64, pod CIDRs as an object or (newer) a string,
 //! and maps of pointers whose entries may be null.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use base64::Engine as _;
@@ -10,7 +9,7 @@ use ipnet::IpNet;
 use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 
-use super::kv_values::{NodeAddress, PortConfig, PortsByIp};
+use super::kv_values::NodeAddress;
 
 /// The prefix length of a Go `net.IPMask` for `ip`'s family.
 pub(super) fn prefix_len(ip: IpAddr, mask: &[u8]) -> Result<u8, String> {
@@ -140,23 +139,6 @@ pub(super) fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeAddre
                 addr_type: a.addr_type,
                 ip: a.ip?,
             })
-        })
-        .collect())
-}
-
-pub(super) fn ports_by_ip<'de, D: Deserializer<'de>>(d: D) -> Result<PortsByIp, D::Error> {
-    // Cilium's port maps hold pointers: a null map or port is possible in Go and means "none".
-    type Raw = Option<BTreeMap<IpAddr, Option<BTreeMap<String, Option<PortConfig>>>>>;
-    let raw = Raw::deserialize(d)?.unwrap_or_default();
-    Ok(raw
-        .into_iter()
-        .map(|(ip, ports)| {
-            let ports = ports
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(n, p)| Some((n, p?)))
-                .collect();
-            (ip, ports)
         })
         .collect())
 }

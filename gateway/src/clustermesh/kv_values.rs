@@ -8,9 +8,9 @@ use ipnet::IpNet;
 use serde::de::Deserializer;
 use serde::Deserialize;
 
-use super::kv_serde::{
-    addresses, cidr, cidrs, null_default, opt_ip, opt_mask, ports_by_ip, prefix_len,
-};
+use super::kv_compact::string_map_shape;
+pub use super::kv_compact::{Labels, Ports, PortsByIp};
+use super::kv_serde::{addresses, cidr, cidrs, null_default, opt_ip, opt_mask, prefix_len};
 
 /// `cilium/cluster-config/<cluster>`: the cluster's id and what its Cluster Mesh API offers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -91,33 +91,32 @@ pub struct PortConfig {
     pub port: u16,
 }
 
-/// Port name -> port, per IP.
-pub type PortsByIp = BTreeMap<IpAddr, BTreeMap<String, PortConfig>>;
-
-/// `services/v1`: a global service as one cluster exports it.
+/// `services/v1`: a global service as one cluster exports it. Held for every service of every
+/// cluster, so kept compact: boxed strings, sorted slices, and the fields nothing reads only
+/// checked, not held.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct ClusterService {
     /// Exporting cluster.
-    pub cluster: String,
+    pub cluster: Box<str>,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Box<str>,
     /// Name.
-    pub name: String,
+    pub name: Box<str>,
     /// Frontend IP -> port name -> port.
-    #[serde(default, deserialize_with = "ports_by_ip")]
+    #[serde(default)]
     pub frontends: PortsByIp,
     /// Backend IP -> port name -> port.
-    #[serde(default, deserialize_with = "ports_by_ip")]
+    #[serde(default)]
     pub backends: PortsByIp,
-    /// Backend IP -> hostname (Cilium writes a map here, not a list).
-    #[serde(default, deserialize_with = "null_default")]
-    pub hostnames: BTreeMap<String, String>,
+    /// Backend IP -> hostname (Cilium writes a map here, not a list). Unread: checked only.
+    #[serde(default, deserialize_with = "string_map_shape")]
+    hostnames: (),
     /// Service labels.
-    #[serde(default, deserialize_with = "null_default")]
-    pub labels: BTreeMap<String, String>,
-    /// The service's pod selector.
-    #[serde(default, deserialize_with = "null_default")]
-    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: Labels,
+    /// The service's pod selector. Unread: checked only.
+    #[serde(default, deserialize_with = "string_map_shape")]
+    selector: (),
     /// Whether backends of other clusters are included.
     #[serde(default, rename = "includeExternal")]
     pub include_external: bool,

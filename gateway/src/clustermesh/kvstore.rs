@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+#[path = "kv_compact.rs"]
+mod kv_compact;
 #[path = "kv_serde.rs"]
 mod kv_serde;
 #[path = "kv_values.rs"]
@@ -21,8 +23,8 @@ mod kv_values;
 // through fields as unused re-exports.
 #[allow(unused_imports)]
 pub use kv_values::{
-    Capabilities, ClusterConfig, ClusterService, IpIdentityPair, KvNode, L4Protocol, NamedPort,
-    NodeAddress, PortConfig, PortsByIp, PORTAL_LABEL,
+    Capabilities, ClusterConfig, ClusterService, IpIdentityPair, KvNode, L4Protocol, Labels,
+    NamedPort, NodeAddress, PortConfig, Ports, PortsByIp, PORTAL_LABEL,
 };
 
 /// The key every Cluster Mesh API server rewrites each minute to show it is alive.

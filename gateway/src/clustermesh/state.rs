@@ -86,7 +86,9 @@ pub struct ClusterStats {
 pub struct ClusterState {
     name: String,
     config: Option<ClusterConfig>,
-    services: Map<(String, String), ClusterService>,
+    /// Boxed: a map node holds 11 slots, most of them empty after sorted inserts, and a
+    /// pointer fills an empty slot more cheaply than the whole service would.
+    services: Map<(Box<str>, Box<str>), Box<ClusterService>>,
     nodes: Map<String, KvNode>,
     ips: Map<String, IpIdentityPair>,
     identities: Map<u32, BTreeMap<String, String>>,
@@ -189,7 +191,12 @@ impl ClusterState {
                 namespace,
                 name,
             } if self.mine(&cluster) => match self.check_service(value, &namespace, &name) {
-                Ok(svc) => upsert(&mut self.services, (namespace, name), key, svc),
+                Ok(svc) => upsert(
+                    &mut self.services,
+                    service_id(namespace, name),
+                    key,
+                    Box::new(svc),
+                ),
                 Err(e) => self.skip(key, &e),
             },
             KvKey::Node { cluster, name } if self.mine(&cluster) => {
@@ -236,7 +243,9 @@ impl ClusterState {
                 cluster,
                 namespace,
                 name,
-            } if self.mine(&cluster) => remove(&mut self.services, &(namespace, name), key),
+            } if self.mine(&cluster) => {
+                remove(&mut self.services, &service_id(namespace, name), key)
+            }
             KvKey::Node { cluster, name } if self.mine(&cluster) => {
                 remove(&mut self.nodes, &name, key)
             }
@@ -326,14 +335,14 @@ impl ClusterState {
 
     /// Services, by namespace then name.
     pub fn services(&self) -> impl Iterator<Item = &ClusterService> {
-        self.services.values().map(|h| &h.value)
+        self.services.values().map(|h| &*h.value)
     }
 
     /// One service.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&ClusterService> {
         self.services
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|h| &h.value)
+            .get(&service_id(namespace.into(), name.into()))
+            .map(|h| &*h.value)
     }
 
     /// Nodes, by name.
@@ -387,6 +396,11 @@ impl ClusterState {
     pub fn last_skipped(&self) -> Option<&(String, String)> {
         self.last_skipped.as_ref()
     }
+}
+
+/// The services map's key: namespace and name.
+fn service_id(namespace: String, name: String) -> (Box<str>, Box<str>) {
+    (namespace.into_boxed_str(), name.into_boxed_str())
 }
 
 #[cfg(test)]

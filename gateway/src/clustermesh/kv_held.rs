@@ -9,7 +9,9 @@ use super::Applied;
 pub(super) struct Held<T> {
     /// The key it came from: deletes and lists match on it.
     pub(super) key: Box<str>,
-    pub(super) value: T,
+    /// Boxed: a map node has 11 slots, many of them empty after sorted inserts, and an empty
+    /// slot for a pointer costs less than one for a whole value.
+    pub(super) value: Box<T>,
     /// Missing from the last list of its prefix, before that prefix's canary was seen.
     pub(super) stale: bool,
 }
@@ -24,14 +26,14 @@ pub(super) fn upsert<K: Ord, T: PartialEq>(
 ) -> Applied {
     match map.get_mut(&id) {
         // Clearing `stale` is not a visible change: the entry was served all along.
-        Some(h) if *h.key == *key && h.value == value => {
+        Some(h) if *h.key == *key && *h.value == value => {
             h.stale = false;
             Applied::Unchanged
         }
         Some(h) => {
             *h = Held {
                 key: key.into(),
-                value,
+                value: Box::new(value),
                 stale: false,
             };
             Applied::Changed
@@ -41,7 +43,7 @@ pub(super) fn upsert<K: Ord, T: PartialEq>(
                 id,
                 Held {
                     key: key.into(),
-                    value,
+                    value: Box::new(value),
                     stale: false,
                 },
             );

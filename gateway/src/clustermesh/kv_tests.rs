@@ -143,17 +143,13 @@ fn every_sample_of_the_doc_decodes() {
                 assert_eq!(pair.host_ip, Some(ip("172.18.0.2")));
                 assert_eq!(pair.prefix(), "10.244.2.74/32".parse::<IpNet>().unwrap());
                 assert_eq!(
-                    (
-                        pair.key,
-                        pair.k8s_namespace.as_str(),
-                        pair.k8s_pod_name.as_str()
-                    ),
+                    (pair.key, &*pair.k8s_namespace, &*pair.k8s_pod_name),
                     (5, "bar", "cep-002")
                 );
                 let ports: Vec<_> = pair
                     .named_ports
                     .iter()
-                    .map(|p| (p.name.as_str(), p.port, p.protocol))
+                    .map(|p| (&*p.name, p.port, p.protocol))
                     .collect();
                 assert_eq!(
                     ports,

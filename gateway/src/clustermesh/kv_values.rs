@@ -260,7 +260,7 @@ impl KvNode {
 pub struct NamedPort {
     /// Port name.
     #[serde(rename = "Name")]
-    pub name: String,
+    pub name: Box<str>,
     /// Port number.
     #[serde(rename = "Port")]
     pub port: u16,
@@ -288,15 +288,15 @@ pub struct IpIdentityPair {
     /// IPsec key index.
     pub key: u8,
     /// Opaque metadata.
-    pub metadata: String,
+    pub metadata: Box<str>,
     /// The endpoint's namespace.
-    pub k8s_namespace: String,
+    pub k8s_namespace: Box<str>,
     /// The endpoint's pod.
-    pub k8s_pod_name: String,
+    pub k8s_pod_name: Box<str>,
     /// The pod's service account.
-    pub k8s_service_account: String,
+    pub k8s_service_account: Box<str>,
     /// Named ports of the pod.
-    pub named_ports: Vec<NamedPort>,
+    pub named_ports: Box<[NamedPort]>,
 }
 
 impl IpIdentityPair {
@@ -339,15 +339,15 @@ struct RawIpPair {
     #[serde(default, rename = "Key")]
     key: u8,
     #[serde(default, rename = "Metadata")]
-    metadata: String,
+    metadata: Box<str>,
     #[serde(default, rename = "K8sNamespace")]
-    k8s_namespace: String,
+    k8s_namespace: Box<str>,
     #[serde(default, rename = "K8sPodName")]
-    k8s_pod_name: String,
+    k8s_pod_name: Box<str>,
     #[serde(default, rename = "K8sServiceAccount")]
-    k8s_service_account: String,
+    k8s_service_account: Box<str>,
     #[serde(default, rename = "NamedPorts", deserialize_with = "null_default")]
-    named_ports: Vec<NamedPort>,
+    named_ports: Box<[NamedPort]>,
 }
 
 impl TryFrom<RawIpPair> for IpIdentityPair {

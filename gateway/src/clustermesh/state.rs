@@ -86,11 +86,9 @@ pub struct ClusterStats {
 pub struct ClusterState {
     name: String,
     config: Option<ClusterConfig>,
-    /// Boxed: a map node holds 11 slots, most of them empty after sorted inserts, and a
-    /// pointer fills an empty slot more cheaply than the whole service would.
-    services: Map<(Box<str>, Box<str>), Box<ClusterService>>,
+    services: Map<(Box<str>, Box<str>), ClusterService>,
     nodes: Map<String, KvNode>,
-    ips: Map<String, IpIdentityPair>,
+    ips: Map<Box<str>, IpIdentityPair>,
     identities: Map<u32, BTreeMap<String, String>>,
     /// Kind roots (`cilium/state/nodes/v1`) whose sync canary was seen on this connection.
     canaries: BTreeSet<String>,
@@ -191,12 +189,7 @@ impl ClusterState {
                 namespace,
                 name,
             } if self.mine(&cluster) => match self.check_service(value, &namespace, &name) {
-                Ok(svc) => upsert(
-                    &mut self.services,
-                    service_id(namespace, name),
-                    key,
-                    Box::new(svc),
-                ),
+                Ok(svc) => upsert(&mut self.services, service_id(namespace, name), key, svc),
                 Err(e) => self.skip(key, &e),
             },
             KvKey::Node { cluster, name } if self.mine(&cluster) => {
@@ -207,7 +200,7 @@ impl ClusterState {
             }
             KvKey::Ip { scope, ip } if scope == DEFAULT_IP_SCOPE || self.mine(&scope) => {
                 match check_ip(value, &ip) {
-                    Ok(pair) => upsert(&mut self.ips, ip, key, pair),
+                    Ok(pair) => upsert(&mut self.ips, ip.into_boxed_str(), key, pair),
                     Err(e) => self.skip(key, &e),
                 }
             }
@@ -250,7 +243,7 @@ impl ClusterState {
                 remove(&mut self.nodes, &name, key)
             }
             KvKey::Ip { scope, ip } if scope == DEFAULT_IP_SCOPE || self.mine(&scope) => {
-                remove(&mut self.ips, &ip, key)
+                remove(&mut self.ips, &ip.into_boxed_str(), key)
             }
             KvKey::Identity { cluster, id } if cluster.as_deref().is_none_or(|c| self.mine(c)) => {
                 remove(&mut self.identities, &id, key)
@@ -347,17 +340,17 @@ impl ClusterState {
 
     /// Nodes, by name.
     pub fn nodes(&self) -> impl Iterator<Item = &KvNode> {
-        self.nodes.values().map(|h| &h.value)
+        self.nodes.values().map(|h| &*h.value)
     }
 
     /// IP identity pairs, by the IP (or CIDR) text of their key.
     pub fn ip_pairs(&self) -> impl Iterator<Item = &IpIdentityPair> {
-        self.ips.values().map(|h| &h.value)
+        self.ips.values().map(|h| &*h.value)
     }
 
     /// The labels of identity `id` (`"k8s:app" -> "web"`).
     pub fn identity_labels(&self, id: u32) -> Option<&BTreeMap<String, String>> {
-        self.identities.get(&id).map(|h| &h.value)
+        self.identities.get(&id).map(|h| &*h.value)
     }
 
     fn kind_synced(&self, kind: Kind) -> bool {

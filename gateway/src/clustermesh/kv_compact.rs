@@ -54,53 +54,100 @@ impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Entries
 type RawPorts = Entries<String, Option<PortConfig>>;
 
 /// The named ports of one IP, sorted by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ports<'a>(&'a [(Box<str>, PortConfig)]);
+#[derive(Clone, Copy, Debug)]
+pub struct Ports<'a> {
+    /// Each port with the end of its name in `names`.
+    ports: &'a [(u32, PortConfig)],
+    names: &'a str,
+    /// Where the first port's name starts in `names`.
+    start: u32,
+}
 
 impl<'a> Ports<'a> {
+    fn name(&self, j: usize) -> &'a str {
+        let start = match j {
+            0 => self.start,
+            _ => self.ports[j - 1].0,
+        };
+        // Whole names were concatenated, so both ends are char boundaries.
+        self.names
+            .get(start as usize..self.ports[j].0 as usize)
+            .unwrap_or_default()
+    }
+
     /// The port named `name`.
     pub fn get(&self, name: &str) -> Option<&'a PortConfig> {
-        let i = self.0.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
-        Some(&self.0[i].1)
+        let (mut lo, mut hi) = (0, self.ports.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.name(mid).cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(&self.ports[mid].1),
+            }
+        }
+        None
     }
 
     /// Name and port, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a PortConfig)> + 'a {
-        self.0.iter().map(|(n, p)| (&**n, p))
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a PortConfig)> {
+        (0..self.ports.len()).map(move |j| (self.name(j), &self.ports[j].1))
     }
 
     /// The names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().map(|(n, _)| &**n)
+    pub fn keys(self) -> impl Iterator<Item = &'a str> {
+        (0..self.ports.len()).map(move |j| self.name(j))
     }
 
     /// How many ports.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ports.len()
     }
 
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ports.is_empty()
     }
 }
 
+impl PartialEq for Ports<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        // The same ports, wherever their names are stored.
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Ports<'_> {}
+
 /// IP -> port name -> port (a frontend's or a backend's), sorted by IP then name. An IP whose
-/// port map was null or empty is kept, with no ports.
+/// port map was null or empty is kept, with no ports. Three allocations however many IPs and
+/// ports: the IPs, the ports, and their names end to end (one canonical form per map, so the
+/// derived equality is the maps' equality).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortsByIp {
     /// Each IP with the end of its ports in `ports`.
     ips: Box<[(IpAddr, u32)]>,
-    ports: Box<[(Box<str>, PortConfig)]>,
+    /// Each port with the end of its name in `names`.
+    ports: Box<[(u32, PortConfig)]>,
+    names: Box<str>,
 }
 
 impl PortsByIp {
     fn ports_of(&self, i: usize) -> Ports<'_> {
-        let start = match i {
+        let first = match i {
             0 => 0,
             _ => self.ips[i - 1].1 as usize,
         };
-        Ports(&self.ports[start..self.ips[i].1 as usize])
+        let ports = &self.ports[first..self.ips[i].1 as usize];
+        let start = match first {
+            0 => 0,
+            _ => self.ports[first - 1].0,
+        };
+        Ports {
+            ports,
+            names: &self.names,
+            start,
+        }
     }
 
     /// The ports of `ip`, if it is listed.
@@ -140,23 +187,25 @@ impl PortsByIp {
     /// From IPs and their ports, each as decoded (unsorted, keys possibly repeated, a `None`
     /// for Go's nil pointer).
     fn from_decoded(ips: Vec<(IpAddr, Option<RawPorts>)>) -> Result<Self, String> {
+        let too_many = |_| "too many ports or port names".to_string();
         let ips = sorted_last_wins(ips);
         let mut index = Vec::with_capacity(ips.len());
         let mut ports = Vec::new();
+        let mut names = String::new();
         for (ip, named) in ips {
             let named = named.map(|e| sorted_last_wins(e.0)).unwrap_or_default();
             // A nil port is no port; dropped after the last-wins step, as the map dropped it.
-            ports.extend(
-                named
-                    .into_iter()
-                    .filter_map(|(n, p)| Some((n.into_boxed_str(), p?))),
-            );
-            let end = u32::try_from(ports.len()).map_err(|_| "too many ports".to_string())?;
-            index.push((ip, end));
+            for (name, port) in named {
+                let Some(port) = port else { continue };
+                names.push_str(&name);
+                ports.push((u32::try_from(names.len()).map_err(too_many)?, port));
+            }
+            index.push((ip, u32::try_from(ports.len()).map_err(too_many)?));
         }
         Ok(PortsByIp {
             ips: index.into_boxed_slice(),
             ports: ports.into_boxed_slice(),
+            names: names.into_boxed_str(),
         })
     }
 }

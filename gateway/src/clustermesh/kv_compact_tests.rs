@@ -118,6 +118,21 @@ fn ports_by_ip_decodes_as_the_maps_did() {
     assert!(m.get(&ip("10.0.0.10")).unwrap().is_empty());
     assert_eq!(m.get(&ip("10.0.0.8")), None);
     assert_eq!(m.values().map(|p| p.len()).collect::<Vec<_>>(), [1, 0, 2]);
+    // Names are stored end to end: multibyte ones, an IP whose ports follow another IP's, and
+    // the same ports under another IP of another map are equal.
+    let two = format!(
+        r#"{{"10.0.0.2":{{"ü-x":{TCP1},"b":{UDP2}}},"10.0.0.1":{{"é":{TCP1},"":{UDP2}}}}}"#
+    );
+    assert_eq!(compact(&two), as_maps(&two));
+    let m: PortsByIp = serde_json::from_str(&two).unwrap();
+    let one: PortsByIp =
+        serde_json::from_str(&format!(r#"{{"fd00::9":{{"b":{UDP2},"ü-x":{TCP1}}}}}"#)).unwrap();
+    let second = m.get(&ip("10.0.0.2")).unwrap();
+    assert_eq!(second.keys().collect::<Vec<_>>(), ["b", "ü-x"]);
+    assert_eq!((second.get("ü-x"), second.get("é")), (Some(&tcp1), None));
+    assert_eq!(m.get(&ip("10.0.0.1")).unwrap().get(""), Some(&udp2));
+    assert_eq!(Some(second), one.get(&ip("fd00::9")));
+    assert_ne!(m.get(&ip("10.0.0.1")), one.get(&ip("fd00::9")));
     let e = compact(&cases[8]).unwrap_err();
     assert!(e.contains("invalid IP address syntax"), "{e}");
     let e = compact(&cases[12]).unwrap_err();

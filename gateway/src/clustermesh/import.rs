@@ -173,6 +173,12 @@ fn add_service<'a>(
         ports: Vec::new(),
         backends: Vec::new(),
     });
+    // Room for exactly what this cluster adds: a Vec grown by pushes keeps room for 4, and the
+    // catalog keeps these Vecs for every service.
+    let new_ports = svc.frontends.values().flat_map(|p| p.keys());
+    let new_ports = new_ports.filter(|n| !entry.ports.iter().any(|p| p.name == *n));
+    entry.ports.reserve_exact(new_ports.count());
+    entry.backends.reserve_exact(svc.backends.len());
     for ports in svc.frontends.values() {
         for (pname, pc) in ports.iter() {
             let Some(pr) = proto(pc.protocol) else {

@@ -85,18 +85,40 @@ fn proto(p: L4Protocol) -> Option<u8> {
     }
 }
 
-/// The node of `cluster` hosting `ip`: the one whose pod CIDR contains it, else the one the ipcache
-/// names as the endpoint's host.
-fn node_of(state: &ClusterState, ip: IpAddr) -> Option<&KvNode> {
-    state
-        .nodes()
-        .find(|n| n.pod_cidrs().iter().any(|c| c.contains(&ip)))
-        .or_else(|| {
-            let host = state.ip_pairs().find(|p| p.ip == ip)?.host_ip?;
-            state
-                .nodes()
-                .find(|n| n.internal_ipv4().map(IpAddr::V4) == Some(host))
-        })
+/// A cluster's nodes indexed for [`NodeIndex::node_of`]: built once per import (a node's pod
+/// CIDRs would otherwise be collected again for every backend, and every node scanned).
+struct NodeIndex<'a> {
+    cidrs: Vec<(ipnet::IpNet, &'a KvNode)>,
+    by_address: HashMap<IpAddr, &'a KvNode>,
+}
+
+impl<'a> NodeIndex<'a> {
+    fn new(state: &'a ClusterState) -> Self {
+        let mut ix = NodeIndex {
+            cidrs: Vec::new(),
+            by_address: HashMap::new(),
+        };
+        for n in state.nodes() {
+            ix.cidrs.extend(n.pod_cidrs().into_iter().map(|c| (c, n)));
+            if let Some(a) = n.internal_ipv4() {
+                ix.by_address.entry(IpAddr::V4(a)).or_insert(n);
+            }
+        }
+        ix
+    }
+
+    /// The node hosting `ip`: the first whose pod CIDR contains it, else the one the ipcache
+    /// names as the endpoint's host.
+    fn node_of(&self, state: &ClusterState, ip: IpAddr) -> Option<&'a KvNode> {
+        self.cidrs
+            .iter()
+            .find(|(c, _)| c.contains(&ip))
+            .map(|(_, n)| *n)
+            .or_else(|| {
+                let host = state.ip_pair(ip)?.host_ip?;
+                self.by_address.get(&host).copied()
+            })
+    }
 }
 
 fn request(pin: Option<&Option<VipSpec>>, wanted: bool) -> Option<Request> {
@@ -136,8 +158,9 @@ pub fn import(
             };
             out.nodes.insert(id, node);
         }
+        let nodes = NodeIndex::new(state);
         for svc in state.services() {
-            add_service(&mut out, &mut pins, portals, cluster, state, svc);
+            add_service(&mut out, &mut pins, portals, (cluster, state, &nodes), svc);
         }
     }
     finish(&mut out, &pins, has4, has6);
@@ -149,8 +172,7 @@ fn add_service<'a>(
     out: &mut Imported,
     pins: &mut BTreeMap<ServiceName, &'a PortalSelector>,
     portals: &'a [PortalSelector],
-    cluster: &str,
-    state: &ClusterState,
+    (cluster, state, nodes): (&str, &ClusterState, &NodeIndex<'_>),
     svc: &ClusterService,
 ) {
     if !svc.is_shared() {
@@ -201,7 +223,7 @@ fn add_service<'a>(
     let mut shared: Option<NamedPorts> = None;
     let mut backends = Vec::with_capacity(svc.backends.len());
     for (ip, ports) in svc.backends.iter() {
-        let Some(node) = node_of(state, *ip) else {
+        let Some(node) = nodes.node_of(state, *ip) else {
             out.problems.push(format!(
                 "{name}: backend {ip} in {cluster}: no known node hosts it"
             ));
@@ -209,8 +231,8 @@ fn add_service<'a>(
         };
         // The pod's identity and labels, where the cluster exports its ipcache.
         let identity = state
-            .ip_pairs()
-            .find(|p| p.ip == *ip && p.mask.is_none())
+            .ip_pair(*ip)
+            .filter(|p| p.mask.is_none())
             .map(|p| p.id);
         let labels = identity
             .and_then(|id| state.identity_labels(id))
@@ -272,9 +294,10 @@ pub fn import_services(
     let mut out = Imported::default();
     let mut pins: BTreeMap<ServiceName, &PortalSelector> = BTreeMap::new();
     for (cluster, state) in clusters {
+        let nodes = NodeIndex::new(state);
         for name in names {
             if let Some(svc) = state.service(&name.namespace, &name.name) {
-                add_service(&mut out, &mut pins, portals, cluster, state, svc);
+                add_service(&mut out, &mut pins, portals, (cluster, state, &nodes), svc);
             }
         }
     }

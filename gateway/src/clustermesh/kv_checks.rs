@@ -67,13 +67,18 @@ impl ClusterState {
 
 /// Decodes an ipcache entry and checks it is the one its key names (`ip` as the key spells
 /// it, an address or a CIDR).
-pub(super) fn check_ip(value: &[u8], ip: &str) -> Result<IpIdentityPair, KvError> {
-    let pair = kvstore::decode_ip_pair(value)?;
-    let named = match ip.parse::<ipnet::IpNet>() {
+/// The prefix an ipcache key names (`10.0.0.1`, `10.0.0.0/24`, `fd00::1`), `None` if it is
+/// neither an address nor a CIDR.
+pub(super) fn key_prefix(ip: &str) -> Option<ipnet::IpNet> {
+    match ip.parse::<ipnet::IpNet>() {
         Ok(net) => Some(net),
         Err(_) => ip.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
-    };
-    match named {
+    }
+}
+
+pub(super) fn check_ip(value: &[u8], ip: &str) -> Result<IpIdentityPair, KvError> {
+    let pair = kvstore::decode_ip_pair(value)?;
+    match key_prefix(ip) {
         Some(net) if net == pair.prefix() => Ok(pair),
         Some(_) => Err(KvError::Invalid {
             what: "ip identity pair",

@@ -12,8 +12,10 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Instant;
 
+use ipnet::IpNet;
 use tracing::{debug, warn};
 
 #[path = "kv_checks.rs"]
@@ -21,7 +23,7 @@ mod kv_checks;
 #[path = "kv_held.rs"]
 mod kv_held;
 
-use kv_checks::check_ip;
+use kv_checks::{check_ip, key_prefix};
 use kv_held::{count_stale, purge, remove, sweep, upsert, Map};
 
 use super::kvstore::{
@@ -88,7 +90,8 @@ pub struct ClusterState {
     config: Option<ClusterConfig>,
     services: Map<(Box<str>, Box<str>), ClusterService>,
     nodes: Map<String, KvNode>,
-    ips: Map<Box<str>, IpIdentityPair>,
+    /// Keyed by prefix (a host is its /32 or /128), so a backend's entry is one lookup.
+    ips: Map<IpNet, IpIdentityPair>,
     identities: Map<u32, BTreeMap<String, String>>,
     /// Kind roots (`cilium/state/nodes/v1`) whose sync canary was seen on this connection.
     canaries: BTreeSet<String>,
@@ -200,7 +203,7 @@ impl ClusterState {
             }
             KvKey::Ip { scope, ip } if scope == DEFAULT_IP_SCOPE || self.mine(&scope) => {
                 match check_ip(value, &ip) {
-                    Ok(pair) => upsert(&mut self.ips, ip.into_boxed_str(), key, pair),
+                    Ok(pair) => upsert(&mut self.ips, pair.prefix(), key, pair),
                     Err(e) => self.skip(key, &e),
                 }
             }
@@ -243,7 +246,10 @@ impl ClusterState {
                 remove(&mut self.nodes, &name, key)
             }
             KvKey::Ip { scope, ip } if scope == DEFAULT_IP_SCOPE || self.mine(&scope) => {
-                remove(&mut self.ips, &ip.into_boxed_str(), key)
+                match key_prefix(&ip) {
+                    Some(net) => remove(&mut self.ips, &net, key),
+                    None => Applied::Unchanged,
+                }
             }
             KvKey::Identity { cluster, id } if cluster.as_deref().is_none_or(|c| self.mine(c)) => {
                 remove(&mut self.identities, &id, key)
@@ -346,6 +352,11 @@ impl ClusterState {
     /// IP identity pairs, by the IP (or CIDR) text of their key.
     pub fn ip_pairs(&self) -> impl Iterator<Item = &IpIdentityPair> {
         self.ips.values().map(|h| &*h.value)
+    }
+
+    /// The ipcache entry of host address `ip` (its /32 or /128), if the cluster exports one.
+    pub fn ip_pair(&self, ip: IpAddr) -> Option<&IpIdentityPair> {
+        self.ips.get(&IpNet::from(ip)).map(|h| &*h.value)
     }
 
     /// The labels of identity `id` (`"k8s:app" -> "web"`).

@@ -279,3 +279,52 @@ fn grace_for_some_services_keeps_a_withdrawn_one_and_drops_nothing_else() {
     );
     assert!(later.is_empty(), "{later:?}");
 }
+
+#[test]
+fn the_ipcache_places_a_backend_outside_every_pod_cidr_and_gives_its_identity() {
+    // 10.9.9.9 is in no node's pod CIDR: the ipcache names its host (n2's address) and its
+    // identity, whose labels the backend carries. 10.244.1.10 is found by CIDR, and has no entry.
+    let clusters: BTreeMap<String, ClusterState> = [(
+        "c1".to_string(),
+        state(
+            "c1",
+            &[
+                node("c1", "n1", "172.18.0.11", "10.244.1.0/24"),
+                node("c1", "n2", "172.18.0.12", "10.244.2.0/24"),
+                service("c1", "default", "echo", "10.9.9.9", "{}", true),
+                (
+                    "cilium/state/ip/v1/default/10.9.9.9".into(),
+                    r#"{"IP":"10.9.9.9","HostIP":"172.18.0.12","ID":4242,"Key":0,"Metadata":""}"#
+                        .into(),
+                ),
+                // A CIDR entry covering the backend is not the backend's own identity.
+                (
+                    "cilium/state/ip/v1/default/10.9.0.0/16".into(),
+                    r#"{"IP":"10.9.0.0","Mask":"//8AAA==","HostIP":"172.18.0.11","ID":7,"Key":0,"Metadata":""}"#
+                        .into(),
+                ),
+                (
+                    "cilium/state/identities/v1/id/4242".into(),
+                    "k8s:app=echo;k8s:tier=web;".into(),
+                ),
+            ],
+        ),
+    )]
+    .into();
+    let imp = import(&clusters, &[sel("*", "default", "echo")], true, false);
+    assert!(imp.problems.is_empty(), "{:?}", imp.problems);
+    let b = &imp.services[&echo()].backends[0];
+    assert_eq!(b.addr, "10.9.9.9".parse::<IpAddr>().unwrap());
+    assert_eq!(&*b.node.name, "n2");
+    assert_eq!(b.identity, Some(4242));
+    assert_eq!(b.labels.get("k8s:tier").map(String::as_str), Some("web"));
+
+    // Without its ipcache entry the backend has no node: a problem, not a guess.
+    let mut c = clusters;
+    c.get_mut("c1").unwrap().apply(KvEvent::Delete {
+        key: "cilium/state/ip/v1/default/10.9.9.9".into(),
+    });
+    let imp = import(&c, &[sel("*", "default", "echo")], true, false);
+    assert!(imp.services[&echo()].backends.is_empty());
+    assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+}

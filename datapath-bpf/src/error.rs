@@ -29,6 +29,9 @@ pub enum DatapathError {
     /// The devmap refused an entry for a reason other than a map error.
     #[error("devmap: {0}")]
     Devmap(String),
+    /// The per-packet benchmark's replay harness was given something it cannot replay.
+    #[error("replay: {0}")]
+    Replay(String),
     /// A map the object needs is missing (a build of the XDP crate out of step with this one).
     #[error("the XDP object has no map {0}")]
     MissingMap(&'static str),

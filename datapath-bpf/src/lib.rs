@@ -15,7 +15,7 @@ pub use error::DatapathError;
 pub use loader::{AttachMode, Datapath, Program};
 pub use maps::{egress_key, identity_key, Backends, MapLayout};
 pub use meshgw_common as common;
-pub use testrun::{action, RunResult};
+pub use testrun::{action, Replay, RunResult};
 
 /// The XDP object built from `datapath-bpf/xdp` by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshgw-xdp.o"));

@@ -59,3 +59,109 @@ impl Datapath {
         })
     }
 }
+
+/// The per-packet benchmark's replay harness (`meshgw_bench_replay` in [`crate::BENCH_OBJECT`]):
+/// with it, the kernel's `repeat` can time a program that rewrites its frame, each repetition
+/// starting from the same frame with the caches as the previous one left them.
+pub struct Replay {
+    ebpf: aya::Ebpf,
+}
+
+impl Replay {
+    /// Loads the bench object's replay program and maps (nothing is pinned or attached).
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = aya::EbpfLoader::new().load(crate::BENCH_OBJECT)?;
+        let name = meshgw_common::bench::names::REPLAY;
+        let p: &mut aya::programs::Xdp = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| DatapathError::MissingProgram(name.into()))?;
+        p.load().map_err(|source| DatapathError::Program {
+            name: name.into(),
+            source,
+        })?;
+        Ok(Replay { ebpf })
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+}
+
+fn replay_map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Datapath {
+    /// Runs program `p` `repeat` times through `replay`, every repetition on `frame` as given
+    /// (at most `REPLAY_MAX_LEN` bytes). The result's duration includes the replay's restore and
+    /// tail call: time the empty program the same way and subtract it.
+    pub fn run_replayed(
+        &self,
+        replay: &mut Replay,
+        p: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, DatapathError> {
+        use meshgw_common::bench::{names, ReplayFrame, REPLAY_MAX_LEN};
+        if frame.len() < 8 || frame.len() > REPLAY_MAX_LEN {
+            return Err(DatapathError::Replay(format!(
+                "a replayed frame has 8 to {REPLAY_MAX_LEN} bytes, not {}",
+                frame.len()
+            )));
+        }
+        let mut r = ReplayFrame {
+            len: frame.len() as u32,
+            pad: 0,
+            frame: [0; REPLAY_MAX_LEN],
+        };
+        r.frame[..frame.len()].copy_from_slice(frame);
+        let mut a: aya::maps::Array<_, ReplayFrame> =
+            aya::maps::Array::try_from(replay.map(names::REPLAY_FRAME)?)
+                .map_err(replay_map_err(names::REPLAY_FRAME))?;
+        a.set(0, r, 0)
+            .map_err(replay_map_err(names::REPLAY_FRAME))?;
+        let fd = self
+            .xdp(p)?
+            .fd()
+            .map_err(|source| DatapathError::Program {
+                name: p.name().into(),
+                source,
+            })?
+            .try_clone()
+            .map_err(|e| DatapathError::Replay(format!("duplicating the program's fd: {e}")))?;
+        let mut progs = aya::maps::ProgramArray::try_from(replay.map(names::REPLAY_PROGS)?)
+            .map_err(replay_map_err(names::REPLAY_PROGS))?;
+        progs
+            .set(0, &fd, 0)
+            .map_err(replay_map_err(names::REPLAY_PROGS))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..TestRunOptions::default()
+        };
+        let name = meshgw_common::bench::names::REPLAY;
+        let prog: &aya::programs::Xdp =
+            replay
+                .ebpf
+                .program(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| DatapathError::MissingProgram(name.into()))?;
+        let res = prog
+            .test_run(opts)
+            .map_err(|source| DatapathError::Program {
+                name: name.into(),
+                source,
+            })?;
+        out.truncate(res.data_size_out as usize);
+        Ok(RunResult {
+            action: res.return_value,
+            frame: out,
+            duration: res.duration,
+        })
+    }
+}

@@ -246,6 +246,16 @@ impl Line {
         start.elapsed()
     }
 
+    /// Gateway `i`'s status once it contains `want` (the status file is written apart from the
+    /// loop, so it may lag the kernel's routes by a pass); panics with the last one after 30 s.
+    fn wait_status(&self, i: usize, want: &str) -> String {
+        poll(Duration::from_secs(30), || {
+            let st = self.status(i);
+            st.contains(want).then_some(st)
+        })
+        .unwrap_or_else(|| panic!("no {want:?} in the status: {}", self.status(i)))
+    }
+
     fn status(&self, i: usize) -> String {
         run(Command::new("ip").args([
             "netns",
@@ -814,8 +824,7 @@ fn legacy_host_reaches_a_pod_service_known_only_to_c_through_b() {
     // A's kernel accepts the VIP as its own: the IPv4 pool's AnyIP local route covers it.
     let route = lab::ip_json(&line.gws[0].ns, &["route", "get", vip_a]);
     assert_eq!(route[0]["type"], "local", "A does not own {vip_a}: {route}");
-    let st = line.status(0);
-    assert!(st.contains("services learned: default/echo"), "{st}");
+    line.wait_status(0, "services learned: default/echo");
 
     let ha = line.hosts[0].clone();
     let named = lab::run(Command::new("ip").args([

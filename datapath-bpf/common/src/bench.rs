@@ -18,6 +18,13 @@ pub mod names {
     pub const SINK_NODES: &str = "MGWB_SINK_NODES";
     /// `PerCpuArray<u64>`, [`SINK_SLOTS`](super::SINK_SLOTS) entries: the sink's counters.
     pub const SINK_COUNTS: &str = "MGWB_SINK_COUNTS";
+    /// The replay program (XDP, run by `BPF_PROG_TEST_RUN` with `repeat`): restores the frame,
+    /// then tail-calls the program under test.
+    pub const REPLAY: &str = "meshgw_bench_replay";
+    /// `Array<ReplayFrame>`, one entry: the frame every repetition starts from.
+    pub const REPLAY_FRAME: &str = "MGWB_REPLAY_FRAME";
+    /// `ProgramArray`, one entry: the program under test.
+    pub const REPLAY_PROGS: &str = "MGWB_REPLAY_PROGS";
 }
 
 /// Sink counter: VXLAN to a known node, carrying exactly what the node expects (dropped).
@@ -173,10 +180,31 @@ pub fn sink_matches(h: &[u8; SINK_HDR_LEN], node: &SinkNode) -> bool {
         && h[86..88] == node.inner_dport
 }
 
+/// Longest frame the replay program restores.
+pub const REPLAY_MAX_LEN: usize = 128;
+
+/// The frame the replay program writes back before every repetition. The kernel's `repeat`
+/// runs a program again on the same buffer, as the previous repetition left it (its head moved,
+/// its bytes rewritten): the replay program moves the head back to `len` bytes before the end
+/// and writes the frame again, so a program that rewrites its packet (DNAT, encapsulation) can
+/// be timed over many repetitions with warm caches, as it runs under load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayFrame {
+    /// The frame's length: at least 8, at most [`REPLAY_MAX_LEN`].
+    pub len: u32,
+    /// Padding.
+    pub pad: u32,
+    /// The frame, in its first `len` bytes.
+    pub frame: [u8; REPLAY_MAX_LEN],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data, every bit pattern valid, no implicit padding.
     unsafe impl aya::Pod for super::GenConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReplayFrame {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SinkNode {}
 }

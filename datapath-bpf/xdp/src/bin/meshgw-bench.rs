@@ -8,19 +8,24 @@
 //! - `meshgw_bench_sink`: the sink, attached where the gateway's VXLAN arrives. It counts, per CPU,
 //!   the packets that are VXLAN to a known node with the right VNI and the right inner packet,
 //!   and drops them; VXLAN that fails a check is counted apart (a wrong path must not count).
+//! - `meshgw_bench_replay`: for the per-packet benchmark (`examples/xdp_bench.rs`), run with the
+//!   kernel's `repeat`: restores the frame the previous repetition rewrote, then tail-calls the
+//!   datapath program under test (see `meshgw_common::bench::ReplayFrame`).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::generated::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
+    EbpfContext,
 };
 use meshgw_common::bench::{
-    sink_classify, sink_matches, udp4_check, GenConfig, SinkNode, SinkVerdict, GEN_CHECK_OFF,
-    GEN_FRAME_LEN, GEN_SPORT_OFF, SINK_DELIVERED, SINK_HDR_LEN, SINK_MAX_NODES, SINK_PASSED,
-    SINK_SLOTS, SINK_WRONG,
+    sink_classify, sink_matches, udp4_check, GenConfig, ReplayFrame, SinkNode, SinkVerdict,
+    GEN_CHECK_OFF, GEN_FRAME_LEN, GEN_SPORT_OFF, REPLAY_MAX_LEN, SINK_DELIVERED, SINK_HDR_LEN,
+    SINK_MAX_NODES, SINK_PASSED, SINK_SLOTS, SINK_WRONG,
 };
 
 // Named as in `meshgw_common::bench::names` (the attribute takes only a literal).
@@ -35,6 +40,12 @@ static SINK_NODES: HashMap<[u8; 4], SinkNode> = HashMap::with_max_entries(SINK_M
 
 #[map(name = "MGWB_SINK_COUNTS")]
 static SINK_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SINK_SLOTS, 0);
+
+#[map(name = "MGWB_REPLAY_FRAME")]
+static REPLAY_FRAME: Array<ReplayFrame> = Array::with_max_entries(1, 0);
+
+#[map(name = "MGWB_REPLAY_PROGS")]
+static REPLAY_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The UDP port the sink treats as VXLAN (Cilium's).
 const VXLAN_PORT: u16 = 8472;
@@ -111,6 +122,67 @@ pub fn meshgw_bench_sink(ctx: XdpContext) -> u32 {
             xdp_action::XDP_DROP
         }
     }
+}
+
+/// Replay: moves the head back to the frame's length (the program under test may have grown or
+/// shrunk it; it never moves the end), writes the frame again in eight-byte words (the last one
+/// overlapping when the length is not a multiple of eight), and tail-calls the program under
+/// test. The floor row tail-calls an empty program, so the replay's own cost cancels out.
+#[xdp]
+pub fn meshgw_bench_replay(ctx: XdpContext) -> u32 {
+    let Some(r) = REPLAY_FRAME.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // Masked, so the verifier knows its bound on every path LLVM may take.
+    let len = (r.len as usize) & (2 * REPLAY_MAX_LEN - 1);
+    if !(8..=REPLAY_MAX_LEN).contains(&len) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let (start, end) = bounds(&ctx);
+    // Opaque, or LLVM computes `end - (start + len)`: arithmetic on a packet pointer that the
+    // verifier refuses.
+    let cur = core::hint::black_box(end - start);
+    let delta = cur as i32 - len as i32;
+    // SAFETY: the helper only moves `data`; the bounds are read again below.
+    if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, delta) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let (start, end) = bounds(&ctx);
+    let mut i = 0;
+    while i < REPLAY_MAX_LEN / 8 {
+        let off = i * 8;
+        if off + 8 > len {
+            break;
+        }
+        if start + off + 8 > end {
+            return xdp_action::XDP_ABORTED;
+        }
+        // SAFETY: eight bytes at `off` lie inside the packet (checked just above) and inside the
+        // map value's frame (off + 8 <= len <= REPLAY_MAX_LEN).
+        unsafe {
+            core::ptr::write_unaligned(
+                (start + off) as *mut u64,
+                core::ptr::read_unaligned(r.frame.as_ptr().add(off) as *const u64),
+            );
+        }
+        i += 1;
+    }
+    if len % 8 != 0 {
+        let off = (len - 8) & (REPLAY_MAX_LEN - 1);
+        if start + off + 8 > end || off + 8 > REPLAY_MAX_LEN {
+            return xdp_action::XDP_ABORTED;
+        }
+        // SAFETY: as above, for the last eight bytes of the frame.
+        unsafe {
+            core::ptr::write_unaligned(
+                (start + off) as *mut u64,
+                core::ptr::read_unaligned(r.frame.as_ptr().add(off) as *const u64),
+            );
+        }
+    }
+    // SAFETY: `ctx` is this program's context; on success the call does not return.
+    unsafe { REPLAY_PROGS.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
 }
 
 #[cfg(not(test))]

@@ -36,28 +36,37 @@ impl Datapath {
     /// Runs program `p` on `frame` `repeat` times (the output is that of the last run). FIB
     /// lookups resolve in the calling thread's network namespace.
     pub fn run(&self, p: Program, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError> {
-        // Room for the 64-byte encapsulation the legacy program may add.
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: repeat.max(1),
-            ..TestRunOptions::default()
-        };
-        let r = self
-            .xdp(p)?
-            .test_run(opts)
-            .map_err(|source| DatapathError::Program {
-                name: p.name().into(),
-                source,
-            })?;
-        out.truncate(r.data_size_out as usize);
-        Ok(RunResult {
-            action: r.return_value,
-            frame: out,
-            duration: r.duration,
-        })
+        test_run(self.xdp(p)?, p.name(), frame, repeat)
     }
+}
+
+/// Runs the loaded XDP program `prog` (named `name`, for errors) on `frame` `repeat` times.
+fn test_run(
+    prog: &aya::programs::Xdp,
+    name: &str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<RunResult, DatapathError> {
+    // Room for the 64-byte encapsulation the legacy program may add.
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: repeat.max(1),
+        ..TestRunOptions::default()
+    };
+    let r = prog
+        .test_run(opts)
+        .map_err(|source| DatapathError::Program {
+            name: name.into(),
+            source,
+        })?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunResult {
+        action: r.return_value,
+        frame: out,
+        duration: r.duration,
+    })
 }
 
 /// The per-packet benchmark's replay harness (`meshgw_bench_replay` in [`crate::BENCH_OBJECT`]):
@@ -137,13 +146,6 @@ impl Datapath {
         progs
             .set(0, &fd, 0)
             .map_err(replay_map_err(names::REPLAY_PROGS))?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: repeat.max(1),
-            ..TestRunOptions::default()
-        };
         let name = meshgw_common::bench::names::REPLAY;
         let prog: &aya::programs::Xdp =
             replay
@@ -151,17 +153,6 @@ impl Datapath {
                 .program(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| DatapathError::MissingProgram(name.into()))?;
-        let res = prog
-            .test_run(opts)
-            .map_err(|source| DatapathError::Program {
-                name: name.into(),
-                source,
-            })?;
-        out.truncate(res.data_size_out as usize);
-        Ok(RunResult {
-            action: res.return_value,
-            frame: out,
-            duration: res.duration,
-        })
+        test_run(prog, name, frame, repeat)
     }
 }

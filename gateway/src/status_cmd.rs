@@ -151,6 +151,13 @@ pub fn show(src: &ConfigSource, json: bool) -> Result<()> {
     }
     println!("portals");
     for p in st.portals.iter() {
+        let p = match p.parse() {
+            Ok(p) => p,
+            Err(e) => {
+                println!("  (a portal the status cannot show: {e})");
+                continue;
+            }
+        };
         let vips: Vec<String> = p.vips.iter().map(|v| v.to_string()).collect();
         println!(
             "  {:<32} {:<28} {}  [{}{}]",

@@ -40,7 +40,7 @@ use crate::reconcile::bpf::BpfReconciler;
 use crate::vip::{self, VipState};
 use kernel::Devices;
 use names::Names;
-use status::{unix_now, ClusterStatus, PortalStatus, Status};
+use status::{unix_now, ClusterStatus, PortalJson, PortalStatus, Status};
 
 /// How often the kernel objects (addresses, routes, neighbours) are checked against the kernel
 /// to repair drift (someone deleted a route, a neighbour expired).
@@ -186,7 +186,7 @@ struct Daemon {
     status_writer: status::StatusWriter,
     /// Each portal's status with a fingerprint of what it was built from: a publish rebuilds
     /// only the portals whose service, VIPs or draining state changed.
-    portal_cache: BTreeMap<ServiceName, (u64, Arc<PortalStatus>)>,
+    portal_cache: BTreeMap<ServiceName, (u64, Arc<PortalJson>)>,
     /// The services whose portals changed since the last publish (incremental passes name
     /// them); `None` after a full pass, which may have changed any.
     portals_dirty: Option<BTreeSet<ServiceName>>,
@@ -897,7 +897,7 @@ impl Daemon {
     /// Every portal's status, rebuilding only those whose inputs changed since the last call:
     /// after incremental passes, the services they named; after a full pass, those whose
     /// fingerprint (service, VIPs, draining, source) differs.
-    fn portals(&mut self) -> Arc<[Arc<PortalStatus>]> {
+    fn portals(&mut self) -> Arc<[Arc<PortalJson>]> {
         let draining: BTreeSet<_> = self.grace.draining().cloned().collect();
         let statics: HashSet<(&str, &str)> = self
             .cfg
@@ -906,7 +906,7 @@ impl Daemon {
             .map(|c| (c.namespace.as_str(), c.name.as_str()))
             .collect();
         let alloc = &self.alloc;
-        let build = |s: &Service, old: Option<(u64, Arc<PortalStatus>)>| {
+        let build = |s: &Service, old: Option<(u64, Arc<PortalJson>)>| {
             let vips: Vec<IpAddr> = [false, true]
                 .iter()
                 .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
@@ -920,7 +920,12 @@ impl Daemon {
                 Some((old, p)) if old == print => (print, p),
                 _ => (
                     print,
-                    Arc::new(portal_status(s, vips, is_static, is_draining)),
+                    Arc::new(PortalJson::render(&portal_status(
+                        s,
+                        vips,
+                        is_static,
+                        is_draining,
+                    ))),
                 ),
             }
         };

@@ -22,7 +22,10 @@ use crate::lb::maglev;
 /// Remembers which id each backend and frontend has.
 #[derive(Debug, Default)]
 pub struct BpfReconciler {
-    backend_ids: HashMap<BackendSpec, u32>,
+    /// Each backend written: its id, and how many applied frontends point at it (a backend goes
+    /// when its count does). One map for both: at 150,000 backends a second one keyed by the
+    /// same specs was 11 MB.
+    backend_ids: HashMap<BackendSpec, BackendSlot>,
     service_ids: HashMap<ServiceKey, u32>,
     /// The ids of `backend_ids` and `service_ids`, kept beside them: a new id is looked for in
     /// them, and collecting 150,000 ids into a set for each change held a change for 20 ms.
@@ -37,8 +40,6 @@ pub struct BpfReconciler {
     /// Each frontend's backends as last written (its Maglev table and entry follow from them):
     /// an unchanged frontend costs neither a table computation nor a map read.
     applied: HashMap<ServiceKey, Vec<(BackendSpec, u32)>>,
-    /// How many applied frontends point at each backend: a backend goes when its count does.
-    refs: HashMap<BackendSpec, u32>,
     /// Where the next [`BpfReconciler::verify_slice`] starts.
     verify_cursor: Option<ServiceKey>,
     /// Where the next backend and frontend ids are looked for: ids go round their whole range
@@ -46,6 +47,13 @@ pub struct BpfReconciler {
     /// a removed backend's id does not land on the next new backend at once.
     backend_cursor: FreeIds,
     service_cursor: FreeIds,
+}
+
+/// A written backend's id and reference count.
+#[derive(Clone, Copy, Debug)]
+struct BackendSlot {
+    id: u32,
+    refs: u32,
 }
 
 /// Hands out ids 1..=`max` not in use (0 means "no backend" in the Maglev tables), in
@@ -100,7 +108,7 @@ impl BpfReconciler {
 
     /// The id a backend was given, once written.
     pub fn backend_id(&self, b: &crate::desired::BackendSpec) -> Option<u32> {
-        self.backend_ids.get(b).copied()
+        self.backend_ids.get(b).map(|s| s.id)
     }
 
     /// Recovers the ids already in the (possibly pinned) maps.
@@ -111,7 +119,8 @@ impl BpfReconciler {
                 name: "MGW_BACKENDS",
                 source,
             })?;
-            r.backend_ids.insert(BackendSpec::from_value(&v), id);
+            r.backend_ids
+                .insert(BackendSpec::from_value(&v), BackendSlot { id, refs: 0 });
         }
         for item in dp.services()?.iter() {
             let (k, v) = item.map_err(|source| DatapathError::Map {
@@ -137,7 +146,7 @@ impl BpfReconciler {
             })?;
             r.egress.insert((k.prefix_len(), k.data()), v);
         }
-        r.backend_used = r.backend_ids.values().copied().collect();
+        r.backend_used = r.backend_ids.values().map(|s| s.id).collect();
         r.service_used = r.service_ids.values().copied().collect();
         debug!(
             backends = r.backend_ids.len(),
@@ -172,17 +181,21 @@ impl BpfReconciler {
         // The references are recounted from what is applied now (after a repair forgot what was
         // applied, the per-frontend bookkeeping could not know what each frontend had), and
         // backends nothing points at go, recovered ones included.
-        self.refs.clear();
+        for slot in self.backend_ids.values_mut() {
+            slot.refs = 0;
+        }
         for backends in self.applied.values() {
             for (b, _) in backends {
-                *self.refs.entry(*b).or_default() += 1;
+                if let Some(slot) = self.backend_ids.get_mut(b) {
+                    slot.refs += 1;
+                }
             }
         }
         let stale: Vec<(BackendSpec, u32)> = self
             .backend_ids
             .iter()
-            .filter(|(b, _)| !self.refs.contains_key(b))
-            .map(|(b, id)| (*b, *id))
+            .filter(|(_, slot)| slot.refs == 0)
+            .map(|(b, slot)| (*b, slot.id))
             .collect();
         for (spec, id) in stale {
             self.backend_ids.remove(&spec);
@@ -263,11 +276,11 @@ impl BpfReconciler {
                 let mut backends = dp.backends()?;
                 for (spec, _) in &fe.backends {
                     let (id, new) = match self.backend_ids.get(spec) {
-                        Some(id) => (*id, false),
+                        Some(slot) => (slot.id, false),
                         None => {
                             let id = free.take(&self.backend_used, MAX_BACKENDS);
                             self.backend_used.insert(id);
-                            self.backend_ids.insert(*spec, id);
+                            self.backend_ids.insert(*spec, BackendSlot { id, refs: 0 });
                             (id, true)
                         }
                     };
@@ -306,8 +319,7 @@ impl BpfReconciler {
                     *slot = self
                         .backend_ids
                         .get(&fe.backends[idx].0)
-                        .copied()
-                        .unwrap_or(0);
+                        .map_or(0, |s| s.id);
                 }
             }
             {
@@ -330,7 +342,9 @@ impl BpfReconciler {
             }
             if old != Some(&fe.backends) {
                 for (b, _) in &fe.backends {
-                    *self.refs.entry(*b).or_default() += 1;
+                    if let Some(slot) = self.backend_ids.get_mut(b) {
+                        slot.refs += 1;
+                    }
                 }
                 if let Some(old) = self.applied.insert(*key, fe.backends.clone()) {
                     self.unref(&old, &mut released);
@@ -340,12 +354,12 @@ impl BpfReconciler {
         // 3. Backends nothing points at any more. Tracked flows that used them move on their
         // next packet.
         for spec in released {
-            if self.refs.contains_key(&spec) {
+            if self.backend_ids.get(&spec).is_none_or(|s| s.refs > 0) {
                 continue;
             }
-            if let Some(id) = self.backend_ids.remove(&spec) {
-                self.backend_used.remove(&id);
-                ch.removed += remove_backend(dp, id, &spec)?;
+            if let Some(slot) = self.backend_ids.remove(&spec) {
+                self.backend_used.remove(&slot.id);
+                ch.removed += remove_backend(dp, slot.id, &spec)?;
             }
         }
         self.backend_cursor = free;
@@ -356,11 +370,12 @@ impl BpfReconciler {
     /// Drops one reference to each backend of `old`; those left with none are `released`.
     fn unref(&mut self, old: &[(BackendSpec, u32)], released: &mut Vec<BackendSpec>) {
         for (b, _) in old {
-            if let Some(n) = self.refs.get_mut(b) {
-                *n -= 1;
-                if *n == 0 {
-                    self.refs.remove(b);
-                    released.push(*b);
+            if let Some(slot) = self.backend_ids.get_mut(b) {
+                if slot.refs > 0 {
+                    slot.refs -= 1;
+                    if slot.refs == 0 {
+                        released.push(*b);
+                    }
                 }
             }
         }

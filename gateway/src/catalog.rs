@@ -13,13 +13,14 @@ use crate::config::{self, Config};
 use crate::vip::Request;
 
 /// A service's identity: namespace and name (the same across clusters, as for Cilium's global
-/// services).
+/// services). Shared strings: a name is a key in the catalog, the VIP requests and allocation,
+/// the status cache and the telemetry, and at 50,000 services each copy was 100,000 allocations.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceName {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl fmt::Display for ServiceName {
@@ -170,8 +171,8 @@ impl Catalog {
             .iter()
             .map(|s| {
                 let name = ServiceName {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
+                    namespace: s.namespace.as_str().into(),
+                    name: s.name.as_str().into(),
                 };
                 let svc = Service {
                     name: name.clone(),

@@ -52,7 +52,7 @@ pub fn compile(rules: &[EgressRule], cat: &Catalog) -> Compiled {
             let mut labels = normalize(&b.labels);
             labels
                 .entry(NAMESPACE_LABEL.into())
-                .or_insert_with(|| svc.name.namespace.clone());
+                .or_insert_with(|| svc.name.namespace.to_string());
             endpoints.entry(b.addr).or_default().extend(labels);
         }
     }

@@ -385,14 +385,17 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
         "{row:?} in\n{text}"
     );
 
-    // The flow log: the known connections (one flow each) and the drop, with identities.
-    let out = meshgw(&lab, &["flows", "--output", "json"]);
-    assert!(out.status.success(), "{out:?}");
-    let flows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let from = |ip: &str, port: u64, verdict: &str| {
+    // The flow log: the known connections (one flow each) and the drop, with identities. The
+    // daemon reads flow events off the ring on its own schedule: wait for the last of them.
+    let read_flows = || -> Vec<Value> {
+        let out = meshgw(&lab, &["flows", "--output", "json"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let count = |flows: &[Value], ip: &str, port: u64, verdict: &str| {
         flows
             .iter()
             .filter(|f| {
@@ -400,6 +403,14 @@ fn counters_flows_metrics_ipfix_and_dashboard() {
             })
             .count()
     };
+    let flows = poll(Duration::from_secs(10), || {
+        let flows = read_flows();
+        (count(&flows, GOOD, 80, "forwarded") >= TCP_CONNS + 1
+            && count(&flows, GOOD, 53, "forwarded") >= UDP_QUERIES)
+            .then_some(flows)
+    })
+    .unwrap_or_else(read_flows);
+    let from = |ip: &str, port: u64, verdict: &str| count(&flows, ip, port, verdict);
     // The curl that proved reachability is one more TCP connection.
     assert_eq!(from(GOOD, 80, "forwarded"), TCP_CONNS + 1, "{flows:#?}");
     assert_eq!(from(GOOD, 53, "forwarded"), UDP_QUERIES);

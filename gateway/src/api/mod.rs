@@ -9,8 +9,10 @@
 pub mod client;
 pub mod server;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,14 +83,14 @@ pub enum ReplyBody {
 /// A service frontend's traffic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceTelemetry {
-    /// `namespace/name`.
-    pub service: String,
+    /// `namespace/name` (shared with the daemon's view of the frontend).
+    pub service: Arc<str>,
     /// The VIP.
     pub vip: IpAddr,
     /// Frontend port.
     pub port: u16,
     /// "tcp" or "udp".
-    pub proto: String,
+    pub proto: Cow<'static, str>,
     /// Packets client -> VIP.
     pub packets: u64,
     /// Bytes client -> VIP.
@@ -104,8 +106,8 @@ pub struct ServiceTelemetry {
 pub struct BackendTelemetry {
     /// `addr:port`.
     pub backend: String,
-    /// The node hosting it (underlay address).
-    pub node: String,
+    /// The node hosting it (underlay address; shared by the node's backends).
+    pub node: Arc<str>,
     /// Whether it is in the service's Maglev table (false: draining, the cluster withdrew it).
     pub active: bool,
     /// Packets sent to it.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -182,8 +183,8 @@ fn add_service<'a>(
         return;
     };
     let name = ServiceName {
-        namespace: svc.namespace.to_string(),
-        name: svc.name.to_string(),
+        namespace: Arc::from(&*svc.namespace),
+        name: Arc::from(&*svc.name),
     };
     if let Some(p) = pin {
         pins.insert(name.clone(), p);

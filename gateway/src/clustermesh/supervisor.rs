@@ -235,7 +235,10 @@ fn service_of(key: &str) -> Option<ServiceName> {
     match kvstore::parse_key(key) {
         kvstore::KvKey::Service {
             namespace, name, ..
-        } => Some(ServiceName { namespace, name }),
+        } => Some(ServiceName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
         _ => None,
     }
 }

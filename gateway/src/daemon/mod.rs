@@ -466,8 +466,8 @@ impl Daemon {
             warming,
             &egress.addresses,
         );
-        let now_held = alloc.state();
-        if now_held != *held {
+        if !alloc.state_is(held) {
+            let now_held = alloc.state();
             match now_held.save(&state_path) {
                 Ok(()) => *held = now_held,
                 Err(e) => {
@@ -646,7 +646,7 @@ impl Daemon {
                     .cfg
                     .services
                     .iter()
-                    .any(|c| c.namespace == n.namespace && c.name == n.name)
+                    .any(|c| *c.namespace == *n.namespace && *c.name == *n.name)
             })
             .cloned()
             .collect();
@@ -911,7 +911,7 @@ impl Daemon {
                 .iter()
                 .filter_map(|v6| alloc.vips.get(&(s.name.clone(), *v6)).copied())
                 .collect();
-            let is_static = statics.contains(&(s.name.namespace.as_str(), s.name.name.as_str()));
+            let is_static = statics.contains(&(&*s.name.namespace, &*s.name.name));
             let is_draining = draining.contains(&s.name);
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (s, &vips, is_static, is_draining).hash(&mut h);

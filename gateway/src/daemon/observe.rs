@@ -1,6 +1,7 @@
 //! The daemon's observability: starts the flow event reader, the control API, `/metrics` and the
 //! IPFIX exporter, and refreshes the shared snapshot from the maps once a second.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -82,15 +83,16 @@ fn render(
     be: &HashMap<u32, Traffic>,
     connections: &BTreeMap<(IpAddr, u16, u8), u64>,
     health: &HashMap<String, crate::flows::health::BackendHealth>,
+    node_text: &mut HashMap<Ipv4Addr, Arc<str>>,
 ) -> ServiceTelemetry {
     let t = svc.get(&f.service_id).copied().unwrap_or_default();
     let vip = addr_from16(f.key.addr, f.key.family);
     let port = u16::from_be(f.key.port);
     ServiceTelemetry {
-        service: f.service.to_string(),
+        service: f.service.clone(),
         vip,
         port,
-        proto: if f.key.proto == 6 { "tcp" } else { "udp" }.to_string(),
+        proto: Cow::Borrowed(if f.key.proto == 6 { "tcp" } else { "udp" }),
         packets: t.packets,
         bytes: t.bytes,
         connections: connections
@@ -106,7 +108,10 @@ fn render(
                 let h = health.get(&backend).copied().unwrap_or_default();
                 BackendTelemetry {
                     backend,
-                    node: spec.node_ip.to_string(),
+                    node: node_text
+                        .entry(spec.node_ip)
+                        .or_insert_with(|| Arc::from(spec.node_ip.to_string()))
+                        .clone(),
                     active: true,
                     packets: t.packets,
                     bytes: t.bytes,
@@ -122,8 +127,8 @@ fn render(
 /// Whether `shown` is `name` as `namespace/name`, without formatting it.
 fn same_name(shown: &str, name: &crate::catalog::ServiceName) -> bool {
     shown.len() == name.namespace.len() + 1 + name.name.len()
-        && shown.starts_with(name.namespace.as_str())
-        && shown.ends_with(name.name.as_str())
+        && shown.starts_with(&*name.namespace)
+        && shown.ends_with(&*name.name)
         && shown.as_bytes()[name.namespace.len()] == b'/'
 }
 
@@ -148,6 +153,8 @@ pub struct Observer {
     /// [`Observer::learn`]; their traffic as last read, and where the next read starts (the
     /// datapath counts per backend only: a node's traffic is its backends' sum).
     backend_nodes: Vec<(u32, BackendSpec)>,
+    /// Each node's address as the telemetry shows it, one string shared by its backends.
+    node_text: HashMap<Ipv4Addr, Arc<str>>,
     be_traffic: HashMap<u32, Traffic>,
     be_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
@@ -283,6 +290,7 @@ impl Observer {
             svc_traffic: HashMap::new(),
             svc_cursor: 0,
             backend_nodes: Vec::new(),
+            node_text: HashMap::new(),
             be_traffic: HashMap::new(),
             be_cursor: 0,
             icmp_vips: None,
@@ -409,6 +417,7 @@ impl Observer {
                         &self.be_traffic,
                         &BTreeMap::new(),
                         &HashMap::new(),
+                        &mut self.node_text,
                     );
                     added.push(self.frontends.len());
                     self.rerender.push(self.frontends.len());
@@ -462,6 +471,12 @@ impl Observer {
             if !(j < now.len() && now[j].0 == *id && now[j].1 == *spec) {
                 self.be_traffic.remove(id);
             }
+        }
+        // Nodes no backend is on any more.
+        if self.node_text.len() > 64 {
+            let live: std::collections::HashSet<Ipv4Addr> =
+                self.backend_nodes.iter().map(|(_, b)| b.node_ip).collect();
+            self.node_text.retain(|ip, _| live.contains(ip));
         }
     }
 
@@ -640,6 +655,7 @@ impl Observer {
                 &self.be_traffic,
                 &connections,
                 &health,
+                &mut self.node_text,
             );
             self.telemetry[i] = Arc::new(t);
         }

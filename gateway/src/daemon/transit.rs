@@ -148,8 +148,8 @@ pub fn origins(cat: &crate::catalog::Catalog, alloc: &crate::vip::Allocation) ->
         }
         out.push(Origin {
             key: RouteKey::Service {
-                namespace: svc.name.namespace.clone(),
-                name: svc.name.name.clone(),
+                namespace: svc.name.namespace.to_string(),
+                name: svc.name.name.to_string(),
             },
             vip,
             ports,
@@ -179,8 +179,8 @@ pub fn import_requests(
 fn service_name(k: &RouteKey) -> Option<ServiceName> {
     match k {
         RouteKey::Service { namespace, name } => Some(ServiceName {
-            namespace: namespace.clone(),
-            name: name.clone(),
+            namespace: namespace.as_str().into(),
+            name: name.as_str().into(),
         }),
         RouteKey::Prefix { .. } => None,
     }

@@ -140,10 +140,10 @@ fn registry(s: &Snapshot) -> Registry {
     );
     for f in s.services.iter() {
         let l = FrontendLabels {
-            service: f.service.clone(),
+            service: f.service.to_string(),
             vip: f.vip.to_string(),
             port: f.port.to_string(),
-            protocol: f.proto.clone(),
+            protocol: f.proto.to_string(),
         };
         svc_p.get_or_create(&l).inc_by(f.packets);
         svc_b.get_or_create(&l).inc_by(f.bytes);
@@ -155,7 +155,7 @@ fn registry(s: &Snapshot) -> Registry {
                 port: l.port.clone(),
                 protocol: l.protocol.clone(),
                 backend: b.backend.clone(),
-                node: b.node.clone(),
+                node: b.node.to_string(),
             };
             be_p.get_or_create(&bl).inc_by(b.packets);
             be_b.get_or_create(&bl).inc_by(b.bytes);
@@ -163,7 +163,7 @@ fn registry(s: &Snapshot) -> Registry {
                 be_h.get_or_create(&HealthLabels {
                     service: l.service.clone(),
                     backend: b.backend.clone(),
-                    node: b.node.clone(),
+                    node: b.node.to_string(),
                     state: h.name().to_string(),
                 })
                 .set(i64::from(b.health == h));

@@ -154,7 +154,7 @@ fn backends(f: &mut Frame<'_>, m: &Model, area: Rect) {
         .map(|b| {
             Row::new(vec![
                 Cell::from(b.backend.clone()),
-                Cell::from(b.node.clone()),
+                Cell::from(b.node.to_string()),
                 Cell::from(if b.active { "active" } else { "draining" }),
                 Cell::from(b.health.name()).style(health_style(b.health)),
                 Cell::from(format!("{}/{}", b.answered, b.answered + b.unanswered)),
@@ -334,7 +334,7 @@ fn services(f: &mut Frame<'_>, m: &Model, r: Rect) {
             };
             let vip = vip_port(svc.vip, svc.port);
             Row::new(vec![
-                Cell::from(svc.service.clone()),
+                Cell::from(svc.service.to_string()),
                 Cell::from(format!("{vip}/{}", svc.proto)),
                 Cell::from(format!("{ok}/{}", svc.backends.len())).style(be_style),
                 Cell::from(svc.connections.to_string()),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use meshgw_common::maps::{v4_mapped, BackendValue, ServiceKey, FAMILY_V4, FAMILY_V6};
@@ -82,8 +83,9 @@ pub struct Frontend {
     pub service: ServiceName,
     /// The frontend port's name.
     pub port_name: String,
-    /// Its backends with their Maglev weights, sorted and without duplicates.
-    pub backends: Vec<(BackendSpec, u32)>,
+    /// Its backends with their Maglev weights, sorted and without duplicates. Shared with the
+    /// BPF reconciler's record of what it applied.
+    pub backends: Arc<[(BackendSpec, u32)]>,
 }
 
 /// A route towards a node's pod CIDR through the kernel VXLAN device (the slow path).
@@ -247,7 +249,7 @@ pub fn service_frontends(
             Frontend {
                 service: svc.name.clone(),
                 port_name: port.name.clone(),
-                backends,
+                backends: backends.into(),
             },
         ));
     }
@@ -351,7 +353,7 @@ mod tests {
         assert_eq!(d.frontends.len(), 4, "{:?}", d.frontends.keys());
         for (k, fe) in &d.frontends {
             assert_eq!(fe.backends.len(), 2, "{k:?}");
-            for (b, _) in &fe.backends {
+            for (b, _) in fe.backends.iter() {
                 assert_eq!(b.addr.is_ipv4(), k.family == FAMILY_V4, "no NAT46/64");
                 let want = if k.proto == 6 { 8080 } else { 5353 };
                 assert_eq!(b.port, want, "target port mapped by port name");

@@ -73,7 +73,8 @@ struct FrontendInfo {
     key: ServiceKey,
     service_id: u32,
     service: Arc<str>,
-    backends: Vec<(u32, BackendSpec)>,
+    /// Exactly sized: collected from a filter, a `Vec` would keep room for a fourth.
+    backends: Box<[(u32, BackendSpec)]>,
 }
 
 /// A frontend's telemetry from the counters as last read.
@@ -403,7 +404,7 @@ impl Observer {
                     if let Some((o, _)) = prev {
                         dropped_ids.push(o.service_id);
                     }
-                    let backends: Vec<(u32, BackendSpec)> = ids.collect();
+                    let backends: Box<[(u32, BackendSpec)]> = ids.collect();
                     let info = FrontendInfo {
                         key: *key,
                         service_id,

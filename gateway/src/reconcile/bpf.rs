@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use aya::maps::lpm_trie::Key;
 use meshgw_common::maps::{
@@ -39,7 +40,7 @@ pub struct BpfReconciler {
     egress: BTreeMap<(u32, EgressKey), EgressValue>,
     /// Each frontend's backends as last written (its Maglev table and entry follow from them):
     /// an unchanged frontend costs neither a table computation nor a map read.
-    applied: HashMap<ServiceKey, Vec<(BackendSpec, u32)>>,
+    applied: HashMap<ServiceKey, Arc<[(BackendSpec, u32)]>>,
     /// Where the next [`BpfReconciler::verify_slice`] starts.
     verify_cursor: Option<ServiceKey>,
     /// Where the next backend and frontend ids are looked for: ids go round their whole range
@@ -185,7 +186,7 @@ impl BpfReconciler {
             slot.refs = 0;
         }
         for backends in self.applied.values() {
-            for (b, _) in backends {
+            for (b, _) in backends.iter() {
                 if let Some(slot) = self.backend_ids.get_mut(b) {
                     slot.refs += 1;
                 }
@@ -274,7 +275,7 @@ impl BpfReconciler {
             // 1. Backends: ids for new ones, written before any table points at them.
             {
                 let mut backends = dp.backends()?;
-                for (spec, _) in &fe.backends {
+                for (spec, _) in fe.backends.iter() {
                     let (id, new) = match self.backend_ids.get(spec) {
                         Some(slot) => (slot.id, false),
                         None => {
@@ -341,7 +342,7 @@ impl BpfReconciler {
                 ch.written += 1;
             }
             if old != Some(&fe.backends) {
-                for (b, _) in &fe.backends {
+                for (b, _) in fe.backends.iter() {
                     if let Some(slot) = self.backend_ids.get_mut(b) {
                         slot.refs += 1;
                     }

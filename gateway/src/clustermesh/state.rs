@@ -349,7 +349,7 @@ impl ClusterState {
         self.nodes.values().map(|h| &*h.value)
     }
 
-    /// IP identity pairs, by the IP (or CIDR) text of their key.
+    /// IP identity pairs, ordered by the prefix they name (a host is its /32 or /128).
     pub fn ip_pairs(&self) -> impl Iterator<Item = &IpIdentityPair> {
         self.ips.values().map(|h| &*h.value)
     }

@@ -125,6 +125,20 @@ fn render(
     }
 }
 
+/// The service ids whose last counter readings a `learn` must forget: those it dropped and those
+/// of frontends it added (a reused id names another frontend, which starts from its own zeroed
+/// counters), except the ids of frontends that changed but kept their id (`same_id`): theirs are
+/// the same datapath counters, and a drop to zero would read as a counter reset to Prometheus.
+fn counters_to_reset(dropped: &[u32], added: &[u32], mut same_id: Vec<u32>) -> Vec<u32> {
+    same_id.sort_unstable();
+    dropped
+        .iter()
+        .chain(added)
+        .copied()
+        .filter(|id| same_id.binary_search(id).is_err())
+        .collect()
+}
+
 /// Whether `shown` is `name` as `namespace/name`, without formatting it.
 fn same_name(shown: &str, name: &crate::catalog::ServiceName) -> bool {
     shown.len() == name.namespace.len() + 1 + name.name.len()
@@ -368,6 +382,8 @@ impl Observer {
         // Service ids no longer named by a kept frontend.
         let mut dropped_ids: Vec<u32> = Vec::new();
         let mut added: Vec<usize> = Vec::new();
+        // Service ids of changed frontends that kept their id.
+        let mut same_id: Vec<u32> = Vec::new();
         for (key, f) in &d.frontends {
             while let Some((o, _)) = old.peek() {
                 if o.key >= *key {
@@ -403,6 +419,9 @@ impl Observer {
                 prev => {
                     if let Some((o, _)) = prev {
                         dropped_ids.push(o.service_id);
+                        if o.service_id == service_id {
+                            same_id.push(service_id);
+                        }
                     }
                     let backends: Box<[(u32, BackendSpec)]> = ids.collect();
                     let info = FrontendInfo {
@@ -429,13 +448,12 @@ impl Observer {
         }
         dropped_ids.extend(old.map(|(o, _)| o.service_id));
         let changed = !dropped_ids.is_empty() || !added.is_empty() || !self.learned;
-        // Ids freed by this reconcile must not keep their last figures (a reused id names
-        // another frontend, which starts from its own zeroed counters).
-        for id in &dropped_ids {
-            self.svc_traffic.remove(id);
-        }
-        for i in &added {
-            self.svc_traffic.remove(&self.frontends[*i].service_id);
+        let added_ids: Vec<u32> = added
+            .iter()
+            .map(|i| self.frontends[*i].service_id)
+            .collect();
+        for id in counters_to_reset(&dropped_ids, &added_ids, same_id) {
+            self.svc_traffic.remove(&id);
         }
         if changed {
             self.learn_backends();
@@ -876,6 +894,15 @@ fn drain(rb: &mut RingBuf<MapData>, shared: &Shared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_frontend_keeping_its_id_keeps_its_counters() {
+        // 7 changed its backends (dropped and added under the same id), 3 went, 9 is new (a
+        // reused id, or a new frontend), 5 changed and got a new id 11.
+        let reset = counters_to_reset(&[7, 3, 5], &[7, 9, 11], vec![7]);
+        assert_eq!(reset, vec![3, 5, 9, 11]);
+        assert_eq!(counters_to_reset(&[4], &[4], vec![]), vec![4, 4]);
+    }
 
     #[test]
     fn wireguard_peers_become_tunnel_peers_with_their_handshake_age() {

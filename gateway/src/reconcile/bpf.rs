@@ -307,6 +307,8 @@ impl BpfReconciler {
             };
             let old = self.applied.get(key);
             if !verify && old == Some(&fe.backends) {
+                // Equal but from a new pass: hold the desired state's list, not a second copy.
+                self.share_applied(key, &fe.backends);
                 continue;
             }
             let names: Vec<(String, u32)> = fe
@@ -350,6 +352,8 @@ impl BpfReconciler {
                 if let Some(old) = self.applied.insert(*key, fe.backends.clone()) {
                     self.unref(&old, &mut released);
                 }
+            } else {
+                self.share_applied(key, &fe.backends);
             }
         }
         // 3. Backends nothing points at any more. Tracked flows that used them move on their
@@ -366,6 +370,16 @@ impl BpfReconciler {
         self.backend_cursor = free;
         self.service_cursor = svc_free;
         Ok(ch)
+    }
+
+    /// Makes the record of what `key` has applied the desired state's own list (equal to it):
+    /// every full pass builds new lists, and keeping the old ones would hold each twice.
+    fn share_applied(&mut self, key: &ServiceKey, backends: &Arc<[(BackendSpec, u32)]>) {
+        if let Some(a) = self.applied.get_mut(key) {
+            if !Arc::ptr_eq(a, backends) {
+                *a = backends.clone();
+            }
+        }
     }
 
     /// Drops one reference to each backend of `old`; those left with none are `released`.
@@ -608,6 +622,34 @@ mod tests {
             }
             assert_eq!(repaired, 1);
             assert_eq!(served(&mut dp, &key(2)).unwrap(), b_before);
+        }
+
+        #[test]
+        fn an_equal_desired_state_from_a_new_pass_is_shared_not_copied() {
+            assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (loads BPF maps)");
+            let mut dp = Datapath::load_private().expect("loading the datapath");
+            let mut d = Desired::default();
+            d.frontends.insert(key(1), frontend("a", &[1, 2]));
+            let mut r = BpfReconciler::default();
+            r.apply(&mut dp, &d).unwrap();
+            // A new pass builds equal lists of its own: nothing to write, and the record of
+            // what was applied now holds the new pass's list (the old one can go).
+            let mut again = Desired::default();
+            again.frontends.insert(key(1), frontend("a", &[1, 2]));
+            for ch in [
+                r.apply_frontends(&mut dp, &again, &[key(1)]).unwrap(),
+                r.apply(&mut dp, &again).unwrap(),
+            ] {
+                assert_eq!((ch.written, ch.removed), (0, 0), "{ch:?}");
+                assert!(std::sync::Arc::ptr_eq(
+                    &r.applied[&key(1)],
+                    &again.frontends[&key(1)].backends
+                ));
+                assert!(!std::sync::Arc::ptr_eq(
+                    &r.applied[&key(1)],
+                    &d.frontends[&key(1)].backends
+                ));
+            }
         }
     }
 

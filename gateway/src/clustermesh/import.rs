@@ -198,9 +198,16 @@ fn add_service<'a>(
     });
     // Room for exactly what this cluster adds: a Vec grown by pushes keeps room for 4, and the
     // catalog keeps these Vecs for every service.
-    let new_ports = svc.frontends.values().flat_map(|p| p.keys());
-    let new_ports = new_ports.filter(|n| !entry.ports.iter().any(|p| p.name == *n));
-    entry.ports.reserve_exact(new_ports.count());
+    // A port name appears once per frontend address (twice for a dual-stack service).
+    let mut new_ports: Vec<_> = svc
+        .frontends
+        .values()
+        .flat_map(|p| p.keys())
+        .filter(|n| !entry.ports.iter().any(|p| p.name == *n))
+        .collect();
+    new_ports.sort_unstable();
+    new_ports.dedup();
+    entry.ports.reserve_exact(new_ports.len());
     entry.backends.reserve_exact(svc.backends.len());
     for ports in svc.frontends.values() {
         for (pname, pc) in ports.iter() {

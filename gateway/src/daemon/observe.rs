@@ -373,11 +373,18 @@ impl Observer {
         bpf: &BpfReconciler,
     ) {
         self.sync_icmp_vips(dp, d);
+        // Frontends still waiting for their complete render (a second learn before the next
+        // refresh must not forget them): by key, since the indices change.
+        let mut pending: Vec<ServiceKey> = self
+            .rerender
+            .drain(..)
+            .filter_map(|i| self.frontends.get(i).map(|f| f.key))
+            .collect();
+        pending.sort_unstable();
         let old_frontends = std::mem::take(&mut self.frontends);
         let old_telemetry = std::mem::take(&mut self.telemetry);
         self.frontends.reserve(d.frontends.len());
         self.telemetry.reserve(d.frontends.len());
-        self.rerender.clear();
         let mut old = old_frontends.into_iter().zip(old_telemetry).peekable();
         // Service ids no longer named by a kept frontend.
         let mut dropped_ids: Vec<u32> = Vec::new();
@@ -413,6 +420,9 @@ impl Observer {
                         && o.backends.iter().copied().eq(ids.clone())
                         && same_name(&o.service, &f.service) =>
                 {
+                    if pending.binary_search(key).is_ok() {
+                        self.rerender.push(self.frontends.len());
+                    }
                     self.frontends.push(o);
                     self.telemetry.push(t);
                 }

@@ -86,35 +86,47 @@ fn proto(p: L4Protocol) -> Option<u8> {
     }
 }
 
-/// A cluster's nodes indexed for [`NodeIndex::node_of`]: built once per import (a node's pod
-/// CIDRs would otherwise be collected again for every backend, and every node scanned).
+/// A cluster's nodes indexed for [`NodeIndex::node_of`]: built once per import. A backend is
+/// found by a hash lookup per pod CIDR length in use (one or two), not by testing every node's
+/// CIDRs: an import is O(backends), not O(backends × nodes).
 struct NodeIndex<'a> {
-    cidrs: Vec<(ipnet::IpNet, &'a KvNode)>,
+    /// Pod CIDR -> the first node that announces it.
+    by_cidr: HashMap<ipnet::IpNet, &'a KvNode>,
+    /// The CIDR prefix lengths in use, longest first.
+    lens: Vec<u8>,
     by_address: HashMap<IpAddr, &'a KvNode>,
 }
 
 impl<'a> NodeIndex<'a> {
     fn new(state: &'a ClusterState) -> Self {
         let mut ix = NodeIndex {
-            cidrs: Vec::new(),
+            by_cidr: HashMap::new(),
+            lens: Vec::new(),
             by_address: HashMap::new(),
         };
         for n in state.nodes() {
-            ix.cidrs.extend(n.pod_cidrs().into_iter().map(|c| (c, n)));
+            for c in n.pod_cidrs() {
+                let c = c.trunc();
+                if !ix.lens.contains(&c.prefix_len()) {
+                    ix.lens.push(c.prefix_len());
+                }
+                ix.by_cidr.entry(c).or_insert(n);
+            }
             if let Some(a) = n.internal_ipv4() {
                 ix.by_address.entry(IpAddr::V4(a)).or_insert(n);
             }
         }
+        ix.lens.sort_unstable_by(|a, b| b.cmp(a));
         ix
     }
 
-    /// The node hosting `ip`: the first whose pod CIDR contains it, else the one the ipcache
-    /// names as the endpoint's host.
+    /// The node hosting `ip`: the one whose pod CIDR contains it (the most specific, should
+    /// CIDRs overlap), else the one the ipcache names as the endpoint's host.
     fn node_of(&self, state: &ClusterState, ip: IpAddr) -> Option<&'a KvNode> {
-        self.cidrs
+        self.lens
             .iter()
-            .find(|(c, _)| c.contains(&ip))
-            .map(|(_, n)| *n)
+            .filter_map(|len| ipnet::IpNet::new(ip, *len).ok())
+            .find_map(|net| self.by_cidr.get(&net.trunc()).copied())
             .or_else(|| {
                 let host = state.ip_pair(ip)?.host_ip?;
                 self.by_address.get(&host).copied()
@@ -302,10 +314,12 @@ pub fn import_services(
     let mut out = Imported::default();
     let mut pins: BTreeMap<ServiceName, &PortalSelector> = BTreeMap::new();
     for (cluster, state) in clusters {
-        let nodes = NodeIndex::new(state);
+        // Indexed only for a cluster that holds one of the services.
+        let mut nodes: Option<NodeIndex> = None;
         for name in names {
             if let Some(svc) = state.service(&name.namespace, &name.name) {
-                add_service(&mut out, &mut pins, portals, (cluster, state, &nodes), svc);
+                let nodes = nodes.get_or_insert_with(|| NodeIndex::new(state));
+                add_service(&mut out, &mut pins, portals, (cluster, state, nodes), svc);
             }
         }
     }

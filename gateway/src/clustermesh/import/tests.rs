@@ -328,3 +328,35 @@ fn the_ipcache_places_a_backend_outside_every_pod_cidr_and_gives_its_identity() 
     assert!(imp.services[&echo()].backends.is_empty());
     assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
 }
+
+#[test]
+fn a_backend_is_placed_by_the_most_specific_pod_cidr_of_any_length() {
+    let wide = (
+        "cilium/state/nodes/v1/c1/a-wide".to_string(),
+        r#"{"Name":"a-wide","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"172.18.0.20"}],"IPv4AllocCIDR":"10.244.0.0/16","ClusterID":3}"#.to_string(),
+    );
+    let clusters: BTreeMap<String, ClusterState> = [(
+        "c1".to_string(),
+        state(
+            "c1",
+            &[
+                wide,
+                node("c1", "n1", "172.18.0.11", "10.244.1.0/24"),
+                service("c1", "default", "echo", "10.244.1.10", "{}", true),
+                service("c1", "default", "other", "10.244.7.10", "{}", true),
+            ],
+        ),
+    )]
+    .into();
+    let imp = import(&clusters, &[sel("*", "default", "*")], true, false);
+    assert!(imp.problems.is_empty(), "{:?}", imp.problems);
+    let node_of = |svc: &str| {
+        let name = ServiceName {
+            namespace: "default".into(),
+            name: svc.into(),
+        };
+        imp.services[&name].backends[0].node.name.to_string()
+    };
+    assert_eq!(node_of("echo"), "n1", "the /24 inside the /16");
+    assert_eq!(node_of("other"), "a-wide");
+}

@@ -834,7 +834,7 @@ impl Daemon {
         let mut st = self.last_status.clone().unwrap_or_default();
         st.clusters = self.cluster_status();
         if let Some(o) = &mut self.observer {
-            o.refresh(&mut self.dp, &st);
+            o.refresh(&mut self.dp, st);
         }
         debug!(
             elapsed_ms = t0.elapsed().as_millis() as u64,

@@ -612,11 +612,11 @@ impl Observer {
     }
 
     /// Reads the maps into a new snapshot; `status` is the last published status.
-    pub fn refresh(&mut self, dp: &mut Datapath, status: &Status) {
+    pub fn refresh(&mut self, dp: &mut Datapath, status: Status) {
         let clock = Clock::now();
         let mut snap = Snapshot {
             taken_at_ms: clock.unix_ms,
-            status: status.clone(),
+            status,
             ..Snapshot::default()
         };
         match dp.counters() {
@@ -744,7 +744,7 @@ impl Observer {
                 .collect();
             snap.vips.sort_by_key(|v| v.vip);
         }
-        if let Some(t) = &status.transit {
+        if let Some(t) = &snap.status.transit {
             snap.nodes.extend(wireguard_peers(t));
         }
         snap.nodes

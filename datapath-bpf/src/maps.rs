@@ -294,6 +294,20 @@ impl Datapath {
         self.hash_map(names::SNAT)
     }
 
+    /// Empties the flow cache on every CPU at once: one write, since an entry only serves
+    /// packets while it carries the current epoch. For a change that must stop cached flows at
+    /// once rather than within the entries' one-second life: a service removed.
+    pub fn invalidate_flow_cache(&mut self) -> Result<(), DatapathError> {
+        let name = names::FLOW_EPOCH;
+        let mut a: Array<&mut MapData, u32> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let epoch = a
+            .get(&0, 0)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        a.set(0, epoch.wrapping_add(1), 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
     /// Empties the next-hop caches (mesh nodes and legacy clients): the next packet to each asks
     /// the FIB again. For a neighbour or route change that must apply at once rather than within
     /// the caches' age bound.

@@ -1370,3 +1370,160 @@ fn pings_to_a_vip_are_counted_per_vip_and_passed_to_the_kernel() {
         );
     });
 }
+
+/// Runs the rest of the calling thread on CPU 0: the flow cache is per CPU, and a test that
+/// expects a packet to find what the previous one cached must run both on the same CPU.
+fn stay_on_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The flow-cache slot of an IPv4 flow, computed as the legacy program does.
+fn cache_slot4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> u32 {
+    let words = |a: [u8; 16]| {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        [w(0), w(4), w(8), w(12)]
+    };
+    let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
+    flow_cache_slot(
+        words(v4_mapped(src)),
+        words(v4_mapped(dst)),
+        u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
+        proto,
+    )
+}
+
+fn forward_key4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> CtKey {
+    CtKey {
+        src: v4_mapped(src),
+        dst: v4_mapped(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        family: FAMILY_V4,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    }
+}
+
+#[test]
+fn established_flows_are_sent_from_the_flow_cache_and_their_packets_reach_connection_tracking() {
+    let ns = lab();
+    ns.run(|| {
+        stay_on_one_cpu();
+        let mut dp = datapath();
+        let q = udp4(CLIENT4, 33_333, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        let key = forward_key4(CLIENT4, 33_333, VIP4, 53, 17);
+        let hits = |dp: &Datapath| dp.counter(Counter::FlowCacheHit).unwrap();
+        let ct_packets = |dp: &mut Datapath| dp.ct().unwrap().get(&key, 0).unwrap().packets;
+        // First packet: tracked. Second: found in tracking, cached. Third: from the cache, and
+        // the same frame.
+        let first = dp.run(Program::Legacy, &q, 1).unwrap().frame;
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, first);
+        assert_eq!(hits(&dp), 0);
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, first);
+        assert_eq!(hits(&dp), 1);
+        assert_eq!(dp.counter(Counter::VipForwarded).unwrap(), 3);
+        assert_eq!(
+            ct_packets(&mut dp),
+            2,
+            "the cached packet is not in tracking yet"
+        );
+        // An entry serves for a second; then the full path runs again and adds what the cache
+        // sent to the tracking entry.
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, first);
+        assert_eq!(hits(&dp), 1);
+        assert_eq!(ct_packets(&mut dp), 4);
+        assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, first);
+        assert_eq!(hits(&dp), 2);
+
+        // A flow whose slot another busy flow takes over: its cached packets go to its own
+        // tracking entry.
+        let other_port = (1..u16::MAX)
+            .find(|p| {
+                *p != 33_333
+                    && cache_slot4(CLIENT4, *p, VIP4, 53, 17)
+                        == cache_slot4(CLIENT4, 33_333, VIP4, 53, 17)
+            })
+            .expect("a colliding source port");
+        let other = udp4(CLIENT4, other_port, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
+        dp.run(Program::Legacy, &other, 1).unwrap();
+        assert_eq!(ct_packets(&mut dp), 4);
+        dp.run(Program::Legacy, &other, 1).unwrap();
+        assert_eq!(ct_packets(&mut dp), 5, "evicted with its cached packet");
+        assert_eq!(hits(&dp), 2);
+        dp.run(Program::Legacy, &other, 1).unwrap();
+        assert_eq!(hits(&dp), 3);
+
+        // A removed service stops its cached flows at once.
+        dp.run(Program::Legacy, &q, 1).unwrap();
+        dp.run(Program::Legacy, &q, 1).unwrap();
+        assert_eq!(hits(&dp), 4);
+        dp.services()
+            .unwrap()
+            .remove(&svc_key(v4_mapped(VIP4), 53, 17, FAMILY_V4))
+            .unwrap();
+        dp.invalidate_flow_cache().unwrap();
+        let r = dp.run(Program::Legacy, &q, 1).unwrap();
+        expect_action(&dp, &r, action::PASS);
+        assert_eq!(r.frame, q, "passed unchanged");
+        assert_eq!(hits(&dp), 4);
+    });
+}
+
+#[test]
+fn tcp_fin_and_rst_and_removed_backends_take_the_full_path() {
+    let ns = lab();
+    ns.run(|| {
+        stay_on_one_cpu();
+        let mut dp = datapath();
+        let syn = tcp4(CLIENT4, 40_000, VIP4, 80, CLIENT_MAC, LEGACY_MAC, false);
+        let key = forward_key4(CLIENT4, 40_000, VIP4, 80, 6);
+        for _ in 0..3 {
+            dp.run(Program::Legacy, &syn, 1).unwrap();
+        }
+        assert_eq!(dp.counter(Counter::FlowCacheHit).unwrap(), 1);
+        let flags = |dp: &mut Datapath| dp.ct().unwrap().get(&key, 0).unwrap().flags;
+        assert_eq!(flags(&mut dp) & CT_F_CLOSING, 0);
+        // A FIN is not served from the cache: tracking sees it and marks the flow closing.
+        let mut fin = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LEGACY_MAC)
+            .ipv4(CLIENT4, VIP4, 64)
+            .tcp(40_000, 80, 2000, 64_000)
+            .fin()
+            .ack(1)
+            .write(&mut fin, b"")
+            .unwrap();
+        let r = dp.run(Program::Legacy, &fin, 1).unwrap();
+        expect_action(&dp, &r, action::REDIRECT);
+        assert_eq!(dp.counter(Counter::FlowCacheHit).unwrap(), 1);
+        assert_ne!(flags(&mut dp) & CT_F_CLOSING, 0);
+        // The cached flow's backend goes: the next packet is moved at once, not sent to it.
+        dp.run(Program::Legacy, &syn, 1).unwrap();
+        assert_eq!(dp.counter(Counter::FlowCacheHit).unwrap(), 2);
+        let other = BackendValue {
+            addr: v4_mapped([10, 244, 1, 11]),
+            ..backend(v4_mapped(POD4), 8080, FAMILY_V4)
+        };
+        dp.backends().unwrap().insert(7, other, 0).unwrap();
+        dp.maglev()
+            .unwrap()
+            .insert(1, MaglevTable::filled(7), 0)
+            .unwrap();
+        dp.backends().unwrap().remove(&1).unwrap();
+        let moved = dp.run(Program::Legacy, &syn, 1).unwrap().frame;
+        assert_eq!(&moved[64 + 16..64 + 20], &[10, 244, 1, 11]);
+        assert_eq!(dp.counter(Counter::CtReselected).unwrap(), 1);
+        assert_eq!(dp.counter(Counter::FlowCacheHit).unwrap(), 2);
+    });
+}

@@ -96,6 +96,13 @@ pub mod names {
     /// one of the two slots [`super::client_hop_slots`] gives its address. A cache like
     /// [`NEXTHOP`], never pinned.
     pub const CLIENT_HOPS: &str = "MGW_CLIENT_HOPS";
+    /// Per-CPU array of [`super::FLOW_CACHE_SLOTS`] [`super::FlowCacheEntry`]s, a flow's entry
+    /// in the slot [`super::flow_cache_slot`] gives. A cache, never pinned.
+    pub const FLOW_CACHE: &str = "MGW_FLOW_CACHE";
+    /// Array of one `u32`: the flow cache's epoch. An entry is only used while it carries the
+    /// current epoch, so one write here empties every CPU's cache (see
+    /// [`super::FlowCacheEntry`]). Never pinned, like the cache it belongs to.
+    pub const FLOW_EPOCH: &str = "MGW_FLOW_EPOCH";
     /// Every map the programs use, for pinning.
     pub const ALL: [&str; 12] = [
         CONFIG, SERVICES, MAGLEV, BACKENDS, NODES, CT, DEVMAP, STATS, IDENTITIES, POLICY, EGRESS,
@@ -434,6 +441,67 @@ pub fn client_hop_slots(addr: &[u8; 16]) -> (u32, u32) {
     let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
     let folded = w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24);
     cache_slots(folded, CLIENT_HOP_SLOTS)
+}
+
+/// Slots of the flow cache (`MGW_FLOW_CACHE`) per CPU: a power of two (80 bytes each, 1.25 MiB
+/// a CPU).
+pub const FLOW_CACHE_SLOTS: u32 = 16_384;
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+
+/// The slot of `MGW_FLOW_CACHE` a flow's entry lives in: its addresses folded to one word each,
+/// mixed with its ports and protocol by one multiplication. `src` and `dst` as four native-order
+/// words (IPv4-mapped for IPv4), `ports` the source and destination port as they lie in the
+/// packet (one native-order word). Not the flow hash (`Flow::hash`): a slot needs no quality
+/// beyond spreading flows, and this costs a handful of instructions on the packet path.
+#[inline(always)]
+pub const fn flow_cache_slot(src: [u32; 4], dst: [u32; 4], ports: u32, proto: u8) -> u32 {
+    let s = src[0] ^ src[1] ^ src[2] ^ src[3];
+    let d = dst[0] ^ dst[1] ^ dst[2] ^ dst[3];
+    let x = s ^ d.rotate_left(16) ^ ports.rotate_left(8) ^ proto as u32;
+    x.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+}
+
+/// An established forward flow as the legacy program caches it (per CPU, in the flow's
+/// [`flow_cache_slot`] of `MGW_FLOW_CACHE`): what a packet of the flow needs to be sent on
+/// without the service and connection-tracking lookups, which are hash-map lookups (kernel
+/// calls hashing a 20- and a 40-byte key; most of an established packet's cost). The cache is
+/// filled when a packet of a tracked flow takes the full path, and an entry serves a packet
+/// only while it is younger than a second (the connection-tracking entry is then found again:
+/// its idle clock and counters move on, a removed entry is noticed), while its backend slot
+/// holds a backend, and while it carries the current epoch (`MGW_FLOW_EPOCH`, moved by user
+/// space when a service goes, so that a removed VIP stops forwarding at once). TCP FIN and RST
+/// always take the full path (connection tracking marks the flow closing). `packets` and
+/// `bytes` count the packets the cache sent since the entry was filled; they are added to the
+/// connection-tracking entry when the entry is refilled or evicted.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    /// The client's address (IPv4-mapped for IPv4); with the fields to `family`, the flow.
+    pub src: [u8; 16],
+    /// The VIP.
+    pub dst: [u8; 16],
+    /// Source and destination port as they lie in the packet (network order each).
+    pub ports: [u16; 2],
+    /// L4 protocol.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]; 0 in an empty slot (never a parsed flow's).
+    pub family: u8,
+    /// VXLAN source port of the flow's tunnelled packets, host order.
+    pub src_port: u16,
+    /// The flow's backend.
+    pub backend_id: u32,
+    /// The frontend's service id.
+    pub service_id: u32,
+    /// The client's security identity when the flow was admitted (for flow samples).
+    pub src_identity: u32,
+    /// `MGW_FLOW_EPOCH` when the entry was filled.
+    pub epoch: u32,
+    /// When the entry was filled (coarse monotonic clock, ns).
+    pub stamp_ns: u64,
+    /// Packets sent from this entry not yet added to the connection-tracking entry.
+    pub packets: u64,
+    /// Their bytes (L3 length).
+    pub bytes: u64,
 }
 
 /// The next hop towards a mesh node as the XDP programs cache it (per CPU, in one of the node's

@@ -53,6 +53,9 @@ pub enum Counter {
     /// Dropped: the first packet of an endpoint's flow to the legacy network was denied by
     /// policy (egress direction).
     DropPolicyEgress = 23,
+    /// Packets of established flows forwarded from the per-CPU flow cache (`MGW_FLOW_CACHE`):
+    /// no service or connection-tracking lookup. Also counted in `VipForwarded`.
+    FlowCacheHit = 24,
 }
 
 /// Slots in the counters array: room to grow, so that a release adding counters reuses the
@@ -60,7 +63,7 @@ pub enum Counter {
 pub const COUNTER_SLOTS: u32 = 64;
 
 /// Counters defined by this release.
-pub const COUNTER_COUNT: usize = 24;
+pub const COUNTER_COUNT: usize = 25;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -89,6 +92,7 @@ impl Counter {
         Counter::EgressReplied,
         Counter::DropEgressPorts,
         Counter::DropPolicyEgress,
+        Counter::FlowCacheHit,
     ];
 
     /// A stable snake_case name, for status output and metrics.
@@ -118,6 +122,7 @@ impl Counter {
             Counter::EgressReplied => "egress_replied",
             Counter::DropEgressPorts => "drop_egress_ports",
             Counter::DropPolicyEgress => "drop_policy_egress",
+            Counter::FlowCacheHit => "flow_cache_hit",
         }
     }
 }

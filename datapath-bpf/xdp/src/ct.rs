@@ -149,7 +149,7 @@ pub fn backend_for(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy
         let (id, src_port) = unsafe { ((*fwd).backend_id, (*fwd).nat_port) };
         if let Some(b) = lookup::backend(id) {
             // Entries made before the port was recorded have 0 there (never a source port).
-            s.src_port = if src_port != 0 {
+            let src_port = if src_port != 0 {
                 src_port
             } else {
                 vxlan_source_port(f.hash())
@@ -169,6 +169,8 @@ pub fn backend_for(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy
                 },
             );
             s.backend = b;
+            s.src_port = src_port;
+            crate::flowcache::fill(s, fwd, id, src_port, t);
             return Admit::Backend;
         }
         // The backend was removed: move the flow, as Cilium does, rather than black-hole it.

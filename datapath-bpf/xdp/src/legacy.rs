@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use meshgw_common::encap::BLOCK_LEN;
 use meshgw_common::hash::vxlan_source_port;
 use meshgw_common::maps::{
-    GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
+    BackendValue, GatewayConfig, CFG_F_EGRESS, CFG_F_ENABLED, CFG_F_POLICY, DEV_MESH, FAMILY_V4,
 };
 use meshgw_common::parse::{
     parse_into, rewrite, Kind, Side, ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
@@ -17,8 +17,9 @@ use crate::ct;
 use crate::ctx::{rewrite_frame, XdpPacket};
 use crate::egress;
 use crate::encap::{encapsulate, Inner};
-use crate::events;
+use crate::events::{self, EventMeta};
 use crate::fib::Fib;
+use crate::flowcache;
 use crate::lookup;
 use crate::maps::{with_scratch, Scratch, CONFIG, DEVMAP};
 use crate::nexthop;
@@ -53,6 +54,39 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         }
         return pass(Counter::LegacyPass);
     }
+    let t = ct::now(&mut s.clock);
+    s.now = t;
+    if let Some(e) = flowcache::lookup(s, t) {
+        // SAFETY: a live per-CPU map value, only this CPU's.
+        let (id, service_id, src_port, src_identity) = unsafe {
+            (
+                (*e).backend_id,
+                (*e).service_id,
+                (*e).src_port,
+                (*e).src_identity,
+            )
+        };
+        // A removed backend's flow goes the full way, which moves it.
+        if let Some(b) = lookup::backend_ref(id) {
+            let f = &s.flow;
+            flowcache::count(e, f);
+            count(Counter::FlowCacheHit);
+            events::account(f, service_id, id);
+            events::sample(
+                f,
+                &EventMeta {
+                    kind: events::SAMPLE,
+                    reason: 0,
+                    service_id,
+                    backend_id: id,
+                    src_identity,
+                    dst_identity: b.identity,
+                },
+            );
+            return tunnel_to_backend(ctx, s, cfg, b, src_port, Counter::VipForwarded);
+        }
+    }
+    let f = &s.flow;
     // The flow hash only for packets that need it: a pass-through never computes it, and an
     // established flow has its VXLAN source port in its tracking entry.
     let (done, src_port) = match lookup::service(f) {
@@ -77,21 +111,22 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         }
         None => return pass(Counter::LegacyPass),
     };
-    tunnel_to_backend(ctx, s, cfg, src_port, done)
+    let b = s.backend;
+    tunnel_to_backend(ctx, s, cfg, &b, src_port, done)
 }
 
-/// Sends the packet in `s.flow` to `s.backend`: DNAT to the backend's address and port, VXLAN
+/// Sends the packet in `s.flow` to backend `b`: DNAT to the backend's address and port, VXLAN
 /// towards its node, redirect to the mesh interface; `done` counts a packet that left.
 #[inline(always)]
 pub fn tunnel_to_backend(
     ctx: &XdpContext,
     s: &mut Scratch,
     cfg: &GatewayConfig,
+    b: &BackendValue,
     src_port: u16,
     done: Counter,
 ) -> u32 {
     let f = &s.flow;
-    let b = s.backend;
     if b.family != f.family {
         return drop(Counter::DropNoBackend);
     }

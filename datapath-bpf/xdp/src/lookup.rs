@@ -20,7 +20,13 @@ pub fn service(flow: &Flow) -> Option<ServiceValue> {
 /// Backend `id`, if its slot holds one (a removed backend's slot is zeroed: family 0).
 #[inline(always)]
 pub fn backend(id: u32) -> Option<BackendValue> {
-    BACKENDS.get(id).copied().filter(|b| b.family != 0)
+    backend_ref(id).copied()
+}
+
+/// The same, in the map: for a path that reads a few fields and must not pay a copy.
+#[inline(always)]
+pub fn backend_ref(id: u32) -> Option<&'static BackendValue> {
+    BACKENDS.get(id).filter(|b| b.family != 0)
 }
 
 /// Maps a hash onto 0..MAGLEV_SIZE by multiply-and-shift (Lemire): cheaper than a modulo, and

@@ -19,6 +19,7 @@ mod egress;
 mod encap;
 mod events;
 mod fib;
+mod flowcache;
 mod legacy;
 mod lookup;
 mod maps;

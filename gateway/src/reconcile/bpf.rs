@@ -262,6 +262,9 @@ impl BpfReconciler {
                     self.service_used.remove(&id);
                     if dp.services()?.remove(key).is_ok() {
                         ch.removed += 1;
+                        // Cached flows of the VIP would go on for up to a second, counted on
+                        // an id about to be freed.
+                        dp.invalidate_flow_cache()?;
                     }
                     let _ = dp.maglev()?.remove(&id);
                     // The id may be reused: its traffic counters must start again from zero.

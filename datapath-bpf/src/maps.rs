@@ -6,11 +6,11 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::Pod;
 use meshgw_common::maps::{
-    names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue, GatewayConfig,
-    MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue,
-    SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX, DEV_LEGACY, DEV_MESH, MAX_EGRESS,
-    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS,
-    SNAT_MAX,
+    flow_cache_slot_of, names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue,
+    FlowCacheEntry, GatewayConfig, MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX,
+    DEV_LEGACY, DEV_MESH, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
+    MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{
@@ -292,6 +292,23 @@ impl Datapath {
     /// Source-NAT entries of egress flows.
     pub fn snat(&mut self) -> Result<HashMap<&mut MapData, CtKey, SnatEntry>, DatapathError> {
         self.hash_map(names::SNAT)
+    }
+
+    /// Packets and bytes of the forward flow `key` that the flow cache sent and has not added to
+    /// its tracking entry yet, summed over CPUs: what a reader adds to the entry's counters for
+    /// the flow's count (an idle flow's last second stays in the cache until its slot is
+    /// reused). One read: the flow's slot on every CPU.
+    pub fn flow_cache_pending(&self, key: &CtKey) -> Result<(u64, u64), DatapathError> {
+        let name = names::FLOW_CACHE;
+        let a: PerCpuArray<&MapData, FlowCacheEntry> = PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let per_cpu = a
+            .get(&flow_cache_slot_of(key), 0)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        Ok(per_cpu
+            .iter()
+            .filter(|e| e.holds(key))
+            .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes)))
     }
 
     /// Empties the flow cache on every CPU at once: one write, since an entry only serves

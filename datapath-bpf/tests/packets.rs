@@ -1387,21 +1387,6 @@ fn stay_on_one_cpu() {
     }
 }
 
-/// The flow-cache slot of an IPv4 flow, computed as the legacy program does.
-fn cache_slot4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> u32 {
-    let words = |a: [u8; 16]| {
-        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        [w(0), w(4), w(8), w(12)]
-    };
-    let (s, d) = (sport.to_be_bytes(), dport.to_be_bytes());
-    flow_cache_slot(
-        words(v4_mapped(src)),
-        words(v4_mapped(dst)),
-        u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
-        proto,
-    )
-}
-
 fn forward_key4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> CtKey {
     CtKey {
         src: v4_mapped(src),
@@ -1438,12 +1423,17 @@ fn established_flows_are_sent_from_the_flow_cache_and_their_packets_reach_connec
             2,
             "the cached packet is not in tracking yet"
         );
+        assert_eq!(
+            dp.flow_cache_pending(&key).unwrap(),
+            (1, q.len() as u64 - 14)
+        );
         // An entry serves for a second; then the full path runs again and adds what the cache
         // sent to the tracking entry.
         std::thread::sleep(std::time::Duration::from_millis(1_100));
         assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, first);
         assert_eq!(hits(&dp), 1);
         assert_eq!(ct_packets(&mut dp), 4);
+        assert_eq!(dp.flow_cache_pending(&key).unwrap(), (0, 0));
         assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, first);
         assert_eq!(hits(&dp), 2);
 
@@ -1452,8 +1442,8 @@ fn established_flows_are_sent_from_the_flow_cache_and_their_packets_reach_connec
         let other_port = (1..u16::MAX)
             .find(|p| {
                 *p != 33_333
-                    && cache_slot4(CLIENT4, *p, VIP4, 53, 17)
-                        == cache_slot4(CLIENT4, 33_333, VIP4, 53, 17)
+                    && flow_cache_slot_of(&forward_key4(CLIENT4, *p, VIP4, 53, 17))
+                        == flow_cache_slot_of(&key)
             })
             .expect("a colliding source port");
         let other = udp4(CLIENT4, other_port, VIP4, 53, CLIENT_MAC, LEGACY_MAC);
@@ -1461,6 +1451,7 @@ fn established_flows_are_sent_from_the_flow_cache_and_their_packets_reach_connec
         assert_eq!(ct_packets(&mut dp), 4);
         dp.run(Program::Legacy, &other, 1).unwrap();
         assert_eq!(ct_packets(&mut dp), 5, "evicted with its cached packet");
+        assert_eq!(dp.flow_cache_pending(&key).unwrap(), (0, 0));
         assert_eq!(hits(&dp), 2);
         dp.run(Program::Legacy, &other, 1).unwrap();
         assert_eq!(hits(&dp), 3);

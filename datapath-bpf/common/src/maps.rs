@@ -504,6 +504,34 @@ pub struct FlowCacheEntry {
     pub bytes: u64,
 }
 
+impl FlowCacheEntry {
+    /// Whether this entry is the forward flow `key`'s (whatever its direction tag says).
+    pub fn holds(&self, key: &CtKey) -> bool {
+        self.family != 0
+            && self.src == key.src
+            && self.dst == key.dst
+            && self.ports == [key.sport, key.dport]
+            && self.proto == key.proto
+            && self.family == key.family
+    }
+}
+
+/// The [`flow_cache_slot`] of the forward flow `key`, as the legacy program computes it from
+/// the packet.
+pub fn flow_cache_slot_of(key: &CtKey) -> u32 {
+    let words = |a: &[u8; 16]| {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        [w(0), w(4), w(8), w(12)]
+    };
+    let (s, d) = (key.sport.to_ne_bytes(), key.dport.to_ne_bytes());
+    flow_cache_slot(
+        words(&key.src),
+        words(&key.dst),
+        u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
+        key.proto,
+    )
+}
+
 /// The next hop towards a mesh node as the XDP programs cache it (per CPU, in one of the node's
 /// [`nexthop_slots`] of `MGW_NEXTHOP`): the VXLAN header block built from a FIB lookup, and what
 /// it was built with.
@@ -601,6 +629,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for MaglevTable {}
     unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for FlowCacheEntry {}
     unsafe impl aya::Pod for NodeKey {}
     unsafe impl aya::Pod for NodeValue {}
     unsafe impl aya::Pod for CtKey {}

@@ -783,6 +783,13 @@ impl Observer {
                 found.push((*k, t, r));
             }
         }
+        // What the flow cache sent since it last fed tracking (see `flow_cache_pending`).
+        for (k, t, _) in &mut found {
+            if let (Some(t), Ok((p, b))) = (t.as_mut(), dp.flow_cache_pending(&k.ct)) {
+                t.packets += p;
+                t.bytes += b;
+            }
+        }
         if let Ok(snat) = dp.snat() {
             for (k, track) in &keys {
                 if *track != Track::Snat {

@@ -55,6 +55,9 @@ struct Case {
     action: u32,
     /// The counter that must grow by one per packet (None: the empty program counts nothing).
     counter: Option<Counter>,
+    /// Packets are sent from the flow cache: `flow_cache_hit` must grow by one per packet but
+    /// the refreshes (an entry serves a second, then one packet takes the full path).
+    cached: bool,
     /// Turns policy enforcement on (with no allow entry: every new flow is denied).
     policy: bool,
     /// Frame for packet `i` (only `i = 0` unless `new_flows`).
@@ -100,9 +103,33 @@ fn denied_frame(_: u32) -> Vec<u8> {
     udp4(CLIENT4, 40_001, VIP4, 53, CLIENT_MAC, LEGACY_MAC)
 }
 
-/// Establishes the flow of [`flow_frame`].
+/// Establishes the flow of [`flow_frame`]: its first packet creates its tracking entries, its
+/// second fills the flow cache (on this CPU: see [`stay_on_this_cpu`]) that the timed packets are
+/// sent from.
 fn establish() -> Vec<(Program, Vec<u8>)> {
-    vec![(Program::Legacy, flow_frame(0))]
+    vec![
+        (Program::Legacy, flow_frame(0)),
+        (Program::Legacy, flow_frame(0)),
+    ]
+}
+
+/// Keeps the benchmark on the CPU it runs on: the flow cache is per CPU, and a thread the
+/// scheduler moves would find it empty on the new CPU (the established rows check that every
+/// packet was served from it).
+fn stay_on_this_cpu() -> Result<()> {
+    // SAFETY: plain system calls; a zeroed cpu_set_t is a valid empty set.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_getcpu");
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
 }
 
 /// The table's rows, in order. Policy drop is a row since issue 4 landed; a new path is one
@@ -114,6 +141,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::PASS,
         counter: None,
+        cached: false,
         policy: false,
         frame: |_| udp4(CLIENT4, 40_000, GW4, 5000, CLIENT_MAC, LEGACY_MAC),
         warm: no_warm,
@@ -125,6 +153,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::PASS,
         counter: Some(Counter::LegacyPass),
+        cached: false,
         policy: false,
         frame: |_| udp4(CLIENT4, 40_000, GW4, 5000, CLIENT_MAC, LEGACY_MAC),
         warm: no_warm,
@@ -136,6 +165,7 @@ const CASES: &[Case] = &[
         new_flows: true,
         action: action::REDIRECT,
         counter: Some(Counter::CtCreated),
+        cached: false,
         policy: false,
         frame: new_flow_frame,
         warm: no_warm,
@@ -147,6 +177,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::REDIRECT,
         counter: Some(Counter::VipForwarded),
+        cached: true,
         policy: false,
         frame: flow_frame,
         warm: establish,
@@ -158,6 +189,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::REDIRECT,
         counter: Some(Counter::ReplyForwarded),
+        cached: false,
         policy: false,
         frame: |_| from_node(&udp4(POD4, 5353, CLIENT4, 40_000, NODE_INNER_MAC, VTEP_MAC)),
         warm: establish,
@@ -169,6 +201,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::DROP,
         counter: Some(Counter::DropPolicy),
+        cached: false,
         policy: true,
         frame: denied_frame,
         warm: no_warm,
@@ -180,6 +213,7 @@ const CASES: &[Case] = &[
         new_flows: true,
         action: action::REDIRECT,
         counter: Some(Counter::CtCreated),
+        cached: false,
         policy: false,
         frame: new_flow_frame,
         warm: no_warm,
@@ -191,6 +225,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::REDIRECT,
         counter: Some(Counter::VipForwarded),
+        cached: true,
         policy: false,
         frame: flow_frame,
         warm: establish,
@@ -202,6 +237,7 @@ const CASES: &[Case] = &[
         new_flows: false,
         action: action::DROP,
         counter: Some(Counter::DropPolicy),
+        cached: false,
         policy: true,
         frame: denied_frame,
         warm: no_warm,
@@ -278,11 +314,22 @@ fn prepared(c: &Case) -> Result<Datapath> {
 }
 
 /// Checks that `counter` grew by exactly `n` since `before`.
-fn check_counter(dp: &Datapath, c: &Case, before: u64, n: u32) -> Result<()> {
+fn check_counter(dp: &Datapath, c: &Case, before: Before, n: u32) -> Result<()> {
+    if c.cached {
+        let hits = dp.counter(Counter::FlowCacheHit)? - before.cache_hits;
+        let refreshes = before.at.elapsed().as_secs() + 1;
+        if hits + refreshes < u64::from(n) {
+            bail!(
+                "{}: {hits} of {n} packets sent from the flow cache (at most {refreshes} \
+                 refreshes expected)",
+                c.name
+            );
+        }
+    }
     let Some(counter) = c.counter else {
         return Ok(());
     };
-    let grew = dp.counter(counter)? - before;
+    let grew = dp.counter(counter)? - before.count;
     if grew != u64::from(n) {
         let nonzero: Vec<_> = dp
             .counters()?
@@ -300,10 +347,22 @@ fn check_counter(dp: &Datapath, c: &Case, before: u64, n: u32) -> Result<()> {
     Ok(())
 }
 
-fn count_of(dp: &Datapath, c: &Case) -> Result<u64> {
-    Ok(match c.counter {
-        Some(k) => dp.counter(k)?,
-        None => 0,
+/// The counters [`check_counter`] compares with, read before a run.
+#[derive(Clone, Copy)]
+struct Before {
+    count: u64,
+    cache_hits: u64,
+    at: std::time::Instant,
+}
+
+fn count_of(dp: &Datapath, c: &Case) -> Result<Before> {
+    Ok(Before {
+        count: match c.counter {
+            Some(k) => dp.counter(k)?,
+            None => 0,
+        },
+        cache_hits: dp.counter(Counter::FlowCacheHit)?,
+        at: std::time::Instant::now(),
     })
 }
 
@@ -433,6 +492,7 @@ fn main() -> Result<()> {
     }
     let ns = lab();
     let rows = ns.run(move || -> Result<Vec<serde_json::Value>> {
+        stay_on_this_cpu()?;
         let mut replay = Replay::load()?;
         let mut rows = Vec::new();
         let (mut floor, mut warm_floor) = (0.0, 0.0);

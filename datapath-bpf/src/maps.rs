@@ -311,6 +311,16 @@ impl Datapath {
             .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes)))
     }
 
+    /// The flow cache's epoch (see [`Datapath::invalidate_flow_cache`]), for diagnostics and
+    /// tests.
+    pub fn flow_cache_epoch(&self) -> Result<u32, DatapathError> {
+        let name = names::FLOW_EPOCH;
+        let a: Array<&MapData, u32> = Array::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        a.get(&0, 0)
+            .map_err(|source| DatapathError::Map { name, source })
+    }
+
     /// Empties the flow cache on every CPU at once: one write, since an entry only serves
     /// packets while it carries the current epoch. For a change that must stop cached flows at
     /// once rather than within the entries' one-second life: a service removed.

@@ -1371,13 +1371,19 @@ fn pings_to_a_vip_are_counted_per_vip_and_passed_to_the_kernel() {
     });
 }
 
-/// Runs the rest of the calling thread on CPU 0: the flow cache is per CPU, and a test that
-/// expects a packet to find what the previous one cached must run both on the same CPU.
+/// Runs the rest of the calling thread on the CPU it is on: the flow cache is per CPU, and a
+/// test that expects a packet to find what the previous one cached must run both on one CPU.
 fn stay_on_one_cpu() {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
     unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu as usize, &mut set);
         assert_eq!(
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
             0,

@@ -170,7 +170,7 @@ pub fn backend_for(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, policy
             );
             s.backend = b;
             s.src_port = src_port;
-            crate::flowcache::fill(s, fwd, id, src_port, t);
+            crate::flowcache::fill(s, fwd, id, svc.service_id, src_port, t);
             return Admit::Backend;
         }
         // The backend was removed: move the flow, as Cilium does, rather than black-hole it.

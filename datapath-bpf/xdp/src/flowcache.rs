@@ -81,8 +81,9 @@ unsafe fn holds(e: *const FlowCacheEntry, w: &[u64; 4], ports: u32, f: &Flow) ->
         && (*e).family == f.family
 }
 
+/// The cache's current epoch.
 #[inline(always)]
-fn epoch() -> u32 {
+pub fn epoch() -> u32 {
     FLOW_EPOCH.get(0).copied().unwrap_or(0)
 }
 
@@ -93,8 +94,9 @@ fn cacheable(f: &Flow) -> bool {
     !f.fragment && (f.proto != IPPROTO_TCP || f.tcp_flags & (TCP_FIN | TCP_RST) == 0)
 }
 
-/// The cache entry that may serve the packet in `s.flow` at time `t`; `None` sends the packet the
-/// full way. The caller checks the backend slot, then counts the packet with [`count`].
+/// The cache entry that may serve the packet in `s.flow` at time `t` in epoch `s.epoch`; `None`
+/// sends the packet the full way. The caller checks the backend slot, then counts the packet
+/// with [`count`].
 #[inline(always)]
 pub fn lookup(s: &Scratch, t: u64) -> Option<*mut FlowCacheEntry> {
     let f = &s.flow;
@@ -106,7 +108,7 @@ pub fn lookup(s: &Scratch, t: u64) -> Option<*mut FlowCacheEntry> {
     // SAFETY: a live per-CPU map value, only this CPU's.
     unsafe {
         if !holds(e, &w, ports, f)
-            || (*e).epoch != epoch()
+            || (*e).epoch != s.epoch
             || t.wrapping_sub((*e).stamp_ns) >= REFRESH_NS
         {
             return None;
@@ -126,11 +128,19 @@ pub fn count(e: *mut FlowCacheEntry, f: &Flow) {
 }
 
 /// Caches the flow in `s.flow`, whose forward tracking entry `fwd` the packet just found (and
-/// counted): backend `backend_id` of service `service_id`, VXLAN source port `src_port`, at time
-/// `t`. The slot's previous packets are added to their tracking entry first: to `fwd` when the
+/// counted): backend `backend_id` of service `service_id` (the one the packet found: an old
+/// tracking entry may name an id the service had before), VXLAN source port `src_port`, at time
+/// `t`, in epoch `s.epoch`. The slot's previous packets are added to their tracking entry first: to `fwd` when the
 /// slot already held this flow, else found by [`evict`].
 #[inline(always)]
-pub fn fill(s: &mut Scratch, fwd: *mut CtEntry, backend_id: u32, src_port: u16, t: u64) {
+pub fn fill(
+    s: &mut Scratch,
+    fwd: *mut CtEntry,
+    backend_id: u32,
+    service_id: u32,
+    src_port: u16,
+    t: u64,
+) {
     let f = &s.flow;
     if !cacheable(f) {
         return;
@@ -161,9 +171,9 @@ pub fn fill(s: &mut Scratch, fwd: *mut CtEntry, backend_id: u32, src_port: u16, 
         (*e).family = f.family;
         (*e).src_port = src_port;
         (*e).backend_id = backend_id;
-        (*e).service_id = (*fwd).service_id;
+        (*e).service_id = service_id;
         (*e).src_identity = (*fwd).src_identity;
-        (*e).epoch = epoch();
+        (*e).epoch = s.epoch;
         (*e).stamp_ns = t;
         (*e).packets = 0;
         (*e).bytes = 0;

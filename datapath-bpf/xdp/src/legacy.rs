@@ -56,6 +56,7 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     }
     let t = ct::now(&mut s.clock);
     s.now = t;
+    s.epoch = flowcache::epoch();
     if let Some(e) = flowcache::lookup(s, t) {
         // SAFETY: a live per-CPU map value, only this CPU's.
         let (id, service_id, src_port, src_identity) = unsafe {
@@ -68,9 +69,11 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         };
         // A removed backend's flow goes the full way, which moves it.
         if let Some(b) = lookup::backend_ref(id) {
+            // Copied at once: user space empties a slot in two writes (the family first), and
+            // the fields are read on both sides of helper calls.
+            let b = *b;
             let f = &s.flow;
             flowcache::count(e, f);
-            count(Counter::FlowCacheHit);
             events::account(f, service_id, id);
             events::sample(
                 f,
@@ -83,7 +86,11 @@ fn handle(ctx: &XdpContext, s: &mut Scratch) -> u32 {
                     dst_identity: b.identity,
                 },
             );
-            return tunnel_to_backend(ctx, s, cfg, b, src_port, Counter::VipForwarded);
+            let action = tunnel_to_backend(ctx, s, cfg, &b, src_port, Counter::VipForwarded);
+            if action == xdp_action::XDP_REDIRECT {
+                count(Counter::FlowCacheHit);
+            }
+            return action;
         }
     }
     let f = &s.flow;

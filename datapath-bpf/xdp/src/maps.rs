@@ -93,6 +93,10 @@ pub struct Scratch {
     pub backend: BackendValue,
     /// The VXLAN source port (host order) the packet is tunnelled with.
     pub src_port: u16,
+    /// The flow cache's epoch as read before the packet's service lookup: an entry filled for
+    /// the packet carries it, so that a service removed meanwhile (and the epoch moved after)
+    /// cannot leave a fresh entry behind.
+    pub epoch: u32,
     /// The coarse clock as read once for the packet (by whichever stage read it first), so
     /// that later stages do not pay another helper call for it.
     pub now: u64,

@@ -93,6 +93,14 @@ fn free_id(used: &BTreeSet<u32>) -> u32 {
     FreeIds::default().take(used, MAX_BACKENDS)
 }
 
+/// Moves the flow cache's epoch (see `Datapath::invalidate_flow_cache`). A failure is logged and
+/// the pass goes on: cached entries then end within their second anyway.
+fn invalidate_flow_cache(dp: &mut Datapath) {
+    if let Err(e) = dp.invalidate_flow_cache() {
+        tracing::warn!(error = %e, "flow cache not invalidated; cached flows end within a second");
+    }
+}
+
 /// Removes backend `id` from the map (1 if it was there) and then its traffic counters: after the
 /// removal nothing counts on the id any more, so its traffic moves to its node's total whole.
 fn remove_backend(dp: &mut Datapath, id: u32, spec: &BackendSpec) -> Result<usize, DatapathError> {
@@ -264,7 +272,7 @@ impl BpfReconciler {
                         ch.removed += 1;
                         // Cached flows of the VIP would go on for up to a second, counted on
                         // an id about to be freed.
-                        dp.invalidate_flow_cache()?;
+                        invalidate_flow_cache(dp);
                     }
                     let _ = dp.maglev()?.remove(&id);
                     // The id may be reused: its traffic counters must start again from zero.
@@ -342,9 +350,15 @@ impl BpfReconciler {
                 ..Default::default()
             };
             let mut services = dp.services()?;
-            if services.get(key, 0).ok() != Some(v) {
+            let was = services.get(key, 0).ok();
+            if was != Some(v) {
                 services.insert(*key, v, 0).map_err(merr("MGW_SERVICES"))?;
                 ch.written += 1;
+                // A service left without backends drops its flows' packets at once; cached
+                // flows on a backend another service still uses would go on for up to a second.
+                if v.backend_count == 0 && was.is_some_and(|w| w.backend_count > 0) {
+                    invalidate_flow_cache(dp);
+                }
             }
             if old != Some(&fe.backends) {
                 for (b, _) in fe.backends.iter() {
@@ -625,6 +639,34 @@ mod tests {
             }
             assert_eq!(repaired, 1);
             assert_eq!(served(&mut dp, &key(2)).unwrap(), b_before);
+        }
+
+        #[test]
+        fn a_service_that_goes_or_loses_its_last_backend_empties_the_flow_cache() {
+            assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (loads BPF maps)");
+            let mut dp = Datapath::load_private().expect("loading the datapath");
+            let mut d = Desired::default();
+            d.frontends.insert(key(1), frontend("a", &[1, 2]));
+            d.frontends.insert(key(2), frontend("b", &[2]));
+            let mut r = BpfReconciler::default();
+            r.apply(&mut dp, &d).unwrap();
+            let epoch = |dp: &Datapath| dp.flow_cache_epoch().unwrap();
+            let start = epoch(&dp);
+            // A backend change leaves cached flows alone (they follow their backend's slot).
+            d.frontends.insert(key(1), frontend("a", &[1, 3]));
+            r.apply_frontends(&mut dp, &d, &[key(1)]).unwrap();
+            assert_eq!(epoch(&dp), start);
+            // a loses all its backends: its cached flows must stop (a backend slot another
+            // service uses would otherwise keep serving them).
+            d.frontends.insert(key(1), frontend("a", &[]));
+            r.apply_frontends(&mut dp, &d, &[key(1)]).unwrap();
+            assert_eq!(epoch(&dp), start + 1, "a has no backend left");
+            d.frontends.insert(key(1), frontend("a", &[]));
+            r.apply_frontends(&mut dp, &d, &[key(1)]).unwrap();
+            assert_eq!(epoch(&dp), start + 1, "still none: nothing new to stop");
+            d.frontends.remove(&key(2));
+            r.apply_frontends(&mut dp, &d, &[key(2)]).unwrap();
+            assert_eq!(epoch(&dp), start + 2, "b removed");
         }
 
         #[test]

@@ -8,9 +8,10 @@ use aya::Pod;
 use meshgw_common::maps::{
     flow_cache_slot_of, names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue,
     FlowCacheEntry, GatewayConfig, MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX,
-    DEV_LEGACY, DEV_MESH, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY,
-    MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
+    PolicyValue, ServiceKey, ServiceValue, SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS,
+    CT_DIR_FORWARD, CT_MAX, DEV_LEGACY, DEV_MESH, FLOW_CACHE_SLOTS, MAX_EGRESS,
+    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS,
+    SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{
@@ -309,6 +310,39 @@ impl Datapath {
             .iter()
             .filter(|e| e.holds(key))
             .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes)))
+    }
+
+    /// [`Datapath::flow_cache_pending`] of every flow the cache holds something for, by forward
+    /// tracking key: one read per slot ([`FLOW_CACHE_SLOTS`] in all), which beats one read per
+    /// flow once a reader follows more flows than there are slots.
+    pub fn flow_cache_pending_all(
+        &self,
+    ) -> Result<std::collections::HashMap<CtKey, (u64, u64)>, DatapathError> {
+        let name = names::FLOW_CACHE;
+        let a: PerCpuArray<&MapData, FlowCacheEntry> = PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        let mut out = std::collections::HashMap::new();
+        for slot in 0..FLOW_CACHE_SLOTS {
+            let per_cpu = a
+                .get(&slot, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            for e in per_cpu.iter().filter(|e| e.family != 0 && e.packets != 0) {
+                let key = CtKey {
+                    src: e.src,
+                    dst: e.dst,
+                    sport: e.ports[0],
+                    dport: e.ports[1],
+                    proto: e.proto,
+                    family: e.family,
+                    dir: CT_DIR_FORWARD,
+                    _pad: 0,
+                };
+                let t: &mut (u64, u64) = out.entry(key).or_default();
+                t.0 += e.packets;
+                t.1 += e.bytes;
+            }
+        }
+        Ok(out)
     }
 
     /// The flow cache's epoch (see [`Datapath::invalidate_flow_cache`]), for diagnostics and

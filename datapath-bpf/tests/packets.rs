@@ -1433,6 +1433,9 @@ fn established_flows_are_sent_from_the_flow_cache_and_their_packets_reach_connec
             dp.flow_cache_pending(&key).unwrap(),
             (1, q.len() as u64 - 14)
         );
+        let all = dp.flow_cache_pending_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all.get(&key), Some(&(1, q.len() as u64 - 14)));
         // An entry serves for a second; then the full path runs again and adds what the cache
         // sent to the tracking entry.
         std::thread::sleep(std::time::Duration::from_millis(1_100));

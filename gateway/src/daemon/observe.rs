@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use meshgw_common::maps::{CtKey, ServiceKey, CT_DIR_EGRESS, CT_DIR_EGRESS_REPLY, ID_WORLD};
+use meshgw_common::maps::{
+    CtKey, ServiceKey, CT_DIR_EGRESS, CT_DIR_EGRESS_REPLY, FLOW_CACHE_SLOTS, ID_WORLD,
+};
 use meshgw_common::telemetry::{EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS};
 use meshgw_datapath::Datapath;
 use tokio::io::unix::AsyncFd;
@@ -783,9 +785,20 @@ impl Observer {
                 found.push((*k, t, r));
             }
         }
-        // What the flow cache sent since it last fed tracking (see `flow_cache_pending`).
+        // What the flow cache sent since it last fed tracking (see `flow_cache_pending`): one
+        // read per flow, or one per cache slot when that is fewer.
+        let all = if found.len() > FLOW_CACHE_SLOTS as usize {
+            dp.flow_cache_pending_all().ok()
+        } else {
+            None
+        };
         for (k, t, _) in &mut found {
-            if let (Some(t), Ok((p, b))) = (t.as_mut(), dp.flow_cache_pending(&k.ct)) {
+            let Some(t) = t.as_mut() else { continue };
+            let pending = match &all {
+                Some(all) => all.get(&k.ct).copied(),
+                None => dp.flow_cache_pending(&k.ct).ok(),
+            };
+            if let Some((p, b)) = pending {
                 t.packets += p;
                 t.bytes += b;
             }

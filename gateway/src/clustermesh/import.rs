@@ -12,7 +12,9 @@ use tracing::info;
 
 use super::kvstore::{ClusterService, KvNode, L4Protocol};
 use super::state::ClusterState;
-use crate::catalog::{named_ports, Backend, NamedPorts, Node, NodeId, Port, Service, ServiceName};
+use crate::catalog::{
+    named_ports, Backend, NamedPorts, Node, NodeId, PodLabels, Port, Service, ServiceName,
+};
 use crate::config::{PortalSelector, VipSpec};
 use crate::vip::Request;
 
@@ -26,24 +28,40 @@ pub struct Imported {
     /// What could not be imported, and why.
     pub problems: Vec<String>,
     /// Each node's id, once made (cluster -> node name -> id): backends share it.
-    node_ids: HashMap<String, HashMap<String, NodeId>>,
+    node_ids: HashMap<String, HashMap<String, Arc<NodeId>>>,
+    /// Each identity's labels, once shared (cluster -> identity -> labels): its backends share
+    /// them.
+    labels: HashMap<String, HashMap<u32, PodLabels>>,
 }
 
 impl Imported {
     /// The id of node `name` of `cluster`, shared with every other user of it.
-    fn node_id(&mut self, cluster: &str, name: &str) -> NodeId {
+    fn node_id(&mut self, cluster: &str, name: &str) -> Arc<NodeId> {
         if let Some(id) = self.node_ids.get(cluster).and_then(|m| m.get(name)) {
             return id.clone();
         }
-        let id = NodeId {
+        let id = Arc::new(NodeId {
             cluster: cluster.into(),
             name: name.into(),
-        };
+        });
         self.node_ids
             .entry(cluster.to_string())
             .or_default()
             .insert(name.to_string(), id.clone());
         id
+    }
+
+    /// The labels of identity `id` of `cluster`, shared with every other backend of it.
+    fn labels(&mut self, cluster: &str, state: &ClusterState, id: u32) -> PodLabels {
+        if let Some(l) = self.labels.get(cluster).and_then(|m| m.get(&id)) {
+            return l.clone();
+        }
+        let l = PodLabels::from(state.identity_labels(id).cloned().unwrap_or_default());
+        self.labels
+            .entry(cluster.to_string())
+            .or_default()
+            .insert(id, l.clone());
+        l
     }
 }
 
@@ -161,7 +179,7 @@ pub fn import(
                 ));
                 continue;
             };
-            let id = out.node_id(cluster, &n.name);
+            let id = NodeId::clone(&out.node_id(cluster, &n.name));
             let node = Node {
                 id: id.clone(),
                 address,
@@ -255,8 +273,7 @@ fn add_service<'a>(
             .filter(|p| p.mask.is_none())
             .map(|p| p.id);
         let labels = identity
-            .and_then(|id| state.identity_labels(id))
-            .cloned()
+            .map(|id| out.labels(cluster, state, id))
             .unwrap_or_default();
         let mine = named_ports(ports.iter().map(|(n, pc)| (n, pc.port)));
         let ports = match &shared {

@@ -365,7 +365,7 @@ fn a_backend_is_placed_by_the_most_specific_pod_cidr_of_any_length() {
 }
 
 #[test]
-fn backends_share_their_nodes_id_and_their_identitys_labels() {
+fn backends_share_their_nodes_id_their_port_map_and_their_identitys_labels() {
     let ipcache = |ip: &str| {
         (
             format!("cilium/state/ip/v1/default/{ip}"),
@@ -396,6 +396,11 @@ fn backends_share_their_nodes_id_and_their_identitys_labels() {
     let backend = |name: &str| first_backend(&imp, name);
     let (a, b, plain) = (backend("echo"), backend("web"), backend("plain"));
     assert!(Arc::ptr_eq(&a.node, &b.node), "one node id");
+    assert!(
+        Arc::ptr_eq(&a.ports, &b.ports) && Arc::ptr_eq(&a.ports, &plain.ports),
+        "one list of http -> 8080 for the three services"
+    );
+    assert_eq!(a.port_named("http"), Some(8080));
     assert_eq!(a.labels.get("k8s:app").map(String::as_str), Some("echo"));
     assert!(
         std::ptr::eq(&*a.labels, &*b.labels),

@@ -24,9 +24,75 @@ pub struct FrontendInfo {
     pub service_id: u32,
     /// `namespace/name`.
     pub service: Arc<str>,
-    /// Backend ids and what they are. Exactly sized: collected from a filter, a `Vec` would
-    /// keep room for a fourth.
-    pub backends: Box<[(u32, BackendSpec)]>,
+    /// Its backends and their weights: the desired state's list, shared rather than copied.
+    specs: Arc<[(BackendSpec, u32)]>,
+    /// Each backend's id, in the order of `specs`; 0 for one the datapath does not have.
+    ids: Box<[u32]>,
+}
+
+impl FrontendInfo {
+    /// The frontend `key` with the backends `specs`, whose ids `id_of` tells.
+    pub fn new(
+        key: ServiceKey,
+        service_id: u32,
+        service: Arc<str>,
+        specs: Arc<[(BackendSpec, u32)]>,
+        id_of: impl Fn(&BackendSpec) -> Option<u32>,
+    ) -> FrontendInfo {
+        let ids = specs.iter().map(|(b, _)| id_of(b).unwrap_or(0)).collect();
+        FrontendInfo {
+            key,
+            service_id,
+            service,
+            specs,
+            ids,
+        }
+    }
+
+    /// A frontend whose backends (weight 1) have the ids given beside them.
+    #[cfg(test)]
+    pub fn with_ids(
+        key: ServiceKey,
+        service_id: u32,
+        service: &str,
+        backends: &[(u32, BackendSpec)],
+    ) -> FrontendInfo {
+        let specs: Arc<[(BackendSpec, u32)]> = backends.iter().map(|(_, b)| (*b, 1)).collect();
+        let ids: HashMap<BackendSpec, u32> = backends.iter().map(|(id, b)| (*b, *id)).collect();
+        FrontendInfo::new(key, service_id, service.into(), specs, |b| {
+            ids.get(b).copied()
+        })
+    }
+
+    /// The backends the datapath has, with their ids.
+    pub fn backends(&self) -> impl Iterator<Item = (u32, &BackendSpec)> + Clone {
+        self.ids
+            .iter()
+            .zip(self.specs.iter())
+            .filter(|(id, _)| **id != 0)
+            .map(|(id, (b, _))| (*id, b))
+    }
+
+    /// Whether this frontend has the backends `specs` under the ids `id_of` tells.
+    pub fn same_backends(
+        &self,
+        specs: &[(BackendSpec, u32)],
+        id_of: impl Fn(&BackendSpec) -> Option<u32>,
+    ) -> bool {
+        self.specs.len() == specs.len()
+            && self
+                .ids
+                .iter()
+                .zip(self.specs.iter())
+                .zip(specs)
+                .all(|((id, (a, _)), (b, _))| a == b && *id == id_of(b).unwrap_or(0))
+    }
+
+    /// Holds `specs` (the same backends, see [`FrontendInfo::same_backends`]) instead: the
+    /// desired state's new list, so that the one it replaced is freed.
+    pub fn share(&mut self, specs: &Arc<[(BackendSpec, u32)]>) {
+        self.specs = specs.clone();
+    }
 }
 
 /// A live backend's traffic as last read, and the node it is on (a node's traffic is the sum of
@@ -90,10 +156,13 @@ impl ServiceCounters {
                 .copied()
                 .unwrap_or(0),
             backends: f
-                .backends
-                .iter()
+                .backends()
                 .map(|(id, spec)| {
-                    let t = self.backends.get(id).map(|b| b.traffic).unwrap_or_default();
+                    let t = self
+                        .backends
+                        .get(&id)
+                        .map(|b| b.traffic)
+                        .unwrap_or_default();
                     let backend = SocketAddr::new(spec.addr, spec.port).to_string();
                     let h = self.health.get(&backend).copied().unwrap_or_default();
                     BackendTelemetry {

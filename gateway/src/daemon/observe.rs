@@ -87,9 +87,9 @@ fn backends_gone(mut left: HashMap<u32, BackendSpec>, frontends: &[FrontendInfo]
     if left.is_empty() {
         return Vec::new();
     }
-    for (id, spec) in frontends.iter().flat_map(|f| f.backends.iter()) {
-        if left.get(id) == Some(spec) {
-            left.remove(id);
+    for (id, spec) in frontends.iter().flat_map(|f| f.backends()) {
+        if left.get(&id) == Some(spec) {
+            left.remove(&id);
         }
     }
     left.into_keys().collect()
@@ -107,7 +107,7 @@ fn next_backends(
     let mut i = if cursor >= frontends.len() { 0 } else { cursor };
     let mut out: Vec<(u32, Ipv4Addr)> = Vec::new();
     while i < frontends.len() && out.len() < max {
-        out.extend(frontends[i].backends.iter().map(|(id, b)| (*id, b.node_ip)));
+        out.extend(frontends[i].backends().map(|(id, b)| (id, b.node_ip)));
         i += 1;
     }
     out.sort_unstable_by_key(|(id, _)| *id);
@@ -346,7 +346,7 @@ impl Observer {
         let mut same_id: Vec<u32> = Vec::new();
         let mut forget = |o: FrontendInfo, dropped_ids: &mut Vec<u32>| {
             dropped_ids.push(o.service_id);
-            left.extend(o.backends.iter().copied());
+            left.extend(o.backends().map(|(id, b)| (id, *b)));
         };
         for (key, f) in &d.frontends {
             while let Some(o) = old.peek() {
@@ -367,17 +367,15 @@ impl Observer {
                 }
                 continue;
             };
-            let ids = f
-                .backends
-                .iter()
-                .filter_map(|(spec, _)| Some((bpf.backend_id(spec)?, *spec)));
+            let id_of = |b: &BackendSpec| bpf.backend_id(b);
             match prev {
                 // Compared in place: an unchanged frontend allocates nothing.
-                Some(o)
+                Some(mut o)
                     if o.service_id == service_id
-                        && o.backends.iter().copied().eq(ids.clone())
+                        && o.same_backends(&f.backends, id_of)
                         && same_name(&o.service, &f.service) =>
                 {
+                    o.share(&f.backends);
                     counters.frontends.push(o);
                 }
                 prev => {
@@ -388,12 +386,13 @@ impl Observer {
                         forget(o, &mut dropped_ids);
                     }
                     added.push(counters.frontends.len());
-                    counters.frontends.push(FrontendInfo {
-                        key: *key,
+                    counters.frontends.push(FrontendInfo::new(
+                        *key,
                         service_id,
-                        service: Arc::from(f.service.to_string()),
-                        backends: ids.collect(),
-                    });
+                        Arc::from(f.service.to_string()),
+                        f.backends.clone(),
+                        id_of,
+                    ));
                 }
             }
         }
@@ -435,7 +434,11 @@ impl Observer {
             return;
         };
         // Backend ids in use, at most (frontends may share a backend).
-        let slots: usize = counters.frontends.iter().map(|f| f.backends.len()).sum();
+        let slots: usize = counters
+            .frontends
+            .iter()
+            .map(|f| f.backends().count())
+            .sum();
         let rebuild = !self.learned || names.backend_keys.len() > 2 * slots + 1024;
         let fresh: Vec<usize>;
         let added = if rebuild {
@@ -467,10 +470,10 @@ impl Observer {
         for i in added {
             let f = &counters.frontends[*i];
             names.services.insert(f.service_id, f.service.clone());
-            for (id, spec) in &f.backends {
+            for (id, spec) in f.backends() {
                 names
                     .backend_keys
-                    .insert(*id, (addr16(spec.addr).0, spec.port.to_be()));
+                    .insert(id, (addr16(spec.addr).0, spec.port.to_be()));
                 // One pod per identity names it: its labels are the identity's.
                 if spec.identity != 0
                     && !names.identities.contains_key(&spec.identity)
@@ -821,29 +824,26 @@ mod tests {
     }
 
     fn frontend(service_id: u32, backends: &[(u32, [u8; 4])]) -> FrontendInfo {
-        FrontendInfo {
-            key: ServiceKey {
-                addr: [0; 16],
-                port: 80u16.to_be(),
-                proto: 6,
-                family: meshgw_common::maps::FAMILY_V4,
-            },
-            service_id,
-            service: "default/web".into(),
-            backends: backends
-                .iter()
-                .map(|(id, node)| {
-                    let spec = BackendSpec {
-                        addr: IpAddr::from([10, 244, 0, *id as u8]),
-                        port: 8080,
-                        node_ip: Ipv4Addr::from(*node),
-                        node_mac: [0; 6],
-                        identity: 0,
-                    };
-                    (*id, spec)
-                })
-                .collect(),
-        }
+        let key = ServiceKey {
+            addr: [0; 16],
+            port: 80u16.to_be(),
+            proto: 6,
+            family: meshgw_common::maps::FAMILY_V4,
+        };
+        let backends: Vec<(u32, BackendSpec)> = backends
+            .iter()
+            .map(|(id, node)| {
+                let spec = BackendSpec {
+                    addr: IpAddr::from([10, 244, 0, *id as u8]),
+                    port: 8080,
+                    node_ip: Ipv4Addr::from(*node),
+                    node_mac: [0; 6],
+                    identity: 0,
+                };
+                (*id, spec)
+            })
+            .collect();
+        FrontendInfo::with_ids(key, service_id, "default/web", &backends)
     }
 
     #[test]
@@ -881,7 +881,7 @@ mod tests {
         let gone = |left: &[FrontendInfo]| {
             let left: HashMap<u32, BackendSpec> = left
                 .iter()
-                .flat_map(|f| f.backends.iter().copied())
+                .flat_map(|f| f.backends().map(|(id, b)| (id, *b)))
                 .collect();
             let mut g = backends_gone(left, &now);
             g.sort_unstable();

@@ -125,16 +125,16 @@ fn web_counters() -> ServiceCounters {
     };
     let node = "172.18.0.11".parse().unwrap();
     ServiceCounters {
-        frontends: vec![FrontendInfo {
-            key: ServiceKey {
+        frontends: vec![FrontendInfo::with_ids(
+            ServiceKey {
                 addr,
                 port: 80u16.to_be(),
                 proto: 6,
                 family,
             },
-            service_id: 1,
-            service: "default/web".into(),
-            backends: vec![(
+            1,
+            "default/web",
+            &[(
                 4,
                 BackendSpec {
                     addr: "10.244.1.10".parse().unwrap(),
@@ -143,9 +143,8 @@ fn web_counters() -> ServiceCounters {
                     node_mac: [0; 6],
                     identity: 0,
                 },
-            )]
-            .into(),
-        }],
+            )],
+        )],
         services: [(1, seven)].into(),
         backends: [(
             4,

@@ -50,22 +50,21 @@ fn renders_each_frontend_from_its_counters_connections_and_health() {
     assert_eq!((web.family, dns.family), (FAMILY_V4, FAMILY_V6));
     let c = ServiceCounters {
         frontends: vec![
-            FrontendInfo {
-                key: web,
-                service_id: 1,
-                service: "default/web".into(),
-                backends: vec![
+            FrontendInfo::with_ids(
+                web,
+                1,
+                "default/web",
+                &[
                     (5, spec("10.244.1.10", 8080, "172.18.0.11")),
                     (6, spec("10.244.1.11", 8080, "172.18.0.11")),
-                ]
-                .into(),
-            },
-            FrontendInfo {
-                key: dns,
-                service_id: 2,
-                service: "kube-system/dns".into(),
-                backends: vec![(7, spec("fd00:244::5", 53, "172.18.0.12"))].into(),
-            },
+                ],
+            ),
+            FrontendInfo::with_ids(
+                dns,
+                2,
+                "kube-system/dns",
+                &[(7, spec("fd00:244::5", 53, "172.18.0.12"))],
+            ),
         ],
         services: [(
             1,
@@ -149,4 +148,41 @@ fn renders_each_frontend_from_its_counters_connections_and_health() {
         "a node's backends share its text"
     );
     assert!(Arc::ptr_eq(&r[0].service, &c.frontends[0].service));
+}
+
+#[test]
+fn a_frontend_shows_the_backends_the_datapath_has_and_knows_when_they_are_the_same() {
+    let a = spec("10.244.1.10", 8080, "172.18.0.11");
+    let b = spec("10.244.1.11", 8080, "172.18.0.11");
+    let specs: Arc<[(BackendSpec, u32)]> = vec![(a, 1), (b, 1)].into();
+    let id_of = |s: &BackendSpec| (*s == a).then_some(5);
+    let mut f = FrontendInfo::new(
+        key("10.200.0.1", 80, 6),
+        1,
+        "default/web".into(),
+        specs.clone(),
+        id_of,
+    );
+    assert_eq!(
+        f.backends().collect::<Vec<_>>(),
+        vec![(5, &a)],
+        "b has no id: not shown"
+    );
+    assert!(f.same_backends(&specs, id_of));
+    assert!(
+        !f.same_backends(&specs, |s| (*s == a).then_some(6)),
+        "another id"
+    );
+    assert!(!f.same_backends(&specs, |_| Some(5)), "b got an id");
+    assert!(!f.same_backends(&specs[..1], id_of), "fewer backends");
+    assert!(!f.same_backends(&[(b, 1), (a, 1)], id_of), "other backends");
+    // An equal list from a newer pass is held instead of the first.
+    let newer: Arc<[(BackendSpec, u32)]> = specs.to_vec().into();
+    f.share(&newer);
+    assert_eq!(
+        Arc::strong_count(&specs),
+        1,
+        "the first list is no longer held"
+    );
+    assert_eq!(Arc::strong_count(&newer), 2);
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -61,15 +62,36 @@ pub struct Backend {
     /// Target port per frontend port name; a name not listed means the frontend port. Shared
     /// by the backends of a service that map their ports alike (the common case).
     pub ports: NamedPorts,
-    /// The node hosting the pod.
-    pub node: NodeId,
+    /// The node hosting the pod, shared by its backends: an id inline (two counted strings)
+    /// took 32 bytes in each of 150,000 backends, and a full pass holds two catalogs at once.
+    pub node: Arc<NodeId>,
     /// Maglev weight (≥ 1).
     pub weight: u32,
     /// The pod's security identity as its cluster numbers it (from the ipcache); `None` for
     /// static backends, which get a gateway-local identity from their labels.
     pub identity: Option<u32>,
     /// The pod's labels, as policy endpoint selectors see them.
-    pub labels: BTreeMap<String, String>,
+    pub labels: PodLabels,
+}
+
+/// A pod's labels: shared by the backends of one identity, and a null pointer when there are
+/// none (clusters that do not export their identities), where a map inline took 24 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodLabels(Option<Arc<BTreeMap<String, String>>>);
+
+impl From<BTreeMap<String, String>> for PodLabels {
+    fn from(l: BTreeMap<String, String>) -> PodLabels {
+        PodLabels((!l.is_empty()).then(|| Arc::new(l)))
+    }
+}
+
+impl Deref for PodLabels {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.0.as_deref().unwrap_or(&NONE)
+    }
 }
 
 /// Port name -> target port, sorted by name.
@@ -151,6 +173,8 @@ impl Catalog {
             cluster: STATIC_CLUSTER.into(),
             name: name.into(),
         };
+        // Each node's id once, shared by its backends.
+        let mut ids: BTreeMap<&str, Arc<NodeId>> = BTreeMap::new();
         let nodes = cfg
             .nodes
             .iter()
@@ -193,10 +217,13 @@ impl Catalog {
                         .map(|b| Backend {
                             addr: b.address,
                             ports: named_ports(b.ports.iter().map(|(n, p)| (n.as_str(), *p))),
-                            node: node_id(&b.node),
+                            node: ids
+                                .entry(&b.node)
+                                .or_insert_with(|| Arc::new(node_id(&b.node)))
+                                .clone(),
                             weight: 1,
                             identity: None,
-                            labels: b.labels.clone(),
+                            labels: b.labels.clone().into(),
                         })
                         .collect(),
                 };

@@ -226,7 +226,7 @@ pub fn service_frontends(
     for (v6, port, key) in slots(svc, alloc) {
         let mut backends = Vec::new();
         for b in svc.backends.iter().filter(|b| b.addr.is_ipv6() == v6) {
-            let Some(node) = cat.nodes.get(&b.node) else {
+            let Some(node) = cat.nodes.get(&*b.node) else {
                 problems.push(format!(
                     "{}: backend {} names unknown node {}/{}",
                     svc.name, b.addr, b.node.cluster, b.node.name

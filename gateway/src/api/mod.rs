@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod server;
+pub mod services;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -177,8 +178,7 @@ pub struct Snapshot {
     pub status: Status,
     /// The datapath counters by name.
     pub counters: BTreeMap<String, u64>,
-    /// Per frontend. Shared entry by entry with the daemon's copy: a refresh renders only the
-    /// frontends whose counters it read.
+    /// Per frontend, rendered when asked for (see [`services`]).
     pub services: std::sync::Arc<[std::sync::Arc<ServiceTelemetry>]>,
     /// Per tunnel peer.
     pub nodes: Vec<NodeTelemetry>,

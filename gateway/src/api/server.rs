@@ -10,13 +10,16 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+use super::services::ServiceCounters;
 use super::{Reply, ReplyBody, Request, RequestBody, Snapshot, API_VERSION};
 use crate::flows::{FlowRecord, FlowTable, Names};
 
 /// What the daemon shares with the API, the metrics endpoint and the IPFIX exporter.
 pub struct Shared {
-    /// The last snapshot.
+    /// The last snapshot, without its services (see [`Shared::snapshot`]).
     pub snapshot: RwLock<Snapshot>,
+    /// What the snapshot's services are rendered from.
+    pub services: RwLock<ServiceCounters>,
     /// The flow table.
     pub table: Arc<Mutex<FlowTable>>,
     /// What ids mean.
@@ -30,15 +33,20 @@ impl Shared {
     pub fn new(max_flows: usize) -> Arc<Self> {
         Arc::new(Shared {
             snapshot: RwLock::new(Snapshot::default()),
+            services: RwLock::new(ServiceCounters::default()),
             table: Arc::new(Mutex::new(FlowTable::new(max_flows))),
             names: RwLock::new(Names::default()),
             flows: broadcast::channel(4096).0,
         })
     }
 
-    /// A copy of the last snapshot.
+    /// A copy of the last snapshot, its services rendered from the counters as last read.
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+        let mut s = self.snapshot.read().map(|s| s.clone()).unwrap_or_default();
+        if let Ok(c) = self.services.read() {
+            s.services = c.render();
+        }
+        s
     }
 }
 

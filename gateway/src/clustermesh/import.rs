@@ -3,7 +3,7 @@
 //! namespace/name in several clusters merge into one service (as Cilium's global services do),
 //! which node hosts each backend, and how long a withdrawn service keeps its VIP.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,9 @@ use tracing::info;
 
 use super::kvstore::{ClusterService, KvNode, L4Protocol};
 use super::state::ClusterState;
-use crate::catalog::{named_ports, Backend, NamedPorts, Node, NodeId, Port, Service, ServiceName};
+use crate::catalog::{
+    named_ports, Backend, NamedPorts, Node, NodeId, PodLabels, Port, Service, ServiceName,
+};
 use crate::config::{PortalSelector, VipSpec};
 use crate::vip::Request;
 
@@ -26,24 +28,52 @@ pub struct Imported {
     /// What could not be imported, and why.
     pub problems: Vec<String>,
     /// Each node's id, once made (cluster -> node name -> id): backends share it.
-    node_ids: HashMap<String, HashMap<String, NodeId>>,
+    node_ids: HashMap<String, HashMap<String, Arc<NodeId>>>,
+    /// Each identity's labels, once shared (cluster -> identity -> labels): its backends share
+    /// them.
+    labels: HashMap<String, HashMap<u32, PodLabels>>,
+    /// Each port mapping once: services map their ports alike far more often than not (every
+    /// `http` to 8080), and one list a service was 4 MB at 50,000 services.
+    port_maps: HashSet<NamedPorts>,
 }
 
 impl Imported {
     /// The id of node `name` of `cluster`, shared with every other user of it.
-    fn node_id(&mut self, cluster: &str, name: &str) -> NodeId {
+    fn node_id(&mut self, cluster: &str, name: &str) -> Arc<NodeId> {
         if let Some(id) = self.node_ids.get(cluster).and_then(|m| m.get(name)) {
             return id.clone();
         }
-        let id = NodeId {
+        let id = Arc::new(NodeId {
             cluster: cluster.into(),
             name: name.into(),
-        };
+        });
         self.node_ids
             .entry(cluster.to_string())
             .or_default()
             .insert(name.to_string(), id.clone());
         id
+    }
+
+    /// `ports`, shared with every other backend that maps its ports alike.
+    fn port_map(&mut self, ports: NamedPorts) -> NamedPorts {
+        if let Some(p) = self.port_maps.get(&ports) {
+            return p.clone();
+        }
+        self.port_maps.insert(ports.clone());
+        ports
+    }
+
+    /// The labels of identity `id` of `cluster`, shared with every other backend of it.
+    fn labels(&mut self, cluster: &str, state: &ClusterState, id: u32) -> PodLabels {
+        if let Some(l) = self.labels.get(cluster).and_then(|m| m.get(&id)) {
+            return l.clone();
+        }
+        let l = PodLabels::from(state.identity_labels(id).cloned().unwrap_or_default());
+        self.labels
+            .entry(cluster.to_string())
+            .or_default()
+            .insert(id, l.clone());
+        l
     }
 }
 
@@ -161,7 +191,7 @@ pub fn import(
                 ));
                 continue;
             };
-            let id = out.node_id(cluster, &n.name);
+            let id = NodeId::clone(&out.node_id(cluster, &n.name));
             let node = Node {
                 id: id.clone(),
                 address,
@@ -239,8 +269,6 @@ fn add_service<'a>(
             }
         }
     }
-    // Backends mapping their ports alike (the common case) share one list.
-    let mut shared: Option<NamedPorts> = None;
     let mut backends = Vec::with_capacity(svc.backends.len());
     for (ip, ports) in svc.backends.iter() {
         let Some(node) = nodes.node_of(state, *ip) else {
@@ -255,17 +283,9 @@ fn add_service<'a>(
             .filter(|p| p.mask.is_none())
             .map(|p| p.id);
         let labels = identity
-            .and_then(|id| state.identity_labels(id))
-            .cloned()
+            .map(|id| out.labels(cluster, state, id))
             .unwrap_or_default();
-        let mine = named_ports(ports.iter().map(|(n, pc)| (n, pc.port)));
-        let ports = match &shared {
-            Some(p) if *p == mine => p.clone(),
-            _ => {
-                shared = Some(mine.clone());
-                mine
-            }
-        };
+        let ports = out.port_map(named_ports(ports.iter().map(|(n, pc)| (n, pc.port))));
         let node = out.node_id(cluster, &node.name);
         backends.push(Backend {
             addr: *ip,

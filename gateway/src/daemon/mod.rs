@@ -439,6 +439,13 @@ impl Daemon {
                 }
             }
         }
+        // The previous catalog goes as soon as the new one is merged, and the previous VIP
+        // allocation before the desired state is built: at 50,000 services two of each held at
+        // once set the daemon's peak memory. A pass failing from here on leaves them the
+        // daemon's (the maps keep the previous desired state, and the incremental pass, which
+        // needs the three to agree, waits for the next full pass).
+        self.full_wanted = true;
+        self.cat = cat;
         let warming = self
             .cfg
             .clusters
@@ -449,8 +456,8 @@ impl Daemon {
         let held = self
             .vip_state
             .get_or_insert_with(|| VipState::load(&state_path));
-        let egress = crate::egress::compile(&self.cfg.egress, &cat);
-        let mut requests = cat.vip_requests();
+        let egress = crate::egress::compile(&self.cfg.egress, &self.cat);
+        let mut requests = self.cat.vip_requests();
         // Services learned from peering gateways get their local VIPs from the same allocator.
         let learned = self
             .transit
@@ -479,22 +486,29 @@ impl Daemon {
         let ids = self
             .local_ids
             .get_or_insert_with(|| LocalIdentities::load(&ids_path));
-        let compiled = compile::compile(&self.policies, &self.cfg.legacy_prefixes, &cat, ids);
+        let mut compiled =
+            compile::compile(&self.policies, &self.cfg.legacy_prefixes, &self.cat, ids);
         if let Err(e) = ids.save_if_changed(&ids_path) {
             warn!(path = %ids_path.display(), error = %e, "cannot persist identities");
         }
-        for svc in cat.services.values_mut() {
+        for svc in self.cat.services.values_mut() {
             for b in &mut svc.backends {
                 b.identity = compiled.backend_identity.get(&b.addr).copied();
             }
         }
         self.policy_view =
             status::PolicyView::of(&self.policies, &compiled, &self.cfg.egress, &egress);
-        let mut d = desired::compute(&cat, &alloc, self.vtep_mac);
+        self.dst_ids = std::mem::take(&mut compiled.backend_identity)
+            .into_values()
+            .collect();
+        drop(requests);
+        self.alloc = alloc;
+        let (cat, alloc) = (&self.cat, &self.alloc);
+        let mut d = desired::compute(cat, alloc, self.vtep_mac);
         if let Some(t) = &mut self.transit {
-            let imports = transit::plan_imports(&learned, &import_requests, &alloc);
+            let imports = transit::plan_imports(&learned, &import_requests, alloc);
             d.vips.extend(imports.iter().map(|i| IpAddr::V4(i.vip)));
-            t.set_services(transit::origins(&cat, &alloc), imports);
+            t.set_services(transit::origins(cat, alloc), imports);
         }
         d.identities = compiled.prefixes;
         d.policy = compiled.entries;
@@ -503,8 +517,8 @@ impl Daemon {
         d.vips.extend(egress.addresses.iter().copied());
         d.egress = egress.entries;
         d.problems.extend(notes);
-        let name_problems = self.names.update(&alloc);
-        let full_pass_problems: BTreeSet<String> = desired::allocation_problems(&alloc)
+        let name_problems = self.names.update(alloc);
+        let full_pass_problems: BTreeSet<String> = desired::allocation_problems(alloc)
             .into_iter()
             .chain(name_problems.iter().cloned())
             .chain(self.names.error.clone())
@@ -583,10 +597,8 @@ impl Daemon {
         if let Some(t) = &mut self.transit {
             self.transit_status = Some(t.status(&self.transit_routes).await);
         }
-        self.dst_ids = compiled.backend_identity.values().copied().collect();
-        self.cat = cat;
-        self.alloc = alloc;
         self.full_done = true;
+        self.full_wanted = false;
         self.full_pass_problems = full_pass_problems;
         self.publish_status();
         kernel.map(|_| ())

@@ -1,7 +1,6 @@
 //! The daemon's observability: starts the flow event reader, the control API, `/metrics` and the
 //! IPFIX exporter, and refreshes the shared snapshot from the maps once a second.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -9,9 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use meshgw_common::maps::{
-    CtKey, ServiceKey, CT_DIR_EGRESS, CT_DIR_EGRESS_REPLY, FLOW_CACHE_SLOTS, ID_WORLD,
-};
+use meshgw_common::maps::{CtKey, CT_DIR_EGRESS, CT_DIR_EGRESS_REPLY, FLOW_CACHE_SLOTS, ID_WORLD};
 use meshgw_common::telemetry::{EventsConfig, FlowEvent, Traffic, EVENTS_F_DROPS, EVENTS_F_FLOWS};
 use meshgw_datapath::Datapath;
 use tokio::io::unix::AsyncFd;
@@ -19,9 +16,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::server::{self, Shared};
-use crate::api::{
-    BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot, VipTelemetry,
-};
+use crate::api::services::{BackendTraffic, FrontendInfo, ServiceCounters};
+use crate::api::{FlowStats, NodeTelemetry, Snapshot, VipTelemetry};
 use crate::catalog::Catalog;
 use crate::config::{Config, Observability};
 use crate::desired::{addr16, addr_from16, BackendSpec, Desired};
@@ -70,63 +66,6 @@ const BACKENDS_PER_REFRESH: usize = 8192;
 /// VIPs whose ping counters are read per refresh (one syscall each, like frontends).
 const VIPS_PER_REFRESH: usize = 8192;
 
-/// One frontend as the telemetry names it.
-struct FrontendInfo {
-    key: ServiceKey,
-    service_id: u32,
-    service: Arc<str>,
-    /// Exactly sized: collected from a filter, a `Vec` would keep room for a fourth.
-    backends: Box<[(u32, BackendSpec)]>,
-}
-
-/// A frontend's telemetry from the counters as last read.
-fn render(
-    f: &FrontendInfo,
-    svc: &HashMap<u32, Traffic>,
-    be: &HashMap<u32, Traffic>,
-    connections: &BTreeMap<(IpAddr, u16, u8), u64>,
-    health: &HashMap<String, crate::flows::health::BackendHealth>,
-    node_text: &mut HashMap<Ipv4Addr, Arc<str>>,
-) -> ServiceTelemetry {
-    let t = svc.get(&f.service_id).copied().unwrap_or_default();
-    let vip = addr_from16(f.key.addr, f.key.family);
-    let port = u16::from_be(f.key.port);
-    ServiceTelemetry {
-        service: f.service.clone(),
-        vip,
-        port,
-        proto: Cow::Borrowed(if f.key.proto == 6 { "tcp" } else { "udp" }),
-        packets: t.packets,
-        bytes: t.bytes,
-        connections: connections
-            .get(&(vip, port, f.key.proto))
-            .copied()
-            .unwrap_or(0),
-        backends: f
-            .backends
-            .iter()
-            .map(|(id, spec)| {
-                let t = be.get(id).copied().unwrap_or_default();
-                let backend = std::net::SocketAddr::new(spec.addr, spec.port).to_string();
-                let h = health.get(&backend).copied().unwrap_or_default();
-                BackendTelemetry {
-                    backend,
-                    node: node_text
-                        .entry(spec.node_ip)
-                        .or_insert_with(|| Arc::from(spec.node_ip.to_string()))
-                        .clone(),
-                    active: true,
-                    packets: t.packets,
-                    bytes: t.bytes,
-                    health: h.health,
-                    answered: h.answered,
-                    unanswered: h.unanswered,
-                }
-            })
-            .collect(),
-    }
-}
-
 /// The service ids whose last counter readings a `learn` must forget: those it dropped and those
 /// of frontends it added (a reused id names another frontend, which starts from its own zeroed
 /// counters), except the ids of frontends that changed but kept their id (`same_id`): theirs are
@@ -141,6 +80,41 @@ fn counters_to_reset(dropped: &[u32], added: &[u32], mut same_id: Vec<u32>) -> V
         .collect()
 }
 
+/// The ids among `left` (backends of frontends that went or changed) whose counters must go:
+/// no frontend has that backend under that id any more (a freed id reused by another backend
+/// starts from that backend's own, zeroed, counters).
+fn backends_gone(mut left: HashMap<u32, BackendSpec>, frontends: &[FrontendInfo]) -> Vec<u32> {
+    if left.is_empty() {
+        return Vec::new();
+    }
+    for (id, spec) in frontends.iter().flat_map(|f| f.backends()) {
+        if left.get(&id) == Some(spec) {
+            left.remove(&id);
+        }
+    }
+    left.into_keys().collect()
+}
+
+/// The backends (id, node) whose traffic is read next: those of the frontends from index
+/// `cursor` on, until at least `max` (a frontend's backends are read together; a backend that
+/// frontends share is read once), and where the read after starts. Walking the frontends, not a
+/// list of every backend, keeps no second copy of 150,000 backends.
+fn next_backends(
+    frontends: &[FrontendInfo],
+    cursor: usize,
+    max: usize,
+) -> (Vec<(u32, Ipv4Addr)>, usize) {
+    let mut i = if cursor >= frontends.len() { 0 } else { cursor };
+    let mut out: Vec<(u32, Ipv4Addr)> = Vec::new();
+    while i < frontends.len() && out.len() < max {
+        out.extend(frontends[i].backends().map(|(id, b)| (id, b.node_ip)));
+        i += 1;
+    }
+    out.sort_unstable_by_key(|(id, _)| *id);
+    out.dedup_by_key(|(id, _)| *id);
+    (out, i)
+}
+
 /// Whether `shown` is `name` as `namespace/name`, without formatting it.
 fn same_name(shown: &str, name: &crate::catalog::ServiceName) -> bool {
     shown.len() == name.namespace.len() + 1 + name.name.len()
@@ -153,26 +127,13 @@ fn same_name(shown: &str, name: &crate::catalog::ServiceName) -> bool {
 pub struct Observer {
     /// What the API, metrics and IPFIX read.
     pub shared: Arc<Shared>,
-    frontends: Vec<FrontendInfo>,
-    /// Each frontend's telemetry as last rendered (parallel to `frontends`): a refresh renders
-    /// only the frontends whose counters it read, and those `learn` added or changed
-    /// (`rerender`), so that a second's refresh costs the same at 50,000 services as at 4,000.
-    telemetry: Vec<Arc<ServiceTelemetry>>,
-    rerender: Vec<usize>,
     /// Whether `learn` ran once (the first builds everything).
     learned: bool,
-    /// Frontend traffic as last read, and where the next read starts: at most
+    /// Where the next read of frontend traffic starts (an index into the frontends): at most
     /// [`FRONTENDS_PER_REFRESH`] frontends are read a second (one syscall each), so that tens of
     /// thousands of services refresh over several seconds instead of stalling the daemon's loop.
-    svc_traffic: HashMap<u32, Traffic>,
     svc_cursor: usize,
-    /// Every live backend once (frontends may share one) with its node, as of the last
-    /// [`Observer::learn`]; their traffic as last read, and where the next read starts (the
-    /// datapath counts per backend only: a node's traffic is its backends' sum).
-    backend_nodes: Vec<(u32, BackendSpec)>,
-    /// Each node's address as the telemetry shows it, one string shared by its backends.
-    node_text: HashMap<Ipv4Addr, Arc<str>>,
-    be_traffic: HashMap<u32, Traffic>,
+    /// Where the next read of backend traffic starts: the frontend whose backends come next.
     be_cursor: usize,
     nodes: BTreeMap<Ipv4Addr, String>,
     /// The VIPs whose pings the datapath counts, as last synced into its map (`None`: not
@@ -298,17 +259,10 @@ impl Observer {
         let ipfix = start_ipfix(o, &shared);
         Ok(Observer {
             shared,
-            frontends: Vec::new(),
-            telemetry: Vec::new(),
-            rerender: Vec::new(),
             learned: false,
             icmp_traffic: HashMap::new(),
             icmp_cursor: 0,
-            svc_traffic: HashMap::new(),
             svc_cursor: 0,
-            backend_nodes: Vec::new(),
-            node_text: HashMap::new(),
-            be_traffic: HashMap::new(),
             be_cursor: 0,
             icmp_vips: None,
             nodes: BTreeMap::new(),
@@ -364,8 +318,8 @@ impl Observer {
     ///
     /// Incremental: the frontends are walked in key order beside the previous list (both are
     /// sorted), and one whose id and backends (ids and specs) are unchanged is kept as it was,
-    /// with its rendered telemetry and its names; only the others are named and rendered anew.
-    /// At 50,000 services a change of one costs lookups, not 200,000 formatted strings.
+    /// with its names; only the others are named anew. At 50,000 services a change of one costs
+    /// lookups, not 200,000 formatted strings.
     pub fn learn(
         &mut self,
         dp: &mut Datapath,
@@ -375,140 +329,93 @@ impl Observer {
         bpf: &BpfReconciler,
     ) {
         self.sync_icmp_vips(dp, d);
-        // Frontends still waiting for their complete render (a second learn before the next
-        // refresh must not forget them): by key, since the indices change.
-        let mut pending: Vec<ServiceKey> = self
-            .rerender
-            .drain(..)
-            .filter_map(|i| self.frontends.get(i).map(|f| f.key))
-            .collect();
-        pending.sort_unstable();
-        let old_frontends = std::mem::take(&mut self.frontends);
-        let old_telemetry = std::mem::take(&mut self.telemetry);
-        self.frontends.reserve(d.frontends.len());
-        self.telemetry.reserve(d.frontends.len());
-        let mut old = old_frontends.into_iter().zip(old_telemetry).peekable();
+        let Ok(mut counters) = self.shared.services.write() else {
+            return;
+        };
+        let counters = &mut *counters;
+        let old_frontends = std::mem::take(&mut counters.frontends);
+        counters.frontends.reserve(d.frontends.len());
+        let mut old = old_frontends.into_iter().peekable();
         // Service ids no longer named by a kept frontend.
         let mut dropped_ids: Vec<u32> = Vec::new();
+        // The backends of the frontends that went or changed: their counters go unless another
+        // frontend still has the same backend under the same id.
+        let mut left: HashMap<u32, BackendSpec> = HashMap::new();
         let mut added: Vec<usize> = Vec::new();
         // Service ids of changed frontends that kept their id.
         let mut same_id: Vec<u32> = Vec::new();
+        let mut forget = |o: FrontendInfo, dropped_ids: &mut Vec<u32>| {
+            dropped_ids.push(o.service_id);
+            left.extend(o.backends().map(|(id, b)| (id, *b)));
+        };
         for (key, f) in &d.frontends {
-            while let Some((o, _)) = old.peek() {
+            while let Some(o) = old.peek() {
                 if o.key >= *key {
                     break;
                 }
-                dropped_ids.push(o.service_id);
-                old.next();
+                if let Some(o) = old.next() {
+                    forget(o, &mut dropped_ids);
+                }
             }
             let prev = match old.peek() {
-                Some((o, _)) if o.key == *key => old.next(),
+                Some(o) if o.key == *key => old.next(),
                 _ => None,
             };
             let Some(service_id) = bpf.service_id(key) else {
-                if let Some((o, _)) = prev {
-                    dropped_ids.push(o.service_id);
+                if let Some(o) = prev {
+                    forget(o, &mut dropped_ids);
                 }
                 continue;
             };
-            let ids = f
-                .backends
-                .iter()
-                .filter_map(|(spec, _)| Some((bpf.backend_id(spec)?, *spec)));
+            let id_of = |b: &BackendSpec| bpf.backend_id(b);
             match prev {
                 // Compared in place: an unchanged frontend allocates nothing.
-                Some((o, t))
+                Some(mut o)
                     if o.service_id == service_id
-                        && o.backends.iter().copied().eq(ids.clone())
+                        && o.same_backends(&f.backends, id_of)
                         && same_name(&o.service, &f.service) =>
                 {
-                    if pending.binary_search(key).is_ok() {
-                        self.rerender.push(self.frontends.len());
-                    }
-                    self.frontends.push(o);
-                    self.telemetry.push(t);
+                    o.share(&f.backends);
+                    counters.frontends.push(o);
                 }
                 prev => {
-                    if let Some((o, _)) = prev {
-                        dropped_ids.push(o.service_id);
+                    if let Some(o) = prev {
                         if o.service_id == service_id {
                             same_id.push(service_id);
                         }
+                        forget(o, &mut dropped_ids);
                     }
-                    let backends: Box<[(u32, BackendSpec)]> = ids.collect();
-                    let info = FrontendInfo {
-                        key: *key,
+                    added.push(counters.frontends.len());
+                    counters.frontends.push(FrontendInfo::new(
+                        *key,
                         service_id,
-                        service: Arc::from(f.service.to_string()),
-                        backends,
-                    };
-                    // Complete (connections, health) at the next refresh.
-                    let t = render(
-                        &info,
-                        &self.svc_traffic,
-                        &self.be_traffic,
-                        &BTreeMap::new(),
-                        &HashMap::new(),
-                        &mut self.node_text,
-                    );
-                    added.push(self.frontends.len());
-                    self.rerender.push(self.frontends.len());
-                    self.frontends.push(info);
-                    self.telemetry.push(Arc::new(t));
+                        Arc::from(f.service.to_string()),
+                        f.backends.clone(),
+                        id_of,
+                    ));
                 }
             }
         }
-        dropped_ids.extend(old.map(|(o, _)| o.service_id));
-        let changed = !dropped_ids.is_empty() || !added.is_empty() || !self.learned;
+        for o in old {
+            forget(o, &mut dropped_ids);
+        }
         let added_ids: Vec<u32> = added
             .iter()
-            .map(|i| self.frontends[*i].service_id)
+            .map(|i| counters.frontends[*i].service_id)
             .collect();
         for id in counters_to_reset(&dropped_ids, &added_ids, same_id) {
-            self.svc_traffic.remove(&id);
+            counters.services.remove(&id);
         }
-        if changed {
-            self.learn_backends();
+        for id in backends_gone(left, &counters.frontends) {
+            counters.backends.remove(&id);
         }
-        self.learn_names(cfg, cat, d, &dropped_ids, &added);
+        self.learn_names(cfg, cat, d, counters, &dropped_ids, &added);
         self.nodes = cat
             .nodes
             .values()
             .map(|n| (n.address, format!("{}/{}", n.id.cluster, n.id.name)))
             .collect();
         self.learned = true;
-    }
-
-    /// Rebuilds the list of live backends from the frontends; a cached figure stays only while
-    /// its id names the same backend (a freed id reused by another backend starts from that
-    /// backend's own, zeroed, counters).
-    fn learn_backends(&mut self) {
-        let mut backends: Vec<(u32, BackendSpec)> = self
-            .frontends
-            .iter()
-            .flat_map(|f| f.backends.iter().copied())
-            .collect();
-        backends.sort_unstable_by_key(|(id, _)| *id);
-        backends.dedup_by_key(|(id, _)| *id);
-        let old = std::mem::replace(&mut self.backend_nodes, backends);
-        // Both lists are sorted by id: one walk finds the ids that went or now name another
-        // backend.
-        let now = &self.backend_nodes;
-        let mut j = 0;
-        for (id, spec) in &old {
-            while j < now.len() && now[j].0 < *id {
-                j += 1;
-            }
-            if !(j < now.len() && now[j].0 == *id && now[j].1 == *spec) {
-                self.be_traffic.remove(id);
-            }
-        }
-        // Nodes no backend is on any more.
-        if self.node_text.len() > 64 {
-            let live: std::collections::HashSet<Ipv4Addr> =
-                self.backend_nodes.iter().map(|(_, b)| b.node_ip).collect();
-            self.node_text.retain(|ip, _| live.contains(ip));
-        }
     }
 
     /// Updates the shared names in place: the frontends `learn` added, minus the service ids it
@@ -519,18 +426,24 @@ impl Observer {
         cfg: &Config,
         cat: &Catalog,
         d: &Desired,
+        counters: &ServiceCounters,
         dropped_ids: &[u32],
         added: &[usize],
     ) {
         let Ok(mut names) = self.shared.names.write() else {
             return;
         };
-        let rebuild =
-            !self.learned || names.backend_keys.len() > 2 * self.backend_nodes.len() + 1024;
+        // Backend ids in use, at most (frontends may share a backend).
+        let slots: usize = counters
+            .frontends
+            .iter()
+            .map(|f| f.backends().count())
+            .sum();
+        let rebuild = !self.learned || names.backend_keys.len() > 2 * slots + 1024;
         let fresh: Vec<usize>;
         let added = if rebuild {
             *names = Names::default();
-            fresh = (0..self.frontends.len()).collect();
+            fresh = (0..counters.frontends.len()).collect();
             &fresh
         } else {
             for id in dropped_ids {
@@ -555,12 +468,12 @@ impl Observer {
         let mut queued: std::collections::HashSet<u32> = std::collections::HashSet::new();
         names.services.reserve(added.len());
         for i in added {
-            let f = &self.frontends[*i];
+            let f = &counters.frontends[*i];
             names.services.insert(f.service_id, f.service.clone());
-            for (id, spec) in &f.backends {
+            for (id, spec) in f.backends() {
                 names
                     .backend_keys
-                    .insert(*id, (addr16(spec.addr).0, spec.port.to_be()));
+                    .insert(id, (addr16(spec.addr).0, spec.port.to_be()));
                 // One pod per identity names it: its labels are the identity's.
                 if spec.identity != 0
                     && !names.identities.contains_key(&spec.identity)
@@ -645,53 +558,6 @@ impl Observer {
             Err(_) => Default::default(),
         };
         snap.flows = stats;
-        let n = self.frontends.len();
-        if self.svc_cursor >= n {
-            self.svc_cursor = 0;
-        }
-        let end = n.min(self.svc_cursor + FRONTENDS_PER_REFRESH);
-        let (svc_from, svc_to) = (self.svc_cursor, end);
-        let ids: Vec<u32> = self.frontends[self.svc_cursor..end]
-            .iter()
-            .map(|f| f.service_id)
-            .collect();
-        self.svc_cursor = end;
-        match dp.service_traffic(&ids) {
-            Ok(t) => self.svc_traffic.extend(t),
-            Err(e) => warn!(error = %e, "reading frontend traffic"),
-        }
-        let n = self.backend_nodes.len();
-        if self.be_cursor >= n {
-            self.be_cursor = 0;
-        }
-        let end = n.min(self.be_cursor + BACKENDS_PER_REFRESH);
-        let ids: Vec<u32> = self.backend_nodes[self.be_cursor..end]
-            .iter()
-            .map(|(id, _)| *id)
-            .collect();
-        self.be_cursor = end;
-        match dp.backend_traffic(&ids) {
-            Ok(t) => self.be_traffic.extend(t),
-            Err(e) => warn!(error = %e, "reading backend traffic"),
-        }
-        // The frontends whose counters were just read, and those learn added or changed.
-        let rendered: Vec<usize> = (svc_from..svc_to)
-            .chain(std::mem::take(&mut self.rerender))
-            .filter(|i| *i < self.frontends.len())
-            .collect();
-        for i in rendered {
-            let t = render(
-                &self.frontends[i],
-                &self.svc_traffic,
-                &self.be_traffic,
-                &connections,
-                &health,
-                &mut self.node_text,
-            );
-            self.telemetry[i] = Arc::new(t);
-        }
-        snap.services = self.telemetry.iter().cloned().collect();
-        let be = &self.be_traffic;
         let mut nodes: BTreeMap<[u8; 4], Traffic> = match dp.retired_node_traffic() {
             Ok(t) => t.into_iter().collect(),
             Err(e) => {
@@ -699,11 +565,15 @@ impl Observer {
                 BTreeMap::new()
             }
         };
-        for (id, spec) in &self.backend_nodes {
-            if let Some(t) = be.get(id) {
-                let n = nodes.entry(spec.node_ip.octets()).or_default();
-                n.packets += t.packets;
-                n.bytes += t.bytes;
+        let shared = self.shared.clone();
+        if let Ok(mut counters) = shared.services.write() {
+            self.read_traffic(dp, &mut counters);
+            counters.connections = connections;
+            counters.health = health;
+            for b in counters.backends.values() {
+                let n = nodes.entry(b.node.octets()).or_default();
+                n.packets += b.traffic.packets;
+                n.bytes += b.traffic.bytes;
             }
         }
         for (ip, t) in nodes.into_iter().filter(|(_, t)| t.packets > 0) {
@@ -753,6 +623,42 @@ impl Observer {
             .sort_by(|a, b| (&a.kind, &a.address).cmp(&(&b.kind, &b.address)));
         if let Ok(mut s) = self.shared.snapshot.write() {
             *s = snap;
+        }
+    }
+
+    /// Reads the next frontends' and backends' traffic counters into `counters`.
+    fn read_traffic(&mut self, dp: &mut Datapath, counters: &mut ServiceCounters) {
+        let frontends = &counters.frontends;
+        if self.svc_cursor >= frontends.len() {
+            self.svc_cursor = 0;
+        }
+        let end = frontends.len().min(self.svc_cursor + FRONTENDS_PER_REFRESH);
+        let ids: Vec<u32> = frontends[self.svc_cursor..end]
+            .iter()
+            .map(|f| f.service_id)
+            .collect();
+        self.svc_cursor = end;
+        let (backends, next) = next_backends(frontends, self.be_cursor, BACKENDS_PER_REFRESH);
+        self.be_cursor = next;
+        match dp.service_traffic(&ids) {
+            Ok(t) => counters.services.extend(t),
+            Err(e) => warn!(error = %e, "reading frontend traffic"),
+        }
+        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
+        match dp.backend_traffic(&ids) {
+            // In the order asked.
+            Ok(t) => counters.backends.extend(t.into_iter().zip(&backends).map(
+                |((id, traffic), (_, node))| {
+                    (
+                        id,
+                        BackendTraffic {
+                            traffic,
+                            node: *node,
+                        },
+                    )
+                },
+            )),
+            Err(e) => warn!(error = %e, "reading backend traffic"),
         }
     }
 
@@ -924,6 +830,7 @@ fn drain(rb: &mut RingBuf<MapData>, shared: &Shared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshgw_common::maps::ServiceKey;
 
     #[test]
     fn a_changed_frontend_keeping_its_id_keeps_its_counters() {
@@ -932,6 +839,78 @@ mod tests {
         let reset = counters_to_reset(&[7, 3, 5], &[7, 9, 11], vec![7]);
         assert_eq!(reset, vec![3, 5, 9, 11]);
         assert_eq!(counters_to_reset(&[4], &[4], vec![]), vec![4, 4]);
+    }
+
+    fn frontend(service_id: u32, backends: &[(u32, [u8; 4])]) -> FrontendInfo {
+        let key = ServiceKey {
+            addr: [0; 16],
+            port: 80u16.to_be(),
+            proto: 6,
+            family: meshgw_common::maps::FAMILY_V4,
+        };
+        let backends: Vec<(u32, BackendSpec)> = backends
+            .iter()
+            .map(|(id, node)| {
+                let spec = BackendSpec {
+                    addr: IpAddr::from([10, 244, 0, *id as u8]),
+                    port: 8080,
+                    node_ip: Ipv4Addr::from(*node),
+                    node_mac: [0; 6],
+                    identity: 0,
+                };
+                (*id, spec)
+            })
+            .collect();
+        FrontendInfo::with_ids(key, service_id, "default/web", &backends)
+    }
+
+    #[test]
+    fn backends_are_read_a_few_frontends_at_a_time_each_once() {
+        let n1 = [172, 18, 0, 11];
+        let n2 = [172, 18, 0, 12];
+        let fs = [
+            frontend(1, &[(5, n1), (3, n1)]),
+            frontend(2, &[(3, n1), (8, n2)]),
+            frontend(3, &[]),
+            frontend(4, &[(9, n2)]),
+        ];
+        let (b, next) = next_backends(&fs, 0, 3);
+        assert_eq!(
+            b,
+            vec![(3, n1.into()), (5, n1.into()), (8, n2.into())],
+            "whole frontends, a shared backend once, sorted by id"
+        );
+        assert_eq!(next, 2);
+        let (b, next) = next_backends(&fs, next, 3);
+        assert_eq!((b, next), (vec![(9, n2.into())], 4));
+        // Past the end (the frontends shrank): from the start again.
+        let (b, next) = next_backends(&fs, next, 1);
+        assert_eq!((b.len(), next), (2, 1));
+        assert_eq!(next_backends(&[], 7, 8), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn a_backends_counters_go_only_when_no_frontend_has_it_under_that_id() {
+        let n1 = [172, 18, 0, 11];
+        let now = [
+            frontend(1, &[(5, n1)]),
+            frontend(2, &[(6, [172, 18, 0, 12])]),
+        ];
+        let gone = |left: &[FrontendInfo]| {
+            let left: HashMap<u32, BackendSpec> = left
+                .iter()
+                .flat_map(|f| f.backends().map(|(id, b)| (id, *b)))
+                .collect();
+            let mut g = backends_gone(left, &now);
+            g.sort_unstable();
+            g
+        };
+        // 5 is still there, 7 went, 6 now names a backend on another node.
+        assert_eq!(
+            gone(&[frontend(9, &[(5, n1), (7, n1), (6, n1)])]),
+            vec![6, 7]
+        );
+        assert!(gone(&[]).is_empty());
     }
 
     #[test]

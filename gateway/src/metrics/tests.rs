@@ -7,11 +7,15 @@ use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::server::Shared;
+use crate::api::services::{BackendTraffic, FrontendInfo, ServiceCounters};
 use crate::api::{
     BackendTelemetry, FlowStats, NodeTelemetry, ServiceTelemetry, Snapshot, VipTelemetry,
 };
 use crate::daemon::status::{ClusterStatus, Status};
-use crate::flows::health::Health;
+use crate::desired::BackendSpec;
+use crate::flows::health::{BackendHealth, Health};
+use meshgw_common::maps::ServiceKey;
+use meshgw_common::telemetry::Traffic;
 
 fn snapshot() -> Snapshot {
     Snapshot {
@@ -112,10 +116,72 @@ fn promtool(text: &str) -> (bool, String) {
     (out.status.success(), msg)
 }
 
+/// What renders the service of [`snapshot`].
+fn web_counters() -> ServiceCounters {
+    let (addr, family) = crate::desired::addr16("10.200.0.1".parse().unwrap());
+    let seven = Traffic {
+        packets: 7,
+        bytes: 700,
+    };
+    let node = "172.18.0.11".parse().unwrap();
+    ServiceCounters {
+        frontends: vec![FrontendInfo::with_ids(
+            ServiceKey {
+                addr,
+                port: 80u16.to_be(),
+                proto: 6,
+                family,
+            },
+            1,
+            "default/web",
+            &[(
+                4,
+                BackendSpec {
+                    addr: "10.244.1.10".parse().unwrap(),
+                    port: 8080,
+                    node_ip: node,
+                    node_mac: [0; 6],
+                    identity: 0,
+                },
+            )],
+        )],
+        services: [(1, seven)].into(),
+        backends: [(
+            4,
+            BackendTraffic {
+                traffic: seven,
+                node,
+            },
+        )]
+        .into(),
+        connections: [(("10.200.0.1".parse().unwrap(), 80, 6), 2)].into(),
+        health: [(
+            "10.244.1.10:8080".to_string(),
+            BackendHealth {
+                health: Health::Failing,
+                answered: 1,
+                unanswered: 2,
+            },
+        )]
+        .into(),
+    }
+}
+
+#[test]
+fn the_shared_snapshot_renders_its_services_from_the_counters() {
+    let shared = Shared::new(16);
+    *shared.services.write().unwrap() = web_counters();
+    assert_eq!(shared.snapshot().services, snapshot().services);
+}
+
 #[tokio::test]
 async fn metrics_endpoint_passes_promtool_and_carries_the_values() {
     let shared = Shared::new(16);
-    *shared.snapshot.write().unwrap() = snapshot();
+    *shared.snapshot.write().unwrap() = Snapshot {
+        services: Default::default(),
+        ..snapshot()
+    };
+    *shared.services.write().unwrap() = web_counters();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(super::serve(l, shared));

@@ -50,6 +50,15 @@ fn sel(cluster: &str, namespace: &str, name: &str) -> PortalSelector {
     }
 }
 
+/// The first backend of service `default/<name>`.
+fn first_backend<'a>(imp: &'a Imported, name: &str) -> &'a Backend {
+    let n = ServiceName {
+        namespace: "default".into(),
+        name: name.into(),
+    };
+    &imp.services[&n].backends[0]
+}
+
 fn echo() -> ServiceName {
     ServiceName {
         namespace: "default".into(),
@@ -88,14 +97,14 @@ fn same_service_in_two_clusters_merges_backends() {
     let svc = &imp.services[&echo()];
     assert_eq!(svc.backends.len(), 2);
     assert_eq!(
-        svc.backends[0].node,
+        *svc.backends[0].node,
         NodeId {
             cluster: "c1".into(),
             name: "n1".into()
         }
     );
     assert_eq!(
-        svc.backends[1].node,
+        *svc.backends[1].node,
         NodeId {
             cluster: "c2".into(),
             name: "n2".into()
@@ -350,13 +359,54 @@ fn a_backend_is_placed_by_the_most_specific_pod_cidr_of_any_length() {
     .into();
     let imp = import(&clusters, &[sel("*", "default", "*")], true, false);
     assert!(imp.problems.is_empty(), "{:?}", imp.problems);
-    let node_of = |svc: &str| {
-        let name = ServiceName {
-            namespace: "default".into(),
-            name: svc.into(),
-        };
-        imp.services[&name].backends[0].node.name.to_string()
-    };
+    let node_of = |svc: &str| first_backend(&imp, svc).node.name.to_string();
     assert_eq!(node_of("echo"), "n1", "the /24 inside the /16");
     assert_eq!(node_of("other"), "a-wide");
+}
+
+#[test]
+fn backends_share_their_nodes_id_their_port_map_and_their_identitys_labels() {
+    let ipcache = |ip: &str| {
+        (
+            format!("cilium/state/ip/v1/default/{ip}"),
+            format!(r#"{{"IP":"{ip}","HostIP":"172.18.0.11","ID":4242,"Key":0,"Metadata":""}}"#),
+        )
+    };
+    let clusters: BTreeMap<String, ClusterState> = [(
+        "c1".to_string(),
+        state(
+            "c1",
+            &[
+                node("c1", "n1", "172.18.0.11", "10.244.1.0/24"),
+                service("c1", "default", "echo", "10.244.1.10", "{}", true),
+                service("c1", "default", "web", "10.244.1.11", "{}", true),
+                service("c1", "default", "plain", "10.244.1.12", "{}", true),
+                ipcache("10.244.1.10"),
+                ipcache("10.244.1.11"),
+                (
+                    "cilium/state/identities/v1/id/4242".into(),
+                    "k8s:app=echo;".into(),
+                ),
+            ],
+        ),
+    )]
+    .into();
+    let imp = import(&clusters, &[sel("*", "default", "*")], true, false);
+    assert!(imp.problems.is_empty(), "{:?}", imp.problems);
+    let backend = |name: &str| first_backend(&imp, name);
+    let (a, b, plain) = (backend("echo"), backend("web"), backend("plain"));
+    assert!(Arc::ptr_eq(&a.node, &b.node), "one node id");
+    assert!(
+        Arc::ptr_eq(&a.ports, &b.ports) && Arc::ptr_eq(&a.ports, &plain.ports),
+        "one list of http -> 8080 for the three services"
+    );
+    assert_eq!(a.port_named("http"), Some(8080));
+    assert_eq!(a.labels.get("k8s:app").map(String::as_str), Some("echo"));
+    assert!(
+        std::ptr::eq(&*a.labels, &*b.labels),
+        "one copy of the labels"
+    );
+    assert_eq!(plain.identity, None);
+    assert!(plain.labels.is_empty());
+    assert_eq!(plain.labels, crate::catalog::PodLabels::default());
 }

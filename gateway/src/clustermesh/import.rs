@@ -356,13 +356,19 @@ pub fn import_services(
 #[derive(Debug, Default)]
 pub struct Grace {
     withdrawn: BTreeMap<ServiceName, (Instant, Service)>,
+    /// The services the last successful pass served.
     last: std::collections::BTreeSet<ServiceName>,
+    /// The services the full pass in progress serves: `last` once it succeeds
+    /// ([`Grace::pass_succeeded`]). A failed pass leaves `last` alone, so that its services,
+    /// never served, are not kept for a grace period by the next one.
+    next: Option<std::collections::BTreeSet<ServiceName>>,
 }
 
 impl Grace {
     /// The services to serve now: `current`, plus those withdrawn less than `grace` ago.
-    /// `served` is what the previous pass served (where a newly withdrawn service's last
-    /// version comes from).
+    /// `served` holds the services' last versions (where a newly withdrawn service's version
+    /// comes from; a service the last successful pass did not serve is never kept). Call
+    /// [`Grace::pass_succeeded`] once the pass serving the result succeeded.
     pub fn apply(
         &mut self,
         current: BTreeMap<ServiceName, Service>,
@@ -370,11 +376,12 @@ impl Grace {
         now: Instant,
         grace: Duration,
     ) -> BTreeMap<ServiceName, Service> {
-        for name in std::mem::take(&mut self.last) {
-            if !current.contains_key(&name) {
-                if let Some(svc) = served.get(&name) {
+        for name in &self.last {
+            if !current.contains_key(name) && !self.withdrawn.contains_key(name) {
+                if let Some(svc) = served.get(name) {
                     info!(service = %name, grace_s = grace.as_secs(), "service withdrawn; keeping its VIP for the grace period");
-                    self.withdrawn.insert(name, (now + grace, svc.clone()));
+                    self.withdrawn
+                        .insert(name.clone(), (now + grace, svc.clone()));
                 }
             }
         }
@@ -385,7 +392,7 @@ impl Grace {
             }
             keep
         });
-        self.last = current.keys().cloned().collect();
+        self.next = Some(current.keys().cloned().collect());
         let mut out = current;
         for (name, (_, svc)) in &self.withdrawn {
             out.entry(name.clone()).or_insert_with(|| svc.clone());
@@ -424,6 +431,13 @@ impl Grace {
             }
         }
         current
+    }
+
+    /// The full pass that served what [`Grace::apply`] returned succeeded.
+    pub fn pass_succeeded(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.last = next;
+        }
     }
 
     /// When the next withdrawn service expires.

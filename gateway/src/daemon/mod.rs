@@ -599,6 +599,7 @@ impl Daemon {
         }
         self.full_done = true;
         self.full_wanted = false;
+        self.grace.pass_succeeded();
         self.full_pass_problems = full_pass_problems;
         self.publish_status();
         kernel.map(|_| ())

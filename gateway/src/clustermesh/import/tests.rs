@@ -201,6 +201,34 @@ fn a_backend_without_a_node_is_a_problem() {
     );
 }
 
+/// [`Grace::apply`] for a full pass that succeeds.
+fn served_by(
+    g: &mut Grace,
+    current: BTreeMap<ServiceName, Service>,
+    served: &BTreeMap<ServiceName, Service>,
+    now: Instant,
+    grace: Duration,
+) -> BTreeMap<ServiceName, Service> {
+    let out = g.apply(current, served, now, grace);
+    g.pass_succeeded();
+    out
+}
+
+#[test]
+fn a_service_only_a_failed_pass_served_is_not_kept_for_the_grace_period() {
+    let grace = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let mut g = Grace::default();
+    let full = import(&two_clusters(), &[sel("*", "*", "*")], true, false).services;
+    // The service appears in a pass that fails: it was never served.
+    let failed = g.apply(full, &BTreeMap::new(), t0, grace);
+    assert!(failed.contains_key(&echo()));
+    // The retry no longer sees it: nothing to drain, although the failed pass's catalog has it.
+    let retry = served_by(&mut g, BTreeMap::new(), &failed, t0, grace);
+    assert!(retry.is_empty(), "{retry:?}");
+    assert_eq!(g.draining().count(), 0);
+}
+
 #[test]
 fn withdrawn_services_stay_for_the_grace_period() {
     let grace = Duration::from_secs(30);
@@ -208,16 +236,23 @@ fn withdrawn_services_stay_for_the_grace_period() {
     let mut g = Grace::default();
     let full = import(&two_clusters(), &[sel("*", "*", "*")], true, false).services;
     let none = BTreeMap::new();
-    let first = g.apply(full.clone(), &none, t0, grace);
+    let first = served_by(&mut g, full.clone(), &none, t0, grace);
     assert_eq!(first.len(), 1);
     // The withdrawn service's last version is what was served.
-    let served = g.apply(BTreeMap::new(), &first, t0 + Duration::from_secs(1), grace);
+    let served = served_by(
+        &mut g,
+        BTreeMap::new(),
+        &first,
+        t0 + Duration::from_secs(1),
+        grace,
+    );
     assert!(served.contains_key(&echo()), "kept while draining");
     assert_eq!(served.get(&echo()), first.get(&echo()));
     assert_eq!(g.draining().count(), 1);
     assert!(g.next_deadline().is_some());
     assert!(
-        g.apply(
+        served_by(
+            &mut g,
             BTreeMap::new(),
             &served,
             t0 + Duration::from_secs(32),
@@ -228,9 +263,15 @@ fn withdrawn_services_stay_for_the_grace_period() {
     );
     assert_eq!(g.next_deadline(), None);
     // Coming back during the grace cancels it.
-    let s1 = g.apply(full.clone(), &none, t0, grace);
-    let s2 = g.apply(BTreeMap::new(), &s1, t0 + Duration::from_secs(1), grace);
-    g.apply(full, &s2, t0 + Duration::from_secs(2), grace);
+    let s1 = served_by(&mut g, full.clone(), &none, t0, grace);
+    let s2 = served_by(
+        &mut g,
+        BTreeMap::new(),
+        &s1,
+        t0 + Duration::from_secs(1),
+        grace,
+    );
+    served_by(&mut g, full, &s2, t0 + Duration::from_secs(2), grace);
     assert_eq!(g.draining().count(), 0);
 }
 
@@ -267,7 +308,7 @@ fn grace_for_some_services_keeps_a_withdrawn_one_and_drops_nothing_else() {
     let mut g = Grace::default();
     let t0 = Instant::now();
     let grace = Duration::from_secs(30);
-    let all = g.apply(imp.services.clone(), &BTreeMap::new(), t0, grace);
+    let all = served_by(&mut g, imp.services.clone(), &BTreeMap::new(), t0, grace);
     assert!(all.contains_key(&echo()));
     let names: std::collections::BTreeSet<ServiceName> = [echo()].into();
     // Withdrawn by an event: still served, now draining.
@@ -280,7 +321,8 @@ fn grace_for_some_services_keeps_a_withdrawn_one_and_drops_nothing_else() {
     assert_eq!(g.draining().count(), 0);
     // The full pass after the grace period agrees: a withdrawn service goes at its deadline.
     g.apply_some(&names, BTreeMap::new(), &all, t0, grace);
-    let later = g.apply(
+    let later = served_by(
+        &mut g,
         BTreeMap::new(),
         &all,
         t0 + grace + Duration::from_secs(1),

@@ -42,8 +42,11 @@ impl Shared {
 
     /// A copy of the last snapshot, its services rendered from the counters as last read.
     pub fn snapshot(&self) -> Snapshot {
+        // Services first, the order the refresh takes them in: it holds the counters until the
+        // snapshot of the same reading is written.
+        let counters = self.services.read();
         let mut s = self.snapshot.read().map(|s| s.clone()).unwrap_or_default();
-        if let Ok(c) = self.services.read() {
+        if let Ok(c) = counters {
             s.services = c.render();
         }
         s

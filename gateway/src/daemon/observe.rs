@@ -566,8 +566,11 @@ impl Observer {
             }
         };
         let shared = self.shared.clone();
-        if let Ok(mut counters) = shared.services.write() {
-            self.read_traffic(dp, &mut counters);
+        // Held until the snapshot is written: a reader takes both (services first), and a
+        // snapshot's time must be that of its service counters (rates in `meshgw top`).
+        let mut services = shared.services.write().ok();
+        if let Some(counters) = services.as_deref_mut() {
+            self.read_traffic(dp, counters);
             counters.connections = connections;
             counters.health = health;
             for b in counters.backends.values() {
@@ -624,6 +627,7 @@ impl Observer {
         if let Ok(mut s) = self.shared.snapshot.write() {
             *s = snap;
         }
+        drop(services);
     }
 
     /// Reads the next frontends' and backends' traffic counters into `counters`.

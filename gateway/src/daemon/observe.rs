@@ -565,31 +565,8 @@ impl Observer {
                 BTreeMap::new()
             }
         };
-        let shared = self.shared.clone();
-        // Held until the snapshot is written: a reader takes both (services first), and a
-        // snapshot's time must be that of its service counters (rates in `meshgw top`).
-        let mut services = shared.services.write().ok();
-        if let Some(counters) = services.as_deref_mut() {
-            self.read_traffic(dp, counters);
-            counters.connections = connections;
-            counters.health = health;
-            for b in counters.backends.values() {
-                let n = nodes.entry(b.node.octets()).or_default();
-                n.packets += b.traffic.packets;
-                n.bytes += b.traffic.bytes;
-            }
-        }
-        for (ip, t) in nodes.into_iter().filter(|(_, t)| t.packets > 0) {
-            let ip = Ipv4Addr::from(ip);
-            snap.nodes.push(NodeTelemetry {
-                node: self.nodes.get(&ip).cloned().unwrap_or_default(),
-                address: ip.to_string(),
-                packets: t.packets,
-                bytes: t.bytes,
-                kind: "vxlan".to_string(),
-                handshake_age_s: None,
-            });
-        }
+        // Before the service counters' lock: these reads need none, and the lock is held
+        // until the snapshot is written.
         if let Some(vips) = &self.icmp_vips {
             let keys: Vec<[u8; 16]> = vips
                 .keys()
@@ -618,6 +595,31 @@ impl Observer {
                 })
                 .collect();
             snap.vips.sort_by_key(|v| v.vip);
+        }
+        let shared = self.shared.clone();
+        // Held until the snapshot is written: a reader takes both (services first), and a
+        // snapshot's time must be that of its service counters (rates in `meshgw top`).
+        let mut services = shared.services.write().ok();
+        if let Some(counters) = services.as_deref_mut() {
+            self.read_traffic(dp, counters);
+            counters.connections = connections;
+            counters.health = health;
+            for b in counters.backends.values() {
+                let n = nodes.entry(b.node.octets()).or_default();
+                n.packets += b.traffic.packets;
+                n.bytes += b.traffic.bytes;
+            }
+        }
+        for (ip, t) in nodes.into_iter().filter(|(_, t)| t.packets > 0) {
+            let ip = Ipv4Addr::from(ip);
+            snap.nodes.push(NodeTelemetry {
+                node: self.nodes.get(&ip).cloned().unwrap_or_default(),
+                address: ip.to_string(),
+                packets: t.packets,
+                bytes: t.bytes,
+                kind: "vxlan".to_string(),
+                handshake_age_s: None,
+            });
         }
         if let Some(t) = &snap.status.transit {
             snap.nodes.extend(wireguard_peers(t));

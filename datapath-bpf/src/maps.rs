@@ -8,10 +8,9 @@ use aya::Pod;
 use meshgw_common::maps::{
     flow_cache_slot_of, names, BackendValue, ClientHop, CtEntry, CtKey, EgressKey, EgressValue,
     FlowCacheEntry, GatewayConfig, MaglevTable, NextHop, NodeKey, NodeValue, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS,
-    CT_DIR_FORWARD, CT_MAX, DEV_LEGACY, DEV_MESH, FLOW_CACHE_SLOTS, MAX_EGRESS,
-    MAX_IDENTITY_PREFIXES, MAX_MAGLEV, MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS,
-    SNAT_MAX,
+    PolicyValue, ServiceKey, ServiceValue, SnatEntry, BACKEND_SLOTS, CLIENT_HOP_SLOTS, CT_MAX,
+    DEV_LEGACY, DEV_MESH, FLOW_CACHE_SLOTS, MAX_EGRESS, MAX_IDENTITY_PREFIXES, MAX_MAGLEV,
+    MAX_NODES, MAX_POLICY, MAX_SERVICES, NEXTHOP_SLOTS, SNAT_MAX,
 };
 use meshgw_common::stats::{Counter, COUNTER_SLOTS};
 use meshgw_common::telemetry::{
@@ -300,16 +299,23 @@ impl Datapath {
     /// the flow's count (an idle flow's last second stays in the cache until its slot is
     /// reused). One read: the flow's slot on every CPU.
     pub fn flow_cache_pending(&self, key: &CtKey) -> Result<(u64, u64), DatapathError> {
-        let name = names::FLOW_CACHE;
-        let a: PerCpuArray<&MapData, FlowCacheEntry> = PerCpuArray::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
-        let per_cpu = a
-            .get(&flow_cache_slot_of(key), 0)
-            .map_err(|source| DatapathError::Map { name, source })?;
-        Ok(per_cpu
+        Ok(self
+            .flow_cache_slot(flow_cache_slot_of(key))?
             .iter()
             .filter(|e| e.holds(key))
             .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes)))
+    }
+
+    /// Slot `slot` of the flow cache, on every CPU.
+    fn flow_cache_slot(
+        &self,
+        slot: u32,
+    ) -> Result<aya::maps::PerCpuValues<FlowCacheEntry>, DatapathError> {
+        let name = names::FLOW_CACHE;
+        let a: PerCpuArray<&MapData, FlowCacheEntry> = PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DatapathError::Map { name, source })?;
+        a.get(&slot, 0)
+            .map_err(|source| DatapathError::Map { name, source })
     }
 
     /// [`Datapath::flow_cache_pending`] of every flow the cache holds something for, by forward
@@ -318,28 +324,14 @@ impl Datapath {
     pub fn flow_cache_pending_all(
         &self,
     ) -> Result<std::collections::HashMap<CtKey, (u64, u64)>, DatapathError> {
-        let name = names::FLOW_CACHE;
-        let a: PerCpuArray<&MapData, FlowCacheEntry> = PerCpuArray::try_from(self.map(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
         let mut out = std::collections::HashMap::new();
         for slot in 0..FLOW_CACHE_SLOTS {
-            let per_cpu = a
-                .get(&slot, 0)
-                .map_err(|source| DatapathError::Map { name, source })?;
-            for e in per_cpu.iter().filter(|e| e.family != 0 && e.packets != 0) {
-                let key = CtKey {
-                    src: e.src,
-                    dst: e.dst,
-                    sport: e.ports[0],
-                    dport: e.ports[1],
-                    proto: e.proto,
-                    family: e.family,
-                    dir: CT_DIR_FORWARD,
-                    _pad: 0,
-                };
-                let t: &mut (u64, u64) = out.entry(key).or_default();
-                t.0 += e.packets;
-                t.1 += e.bytes;
+            for e in self.flow_cache_slot(slot)?.iter() {
+                if e.family != 0 && e.packets != 0 {
+                    let t: &mut (u64, u64) = out.entry(e.forward_key()).or_default();
+                    t.0 += e.packets;
+                    t.1 += e.bytes;
+                }
             }
         }
         Ok(out)
@@ -359,11 +351,9 @@ impl Datapath {
     /// packets while it carries the current epoch. For a change that must stop cached flows at
     /// once rather than within the entries' one-second life: a service removed.
     pub fn invalidate_flow_cache(&mut self) -> Result<(), DatapathError> {
+        let epoch = self.flow_cache_epoch()?;
         let name = names::FLOW_EPOCH;
         let mut a: Array<&mut MapData, u32> = Array::try_from(self.map_mut(name)?)
-            .map_err(|source| DatapathError::Map { name, source })?;
-        let epoch = a
-            .get(&0, 0)
             .map_err(|source| DatapathError::Map { name, source })?;
         a.set(0, epoch.wrapping_add(1), 0)
             .map_err(|source| DatapathError::Map { name, source })

@@ -310,16 +310,7 @@ fn established_packets_get_the_flows_vxlan_source_port_recorded_or_not() {
         let want = vxlan_expected(&dnat, hash);
         assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);
         // The forward entry records the port; the next packet uses the record.
-        let key = CtKey {
-            src: v4_mapped(CLIENT4),
-            dst: v4_mapped(VIP4),
-            sport: 33_333u16.to_be(),
-            dport: 53u16.to_be(),
-            proto: 17,
-            family: FAMILY_V4,
-            dir: CT_DIR_FORWARD,
-            _pad: 0,
-        };
+        let key = forward_key4(CLIENT4, 33_333, VIP4, 53, 17);
         let e = dp.ct().unwrap().get(&key, 0).unwrap();
         assert_eq!(e.nat_port, vxlan_source_port(hash));
         assert_eq!(dp.run(Program::Legacy, &q, 1).unwrap().frame, want);

@@ -505,6 +505,20 @@ pub struct FlowCacheEntry {
 }
 
 impl FlowCacheEntry {
+    /// The forward tracking key of the flow this entry holds.
+    pub fn forward_key(&self) -> CtKey {
+        CtKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.ports[0],
+            dport: self.ports[1],
+            proto: self.proto,
+            family: self.family,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        }
+    }
+
     /// Whether this entry is the forward flow `key`'s (whatever its direction tag says).
     pub fn holds(&self, key: &CtKey) -> bool {
         self.family != 0
